@@ -1,0 +1,6 @@
+//! kpatch-rs turns a kernel source diff into a livepatch module.
+//!
+//! The library holds all logic; the `kpatch-rs` binary only parses arguments and maps results
+//! to exit codes, so tests call the library directly.
+
+pub mod exit;
