@@ -3,4 +3,5 @@
 //! The library holds all logic; the `kpatch-rs` binary only parses arguments and maps results
 //! to exit codes, so tests call the library directly.
 
+pub mod core_explore;
 pub mod exit;

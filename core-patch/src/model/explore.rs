@@ -562,7 +562,7 @@ impl Report {
         let _ = writeln!(out, "invariant violated: {}", first.invariant);
         let _ = writeln!(out, "  {}", first.message);
         let _ = writeln!(out, "shortest trace ({} steps):", first.trace.len());
-        let _ = writeln!(out, "  0. after setup");
+        let _ = writeln!(out, "  0. after setup (func_stack lists are top first)");
         for stack in &self.initial_stacks {
             let _ = writeln!(out, "       func_stack {stack}");
         }
