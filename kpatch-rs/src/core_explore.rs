@@ -2,7 +2,7 @@
 //! scenario on the model kernel of `core-patch` and prints what it covered, or the shortest
 //! trace that breaks an invariant.
 //!
-//! SCENARIO is a built-in name (`seed-stacking`, `seed-going`, `two-modules`) or the path of a
+//! SCENARIO is a built-in name (`seed-stacking`, `seed-going`, `two-modules`, `stress`) or the path of a
 //! scenario file in the format of `core-patch/scenarios/*.scn`.
 
 use std::io::Write;

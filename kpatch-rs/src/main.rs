@@ -32,7 +32,7 @@ enum CoreCommand {
         /// Bind objects the way the kernel did before the klp_alive fix.
         #[arg(long)]
         pre_fix: bool,
-        /// A built-in scenario (seed-stacking, seed-going, two-modules) or a scenario file.
+        /// A built-in scenario (seed-stacking, seed-going, two-modules, stress) or a scenario file.
         scenario: String,
     },
 }

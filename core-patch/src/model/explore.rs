@@ -552,8 +552,10 @@ impl Report {
         let _ = writeln!(out, "scenario {}: {variant}", self.scenario);
         let _ = writeln!(
             out,
-            "covered {} distinct states and {} interleavings in {seconds:.3} s ({rate:.0} states/s)",
-            self.states, self.interleavings
+            "covered {} distinct states and {} interleavings in {:.1} ms ({rate:.0} states/s)",
+            self.states,
+            self.interleavings,
+            seconds * 1000.0
         );
         let Some(first) = self.violations.first() else {
             let _ = writeln!(out, "every interleaving holds every invariant");

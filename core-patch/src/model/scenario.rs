@@ -64,6 +64,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "two-modules",
         include_str!("../../scenarios/two-modules.scn"),
     ),
+    ("stress", include_str!("../../scenarios/stress.scn")),
 ];
 
 /// The built-in scenario called `name`.
