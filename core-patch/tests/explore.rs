@@ -13,9 +13,11 @@ fn explore(name: &str, binding: Binding) -> Report {
     }
 }
 
+/// The report as the command prints it; also shown by `cargo test -- --nocapture`.
 fn printed(report: &Report) -> String {
     let mut out = String::new();
     report.write(&mut out);
+    println!("{out}");
     out
 }
 
@@ -80,6 +82,7 @@ fn pre_fix_stacks_b2_b1_b3_when_a_patch_is_enabled_between_coming_and_the_hook()
 #[test]
 fn pre_fix_binds_a_new_patch_to_a_module_whose_going_hook_ran() {
     let report = explore("seed-going", Binding::ModuleState);
+    printed(&report);
     let Some(first) = report.violations.first() else {
         panic!(
             "pre-fix seed-going found no violation:\n{}",

@@ -1055,9 +1055,20 @@ impl KlpHost for ModelHost<'_> {
     fn patch_object(&mut self, patch: PatchId, object: ObjectRef) -> Result<(), Errno> {
         if self.kernel.object(object).is_some_and(|o| o.patched) {
             return match self.binding {
-                // See Binding::ModuleState: the notifier of that time left the object as it
-                // was and went on.
-                Binding::ModuleState => Ok(()),
+                // See Binding::ModuleState: klp_enable_object() of that time refused with
+                // -EINVAL, and the notifier printed this and went on to the next patch.
+                Binding::ModuleState => {
+                    let catalog = self.catalog;
+                    let target = catalog.object(object).map_or(Target::Vmlinux, |o| o.target);
+                    self.say(|| {
+                        format!(
+                            "livepatch: failed to apply patch '{}' to module '{}' ({EINVAL})",
+                            catalog.patch_name(patch),
+                            catalog.target_name(target)
+                        )
+                    });
+                    Ok(())
+                }
                 Binding::KlpAlive => {
                     self.fault(Fault::PatchedTwice { object });
                     Err(EINVAL)
