@@ -17,7 +17,6 @@
 //! by memoised depth-first search over the same transition function.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::prelude::rust_2021::*;
 use std::time::{Duration, Instant};
 use std::{format, vec};
@@ -538,7 +537,7 @@ fn model_fault(catalog: &Catalog, kernel: &Kernel) -> Option<String> {
 impl Report {
     /// Prints the report: figures, then the shortest violating trace step by step, then the
     /// names of the other invariants that fail.
-    pub fn write(&self, out: &mut String) {
+    pub fn write(&self, out: &mut dyn std::fmt::Write) {
         let variant = match self.binding {
             Binding::KlpAlive => "fixed (bind when klp_alive)",
             Binding::ModuleState => "pre-fix (bind when find_module() finds it)",
