@@ -3,6 +3,13 @@
 //! CI calls `cargo xtask ci` and nothing else.
 
 mod ci;
+mod deps;
+mod guest;
+mod kernel;
+mod process;
+mod qemu_test;
+mod scenarios;
+mod selftests;
 
 use anyhow::{bail, Result};
 
@@ -11,6 +18,10 @@ usage: cargo xtask <command>
 
 commands:
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
+  deps      install the Debian packages the harness needs (apt-get)
+  kernel    build the cached test kernel [--print-dirs] [--fragment FILE]...
+  qemu-test run the livepatch selftests and tests/ scenarios in QEMU
+            [--fragment FILE]... [--kernel-build DIR] [--only selftests|scenarios]
 ";
 
 fn main() -> Result<()> {
@@ -21,6 +32,9 @@ fn main() -> Result<()> {
     };
     match command.as_str() {
         "ci" => ci::run(rest),
+        "deps" => deps::run(rest),
+        "kernel" => kernel::run(rest),
+        "qemu-test" => qemu_test::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
