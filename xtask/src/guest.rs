@@ -43,10 +43,13 @@ pub struct Job {
 /// What became of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
-    /// The job's command exited with this code (`timeout` exits 124 when it had to stop it).
+    /// The job's command exited with this code.
     Exited(i32),
-    /// The guest died or hung while the job ran; the console log is in the outcome.
-    GuestLost,
+    /// The job ran past its time limit and was stopped.
+    TimedOut,
+    /// The guest died or hung while the job ran (why, as far as the console log tells); the
+    /// console log is in the outcome.
+    GuestLost(String),
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +58,8 @@ pub struct Outcome {
     pub ending: Ending,
     /// The job's stdout and stderr, as the guest wrote them.
     pub output: String,
+    /// How long the job ran, in whole seconds, as the guest measured it.
+    pub seconds: Option<u64>,
     /// Set when the guest was lost: where its kernel console log was saved.
     pub console_log: Option<PathBuf>,
 }
@@ -199,10 +204,25 @@ tab=$(printf '\t')
 while IFS="$tab" read -r name limit cwd command; do
 	if [ "$index" -ge "$first" ]; then
 		echo "KPATCH-BEGIN $index $name" >&3
-		(cd "$cwd" && exec timeout -k 10 "$limit" sh -c "$command") </dev/null >&3 2>&1
+		start=$(date +%s)
+		# Each job runs in its own session, so that at its time limit the whole process
+		# group (the script and whatever it started) is stopped, TERM first, then KILL.
+		(cd "$cwd" && exec setsid sh -c "$command") </dev/null >&3 2>&1 &
+		job=$!
+		(
+			sleep "$limit"
+			touch "/tmp/timed-out.$index"
+			kill -TERM -"$job" 2>/dev/null
+			sleep 10
+			kill -KILL -"$job" 2>/dev/null
+		) </dev/null >/dev/null 2>&1 &
+		watcher=$!
+		wait "$job"
 		rc=$?
+		kill "$watcher" 2>/dev/null
+		[ -e "/tmp/timed-out.$index" ] && rc=timeout
 		echo "" >&3
-		echo "KPATCH-END $index $name $rc" >&3
+		echo "KPATCH-END $index $name $rc $(($(date +%s) - start))" >&3
 	fi
 	index=$((index + 1))
 done < /jobs
@@ -264,10 +284,7 @@ pub fn run_jobs(
         let first = outcomes.len();
         let console = work.join(format!("console-{boot}.log"));
         let results = work.join(format!("results-{boot}.log"));
-        let deadline = boot_deadline(&jobs[first..]);
-        let finished = boot_guest(
-            kernel, &initramfs, first, &console, &results, deadline, jobs,
-        )?;
+        let finished = boot_guest(kernel, &initramfs, first, &console, &results, jobs)?;
         let text =
             String::from_utf8_lossy(&std::fs::read(&results).unwrap_or_default()).replace('\r', "");
         let run = parse_results(&text);
@@ -282,15 +299,16 @@ pub fn run_jobs(
                     reported.index
                 );
             }
-            let ending = match reported.exit_code {
-                Some(code) => Ending::Exited(code),
-                None => Ending::GuestLost,
-            };
-            let console_log = (ending == Ending::GuestLost).then(|| console.clone());
+            let lost = reported.ending.is_none();
+            let ending = reported
+                .ending
+                .unwrap_or_else(|| Ending::GuestLost(lost_reason(&console, finished)));
+            let console_log = lost.then(|| console.clone());
             outcomes.push(Outcome {
                 name: jobs[reported.index].name.clone(),
                 ending,
                 output: reported.output,
+                seconds: reported.seconds,
                 console_log,
             });
         }
@@ -303,16 +321,13 @@ pub fn run_jobs(
         if !run.done && outcomes.len() == first {
             // The guest died before starting a job (a boot failure): every remaining job is
             // lost, rather than booting again into the same failure.
-            let why = if finished {
-                "the guest stopped"
-            } else {
-                "the guest timed out"
-            };
+            let why = lost_reason(&console, finished);
             for job in &jobs[first..] {
                 outcomes.push(Outcome {
                     name: job.name.clone(),
-                    ending: Ending::GuestLost,
-                    output: format!("{why} before this job started"),
+                    ending: Ending::GuestLost(format!("{why}, before this job started")),
+                    output: String::new(),
+                    seconds: None,
                     console_log: Some(console.clone()),
                 });
             }
@@ -321,24 +336,51 @@ pub fn run_jobs(
     Ok(outcomes)
 }
 
-/// Boot time plus every job's own limit plus the time `timeout -k` grants to stop each.
-fn boot_deadline(jobs: &[Job]) -> Duration {
-    let jobs_time: Duration = jobs
-        .iter()
-        .map(|j| j.timeout + Duration::from_secs(15))
-        .sum();
-    Duration::from_secs(120) + jobs_time
+/// Why a guest ended early, from its console log: a panic names itself there; a guest killed
+/// at the deadline hung.
+fn lost_reason(console: &Path, finished: bool) -> String {
+    let text = std::fs::read(console).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    describe_loss(&text, finished)
 }
 
-/// Runs QEMU once; returns false when it had to be killed at the deadline. Prints each job's
-/// result as the guest reports it.
+fn describe_loss(console_text: &str, finished: bool) -> String {
+    if let Some(line) = console_text
+        .lines()
+        .find(|l| l.contains("Kernel panic - not syncing"))
+    {
+        let message = line
+            .split("Kernel panic - not syncing")
+            .nth(1)
+            .unwrap_or_default();
+        return format!("the kernel panicked{}", message.trim_end());
+    }
+    if finished {
+        "the guest stopped without reporting a result".to_string()
+    } else {
+        "the guest hung and was killed at the deadline".to_string()
+    }
+}
+
+/// How long the guest may stay silent between jobs: booting (about 3 s under emulation) and
+/// moving from one job to the next take far less.
+const BETWEEN_JOBS: Duration = Duration::from_secs(120);
+
+/// How long a job may run before the guest counts as hung: its own limit, plus the 10 s the
+/// init script grants between TERM and KILL, plus slack for a loaded host.
+fn job_deadline(job: &Job) -> Duration {
+    job.timeout + Duration::from_secs(10) + Duration::from_secs(30)
+}
+
+/// Runs QEMU once, from job `first` on; returns false when it had to be killed because the
+/// guest hung (a job ran past [`job_deadline`], or nothing happened for [`BETWEEN_JOBS`]).
+/// Prints each job's result as the guest reports it.
 fn boot_guest(
     kernel: &KernelDirs,
     initramfs: &Path,
     first: usize,
     console: &Path,
     results: &Path,
-    deadline: Duration,
     jobs: &[Job],
 ) -> Result<bool> {
     for log in [console, results] {
@@ -378,12 +420,25 @@ fn boot_guest(
         .stdin(std::process::Stdio::null())
         .spawn()
         .context("cannot start qemu-system-x86_64; run `cargo xtask deps`")?;
-    let start = Instant::now();
     let mut shown = 0;
+    let mut begun = 0;
+    let mut last_event = Instant::now();
     loop {
         let status = child.try_wait().context("cannot wait for QEMU")?;
         let text =
             String::from_utf8_lossy(&std::fs::read(results).unwrap_or_default()).replace('\r', "");
+        let begins = text
+            .lines()
+            .filter(|l| l.starts_with("KPATCH-BEGIN "))
+            .count();
+        let ends = text
+            .lines()
+            .filter(|l| l.starts_with("KPATCH-END "))
+            .count();
+        if begins != begun || ends != shown {
+            last_event = Instant::now();
+            begun = begins;
+        }
         for line in text
             .lines()
             .filter(|l| l.starts_with("KPATCH-END "))
@@ -391,16 +446,12 @@ fn boot_guest(
         {
             shown += 1;
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if let [_, _, name, rc] = fields.as_slice() {
-                let verdict = if *rc == "0" {
-                    "exited 0"
-                } else {
-                    "exited non-zero"
+            if let [_, _, name, rc, seconds] = fields.as_slice() {
+                let how = match *rc {
+                    "timeout" => "timed out".to_string(),
+                    code => format!("exited {code}"),
                 };
-                eprintln!(
-                    "  guest: {name} {verdict} ({rc}) at {}s",
-                    start.elapsed().as_secs()
-                );
+                eprintln!("  guest: {name} {how} after {seconds}s");
             }
         }
         if let Some(status) = status {
@@ -410,13 +461,15 @@ fn boot_guest(
             }
             return Ok(true);
         }
-        if start.elapsed() > deadline {
+        let running = (begun > shown).then(|| jobs.get(first + shown)).flatten();
+        let allowed = running.map_or(BETWEEN_JOBS, job_deadline);
+        if last_event.elapsed() > allowed {
             let _ = child.kill();
             let _ = child.wait();
-            let running = jobs.get(first + shown).map_or("?", |j| j.name.as_str());
+            let what = running.map_or("between jobs".to_string(), |j| format!("in job {}", j.name));
             eprintln!(
-                "  guest: no progress within {}s (job {running}); QEMU killed, console log: {}",
-                deadline.as_secs(),
+                "  guest: no progress for {}s {what}; QEMU killed, console log: {}",
+                allowed.as_secs(),
                 console.display()
             );
             return Ok(false);
@@ -436,11 +489,13 @@ struct Run {
 struct Reported {
     index: usize,
     /// None when the job began but never ended.
-    exit_code: Option<i32>,
+    ending: Option<Ending>,
+    seconds: Option<u64>,
     output: String,
 }
 
-/// Reads the result channel: `KPATCH-BEGIN i name`, output lines, `KPATCH-END i name rc`, and
+/// Reads the result channel: `KPATCH-BEGIN i name`, output lines, `KPATCH-END i name rc
+/// seconds` (rc is `timeout` when the job was stopped at its time limit), and
 /// finally `KPATCH-DONE`. The init script adds one empty line before each END marker (so
 /// that output without a final newline cannot swallow the marker); it is removed here.
 fn parse_results(text: &str) -> Run {
@@ -456,15 +511,20 @@ fn parse_results(text: &str) -> Run {
                 if let Ok(index) = index.parse() {
                     current = Some(Reported {
                         index,
-                        exit_code: None,
+                        ending: None,
+                        seconds: None,
                         output: String::new(),
                     });
                 }
             }
-            ["KPATCH-END", index, _name, rc] => {
+            ["KPATCH-END", index, _name, rc, seconds] => {
                 if let Some(mut job) = current.take() {
                     if index.parse() == Ok(job.index) {
-                        job.exit_code = rc.parse().ok();
+                        job.ending = match *rc {
+                            "timeout" => Some(Ending::TimedOut),
+                            code => code.parse().ok().map(Ending::Exited),
+                        };
+                        job.seconds = seconds.parse().ok();
                         if job.output.ends_with("\n\n") || job.output == "\n" {
                             job.output.pop();
                         }
@@ -555,12 +615,12 @@ fn parse_ldd(output: &str) -> Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
-    fn check(text: &str, expected: &[(usize, Option<i32>, &str)], done: bool) {
+    fn check(text: &str, expected: &[(usize, Option<Ending>, &str)], done: bool) {
         let run = parse_results(text);
-        let got: Vec<(usize, Option<i32>, &str)> = run
+        let got: Vec<(usize, Option<Ending>, &str)> = run
             .jobs
             .iter()
-            .map(|j| (j.index, j.exit_code, j.output.as_str()))
+            .map(|j| (j.index, j.ending.clone(), j.output.as_str()))
             .collect();
         assert_eq!(got, expected);
         assert_eq!(run.done, done);
@@ -569,26 +629,35 @@ mod tests {
     #[test]
     fn parses_finished_jobs() {
         check(
-            "KPATCH-BEGIN 0 a\nhello\n\nKPATCH-END 0 a 0\nKPATCH-BEGIN 1 b\n\nKPATCH-END 1 b 4\nKPATCH-DONE\n",
-            &[(0, Some(0), "hello\n"), (1, Some(4), "")],
+            "KPATCH-BEGIN 0 a\nhello\n\nKPATCH-END 0 a 0 3\nKPATCH-BEGIN 1 b\n\nKPATCH-END 1 b 4 0\nKPATCH-DONE\n",
+            &[(0, Some(Ending::Exited(0)), "hello\n"), (1, Some(Ending::Exited(4)), "")],
             true,
+        );
+    }
+
+    #[test]
+    fn parses_a_job_stopped_at_its_time_limit() {
+        check(
+            "KPATCH-BEGIN 2 a\nsleeping\n\nKPATCH-END 2 a timeout 600\n",
+            &[(2, Some(Ending::TimedOut), "sleeping\n")],
+            false,
         );
     }
 
     #[test]
     fn output_without_final_newline_keeps_its_text() {
         check(
-            "KPATCH-BEGIN 3 a\nTEST: x ... \nKPATCH-END 3 a 1\n",
-            &[(3, Some(1), "TEST: x ... \n")],
+            "KPATCH-BEGIN 3 a\nTEST: x ... \nKPATCH-END 3 a 1 0\n",
+            &[(3, Some(Ending::Exited(1)), "TEST: x ... \n")],
             false,
         );
     }
 
     #[test]
-    fn job_cut_off_by_a_lost_guest_has_no_exit_code() {
+    fn job_cut_off_by_a_lost_guest_has_no_ending() {
         check(
-            "KPATCH-BEGIN 0 a\n\nKPATCH-END 0 a 0\nKPATCH-BEGIN 1 b\npartial\n",
-            &[(0, Some(0), ""), (1, None, "partial\n")],
+            "KPATCH-BEGIN 0 a\n\nKPATCH-END 0 a 0 1\nKPATCH-BEGIN 1 b\npartial\n",
+            &[(0, Some(Ending::Exited(0)), ""), (1, None, "partial\n")],
             false,
         );
     }
@@ -596,7 +665,16 @@ mod tests {
     #[test]
     fn end_marker_of_another_job_does_not_finish_the_current_one() {
         check(
-            "KPATCH-BEGIN 0 a\nKPATCH-END 1 b 0\n",
+            "KPATCH-BEGIN 0 a\nKPATCH-END 1 b 0 1\n",
+            &[(0, None, "")],
+            false,
+        );
+    }
+
+    #[test]
+    fn garbled_end_marker_is_not_a_result() {
+        check(
+            "KPATCH-BEGIN 0 a\nKPATCH-END 0 a zero 1\n",
             &[(0, None, "")],
             false,
         );
@@ -606,6 +684,24 @@ mod tests {
     fn nothing_reported_is_an_empty_run() {
         check("", &[], false);
         check("garbage before any job\n", &[], false);
+    }
+
+    #[test]
+    fn names_the_panic_that_ended_the_guest() {
+        let console =
+            "[    1.0] test\n[    2.5] Kernel panic - not syncing: panicker: on purpose\n";
+        assert_eq!(
+            describe_loss(console, true),
+            "the kernel panicked: panicker: on purpose"
+        );
+        assert_eq!(
+            describe_loss("[ 1.0] boot\n", false),
+            "the guest hung and was killed at the deadline"
+        );
+        assert_eq!(
+            describe_loss("", true),
+            "the guest stopped without reporting a result"
+        );
     }
 
     #[test]

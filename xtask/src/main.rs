@@ -21,10 +21,23 @@ commands:
   deps      install the Debian packages the harness needs (apt-get)
   kernel    build the cached test kernel [--print-dirs] [--fragment FILE]...
   qemu-test run the livepatch selftests and tests/ scenarios in QEMU
-            [--fragment FILE]... [--kernel-build DIR] [--only selftests|scenarios]
+            [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
+            [--only selftests|scenarios]
 ";
 
-fn main() -> Result<()> {
+/// Errors are printed as one chain of causes, without the backtrace that anyhow's default
+/// report adds when RUST_BACKTRACE is set: the messages say what to do, the stack does not.
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         print!("{USAGE}");

@@ -32,11 +32,13 @@ enum Only {
     Scenarios,
 }
 
-/// `cargo xtask qemu-test [--fragment FILE]... [--kernel-build DIR] [--only selftests|scenarios]`
+/// `cargo xtask qemu-test [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
+/// [--only selftests|scenarios]`
 pub fn run(args: &[String]) -> Result<()> {
     let mut spec = KernelSpec::stock();
     let mut kernel_build: Option<PathBuf> = None;
     let mut only = Only::All;
+    let mut tests_dir = crate::project_root().join("tests");
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |what: &str| {
@@ -51,6 +53,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--kernel-build" => {
                 kernel_build = Some(std::path::absolute(value("a kernel build directory")?)?)
             }
+            "--tests" => tests_dir = std::path::absolute(value("a directory of scenarios")?)?,
             "--only" => {
                 only = match value("selftests or scenarios")?.as_str() {
                     "selftests" => Only::Selftests,
@@ -60,7 +63,8 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask qemu-test` \
-                 (expected --fragment FILE, --kernel-build DIR, --only selftests|scenarios)"
+                 (expected --fragment FILE, --kernel-build DIR, --tests DIR, \
+                 --only selftests|scenarios)"
             ),
         }
     }
@@ -69,7 +73,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(build) => kernel::existing_kernel(&build)?,
         None => kernel::ensure_kernel(&sh, &spec)?,
     };
-    let tally = run_all(&sh, &kernel, only)?;
+    let tally = run_all(&sh, &kernel, only, &tests_dir)?;
     println!("{}", tally.summary());
     if tally.failed > 0 {
         bail!(
@@ -83,10 +87,10 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Runs the selftests and the scenarios on `kernel`; prints one line per script or scenario.
 pub fn run_everything(sh: &Shell, kernel: &KernelDirs) -> Result<Tally> {
-    run_all(sh, kernel, Only::All)
+    run_all(sh, kernel, Only::All, &crate::project_root().join("tests"))
 }
 
-fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only) -> Result<Tally> {
+fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Result<Tally> {
     let kernel_name = kernel
         .root
         .file_name()
@@ -115,9 +119,12 @@ fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only) -> Result<Tally> {
     }
 
     if only != Only::Selftests {
-        let found = scenarios::discover(&crate::project_root().join("tests"))?;
+        let found = scenarios::discover(tests_dir)?;
         if found.is_empty() {
-            bail!("no scenarios found in tests/ (a scenario is a directory with guest.sh)");
+            bail!(
+                "no scenarios found in {} (a scenario is a directory with guest.sh)",
+                tests_dir.display()
+            );
         }
         let rootfs = Rootfs::new(sh, &work.join("scenarios/rootfs"))?;
         let jobs = scenarios::prepare(kernel, &rootfs, &found, &work.join("scenarios"))?;
@@ -140,12 +147,15 @@ fn save_output(dir: &Path, outcome: &Outcome) -> Result<()> {
 /// A selftest script passes when it exits 0; 4 is kselftest's "skip", which counts as a
 /// failure here because every script must run on the test kernel.
 fn judge_selftest(outcome: &Outcome) -> std::result::Result<(), String> {
-    match outcome.ending {
+    match &outcome.ending {
         Ending::Exited(0) => Ok(()),
         Ending::Exited(4) => Err("skipped (kselftest exit code 4)".to_string()),
-        Ending::Exited(124) => Err("timed out in the guest".to_string()),
+        Ending::TimedOut => Err(format!(
+            "timed out after {}s",
+            selftests::SCRIPT_TIMEOUT.as_secs()
+        )),
         Ending::Exited(code) => Err(format!("exited {code}")),
-        Ending::GuestLost => Err("the guest died or hung".to_string()),
+        Ending::GuestLost(why) => Err(why.clone()),
     }
 }
 
@@ -164,10 +174,17 @@ fn report(
     tally: &mut Tally,
 ) {
     let ok = subtests_ok(&outcome.output);
-    let detail = if ok > 0 {
-        format!(" ({ok} tests ok)")
-    } else {
+    let mut details = Vec::new();
+    if ok > 0 {
+        details.push(format!("{ok} tests ok"));
+    }
+    if let Some(seconds) = outcome.seconds {
+        details.push(format!("{seconds}s"));
+    }
+    let detail = if details.is_empty() {
         String::new()
+    } else {
+        format!(" ({})", details.join(", "))
     };
     match verdict {
         Ok(()) => {
@@ -177,8 +194,11 @@ fn report(
         Err(why) => {
             tally.failed += 1;
             println!("FAIL  {kind} {}: {why}", outcome.name);
-            for line in outcome.output.lines() {
-                println!("      | {line}");
+            // A scenario whose output differed already shows it in the verdict.
+            if !why.contains("--- actual") {
+                for line in outcome.output.lines() {
+                    println!("      | {line}");
+                }
             }
             if let Some(log) = &outcome.console_log {
                 println!("      kernel console log: {}", log.display());
@@ -196,6 +216,7 @@ mod tests {
             name: "t".to_string(),
             ending,
             output: output.to_string(),
+            seconds: None,
             console_log: None,
         }
     }
@@ -206,8 +227,8 @@ mod tests {
         for ending in [
             Ending::Exited(1),
             Ending::Exited(4),
-            Ending::Exited(124),
-            Ending::GuestLost,
+            Ending::TimedOut,
+            Ending::GuestLost("the kernel panicked".to_string()),
         ] {
             assert!(
                 judge_selftest(&outcome(ending.clone(), "")).is_err(),

@@ -9,6 +9,8 @@
 //!   relative to its top) to copy in first, so a scenario can build the kernel's own samples
 //!   without carrying a copy of them.
 //!
+//! - `timeout` (optional): seconds the script may run, 120 when absent.
+//!
 //! A scenario with a `*.patch` instead will have its module made by `kpatch-rs build`; this
 //! runner refuses such a scenario until that command exists.
 
@@ -22,7 +24,7 @@ use crate::kernel::KernelDirs;
 use crate::selftests::{build_modules, copy_tree};
 
 const GUEST_DIR: &str = "/scenarios";
-const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A scenario found in `tests/`.
 #[derive(Debug, Clone)]
@@ -30,6 +32,7 @@ pub struct Scenario {
     pub name: String,
     pub dir: PathBuf,
     pub expected: String,
+    pub timeout: Duration,
 }
 
 /// The scenarios under `tests_dir`, sorted by name.
@@ -49,10 +52,17 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Scenario>> {
         let expected = std::fs::read_to_string(dir.join("expected")).with_context(|| {
             format!("scenario {name} has no readable `expected` file (what guest.sh must print)")
         })?;
+        let timeout = match std::fs::read_to_string(dir.join("timeout")) {
+            Ok(text) => Duration::from_secs(text.trim().parse().with_context(|| {
+                format!("scenario {name}: `timeout` must hold a number of seconds, found {text:?}")
+            })?),
+            Err(_) => DEFAULT_TIMEOUT,
+        };
         scenarios.push(Scenario {
             name,
             dir,
             expected,
+            timeout,
         });
     }
     scenarios.sort_by(|a, b| a.name.cmp(&b.name));
@@ -109,7 +119,7 @@ pub fn prepare(
             name: scenario.name.clone(),
             cwd: guest_dir,
             command: "./guest.sh".to_string(),
-            timeout: SCENARIO_TIMEOUT,
+            timeout: scenario.timeout,
         });
     }
     Ok(jobs)
@@ -159,10 +169,13 @@ fn copy_kernel_sources(kernel: &KernelDirs, build_dir: &Path, scenario: &str) ->
 
 /// Whether a scenario passed, and if not, why.
 pub fn judge(scenario: &Scenario, outcome: &Outcome) -> std::result::Result<(), String> {
-    match outcome.ending {
+    match &outcome.ending {
         crate::guest::Ending::Exited(0) => {}
         crate::guest::Ending::Exited(code) => return Err(format!("guest.sh exited {code}")),
-        crate::guest::Ending::GuestLost => return Err("the guest died or hung".to_string()),
+        crate::guest::Ending::TimedOut => {
+            return Err(format!("timed out after {}s", scenario.timeout.as_secs()))
+        }
+        crate::guest::Ending::GuestLost(why) => return Err(why.clone()),
     }
     let expected = normalise(&scenario.expected);
     let actual = normalise(&outcome.output);
@@ -170,8 +183,8 @@ pub fn judge(scenario: &Scenario, outcome: &Outcome) -> std::result::Result<(), 
         return Ok(());
     }
     Err(format!(
-        "output differs from tests/{}/expected\n--- expected\n{expected}\n--- actual\n{actual}",
-        scenario.name
+        "output differs from {}\n--- expected\n{expected}\n--- actual\n{actual}",
+        scenario.dir.join("expected").display()
     ))
 }
 
@@ -195,11 +208,13 @@ mod tests {
             name: "s".to_string(),
             dir: PathBuf::from("tests/s"),
             expected: expected.to_string(),
+            timeout: DEFAULT_TIMEOUT,
         };
         let outcome = Outcome {
             name: "s".to_string(),
             ending,
             output: output.to_string(),
+            seconds: None,
             console_log: None,
         };
         assert_eq!(
@@ -218,6 +233,7 @@ mod tests {
         check("a\nb\n", Ending::Exited(0), "a\n", false);
         check("a\nb\n", Ending::Exited(0), "\na\nb\n", false);
         check("a\n", Ending::Exited(1), "a\n", false);
-        check("a\n", Ending::GuestLost, "a\n", false);
+        check("a\n", Ending::GuestLost("hung".to_string()), "a\n", false);
+        check("a\n", Ending::TimedOut, "a\n", false);
     }
 }

@@ -23,7 +23,7 @@ const GUEST_DIR: &str = "/selftests/livepatch";
 
 /// The scripts loop on transitions with a generous retry limit; under software emulation the
 /// slowest (test-callbacks.sh) takes about a minute, so this only stops a real hang.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Builds the selftests' modules and program for `kernel` in `work`, copies them into the
 /// guest tree, and returns one job per script, in the order the selftests' Makefile lists.
