@@ -497,6 +497,28 @@ mod tests {
     }
 
     #[test]
+    fn project_fragment_asks_for_what_the_selftests_need() {
+        let path = crate::project_root().join(LIVEPATCH_FRAGMENT);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let values = fragment_values(&text);
+        for wanted in [
+            ("CONFIG_LIVEPATCH", "y"),
+            ("CONFIG_MODULES", "y"),
+            ("CONFIG_MODULE_UNLOAD", "y"),
+            ("CONFIG_DYNAMIC_DEBUG", "y"),
+            ("CONFIG_DEBUG_FS", "y"),
+            ("CONFIG_PROC_SYSCTL", "y"),
+            ("CONFIG_SERIAL_8250_CONSOLE", "y"),
+        ] {
+            assert!(
+                values.contains(&wanted),
+                "{} lacks {wanted:?}",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
     fn tarball_stem_drops_the_compression_suffix() {
         assert_eq!(
             tarball_stem(Path::new("/usr/src/linux-source-6.12.tar.xz")),
