@@ -1,17 +1,64 @@
 //! `cargo xtask ci`: the whole check a clean checkout must pass, in the order CI runs it.
+//!
+//! Dependencies first (nothing else can run without them), then the cheap checks, then the
+//! kernel build and the QEMU tests. A failing check does not stop the later ones, so one run
+//! shows every problem; the exit status is non-zero when anything failed, and the last line
+//! is the QEMU tests' `N passed, N failed`.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-pub fn run(_args: &[String]) -> Result<()> {
+use crate::kernel::{ensure_kernel, KernelSpec};
+
+pub fn run(args: &[String]) -> Result<()> {
+    if let Some(arg) = args.first() {
+        bail!("`cargo xtask ci` takes no arguments, got `{arg}`");
+    }
+    let started = std::time::Instant::now();
     let sh = Shell::new()?;
     sh.change_dir(crate::project_root());
-    cmd!(sh, "cargo fmt --all -- --check").run()?;
-    cmd!(
-        sh,
-        "cargo clippy --workspace --all-targets --all-features -- -D warnings"
-    )
-    .run()?;
-    cmd!(sh, "cargo test --workspace --all-features").run()?;
+    crate::deps::ensure_packages(&sh)?;
+
+    let mut failed_steps = Vec::new();
+    let mut step = |name: &str, result: Result<()>| {
+        if let Err(error) = result {
+            eprintln!("ci: {name} failed: {error:#}");
+            failed_steps.push(name.to_string());
+        }
+    };
+    step(
+        "fmt",
+        cmd!(sh, "cargo fmt --all -- --check")
+            .run()
+            .map_err(Into::into),
+    );
+    step(
+        "clippy",
+        cmd!(
+            sh,
+            "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+        )
+        .run()
+        .map_err(Into::into),
+    );
+    // The unit tests run with CI set, so a test that lacks a tool fails instead of skipping.
+    step(
+        "unit tests",
+        cmd!(sh, "cargo test --workspace --all-features")
+            .env("CI", "1")
+            .run()
+            .map_err(Into::into),
+    );
+
+    let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
+    let tally = crate::qemu_test::run_everything(&sh, &kernel)?;
+    eprintln!("ci: finished in {}s", started.elapsed().as_secs());
+    if !failed_steps.is_empty() {
+        eprintln!("ci: failed steps: {}", failed_steps.join(", "));
+    }
+    println!("{}", tally.summary());
+    if !failed_steps.is_empty() || tally.failed > 0 {
+        bail!("ci failed");
+    }
     Ok(())
 }

@@ -3,6 +3,13 @@
 //! CI calls `cargo xtask ci` and nothing else.
 
 mod ci;
+mod deps;
+mod guest;
+mod kernel;
+mod process;
+mod qemu_test;
+mod scenarios;
+mod selftests;
 
 use anyhow::{bail, Result};
 
@@ -11,9 +18,26 @@ usage: cargo xtask <command>
 
 commands:
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
+  deps      install the Debian packages the harness needs (apt-get)
+  kernel    build the cached test kernel [--print-dirs] [--fragment FILE]...
+  qemu-test run the livepatch selftests and tests/ scenarios in QEMU
+            [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
+            [--only selftests|scenarios]
 ";
 
-fn main() -> Result<()> {
+/// Errors are printed as one chain of causes, without the backtrace that anyhow's default
+/// report adds when RUST_BACKTRACE is set: the messages say what to do, the stack does not.
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         print!("{USAGE}");
@@ -21,6 +45,9 @@ fn main() -> Result<()> {
     };
     match command.as_str() {
         "ci" => ci::run(rest),
+        "deps" => deps::run(rest),
+        "kernel" => kernel::run(rest),
+        "qemu-test" => qemu_test::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

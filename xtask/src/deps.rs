@@ -1,0 +1,120 @@
+//! `cargo xtask deps`: installs, with apt-get, the Debian packages that building the test
+//! kernel and running it in QEMU need. Asks dpkg first, so a second call is instant.
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// Every package the harness uses, with the reason next to it.
+pub const PACKAGES: &[&str] = &[
+    // The kernel source and its build.
+    "linux-source-6.12",
+    "gcc",
+    "make",
+    "libc6-dev", // also the static libc for the selftests' test_klp-call_getpid
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "xz-utils",
+    // The guest: emulator, initramfs, and the tools the upstream selftests call.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",      // insmod, rmmod, modinfo
+    "procps",    // sysctl --values
+    "diffutils", // diff, used by the selftests to show a mismatch
+];
+
+/// `cargo xtask deps`
+pub fn run(args: &[String]) -> Result<()> {
+    if let Some(arg) = args.first() {
+        bail!("`cargo xtask deps` takes no arguments, got `{arg}`");
+    }
+    let sh = Shell::new()?;
+    ensure_packages(&sh)
+}
+
+/// Installs what is missing from [`PACKAGES`].
+pub fn ensure_packages(sh: &Shell) -> Result<()> {
+    let missing = missing_packages(sh)?;
+    if missing.is_empty() {
+        eprintln!("deps: all {} packages are installed", PACKAGES.len());
+        return Ok(());
+    }
+    eprintln!("deps: installing {}", missing.join(" "));
+    let uid = cmd!(sh, "id -u").read().context("cannot run id -u")?;
+    // Not root: go through sudo, which must then be allowed to run apt-get.
+    let (program, sudo_args): (&str, &[&str]) = if uid.trim() == "0" {
+        ("apt-get", &[])
+    } else {
+        ("sudo", &["apt-get"])
+    };
+    let missing_args = missing.clone();
+    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+    cmd!(sh, "{program} {sudo_args...} update -q")
+        .run()
+        .context("cannot update the apt package lists")?;
+    cmd!(
+        sh,
+        "{program} {sudo_args...} install -y -q --no-install-recommends {missing_args...}"
+    )
+    .run()
+    .with_context(|| format!("cannot install {}", missing.join(" ")))?;
+    let still_missing = missing_packages(sh)?;
+    if !still_missing.is_empty() {
+        bail!(
+            "apt-get finished but these packages are still not installed: {}",
+            still_missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn missing_packages(sh: &Shell) -> Result<Vec<String>> {
+    // dpkg-query exits 1 when a package is unknown to dpkg; the listing of the others is still
+    // complete, so the status is ignored and the output judged.
+    let format = "${Package}\t${db:Status-Abbrev}\n";
+    let output = cmd!(sh, "dpkg-query -W -f={format} {PACKAGES...}")
+        .ignore_status()
+        .ignore_stderr()
+        .read()
+        .context("cannot run dpkg-query; this harness needs a Debian system")?;
+    Ok(not_installed(PACKAGES, &output))
+}
+
+/// The packages of `wanted` that the dpkg-query listing does not show as installed (`ii`).
+fn not_installed(wanted: &[&str], listing: &str) -> Vec<String> {
+    let installed: Vec<&str> = listing
+        .lines()
+        .filter_map(|line| {
+            let (name, status) = line.split_once('\t')?;
+            // Multi-arch packages are listed as name:arch.
+            let name = name.split(':').next().unwrap_or(name);
+            status.starts_with("ii").then_some(name)
+        })
+        .collect();
+    wanted
+        .iter()
+        .filter(|p| !installed.contains(p))
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(listing: &str, expected_missing: &[&str]) {
+        assert_eq!(not_installed(&["a", "b", "c"], listing), expected_missing);
+    }
+
+    #[test]
+    fn reads_dpkg_status() {
+        check("a\tii \nb\tii \nc\tii \n", &[]);
+        check("a\tii \nc\tii \n", &["b"]);
+        check("a\trc \nb\tii \nc\tun \n", &["a", "c"]);
+        check("a:amd64\tii \nb\tii \nc\tiF \n", &["c"]);
+        check("", &["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,255 @@
+//! `cargo xtask qemu-test`: the upstream livepatch selftests and the `tests/` scenarios, each
+//! group run in one boot of the cached kernel under QEMU, one line per script or scenario and
+//! a final `N passed, N failed` line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use xshell::Shell;
+
+use crate::guest::{self, Ending, Outcome, Rootfs};
+use crate::kernel::{self, KernelDirs, KernelSpec};
+use crate::{scenarios, selftests};
+
+/// How many scripts and scenarios passed and failed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Tally {
+    pub fn summary(&self) -> String {
+        format!("{} passed, {} failed", self.passed, self.failed)
+    }
+}
+
+/// Which groups to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    All,
+    Selftests,
+    Scenarios,
+}
+
+/// `cargo xtask qemu-test [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
+/// [--only selftests|scenarios]`
+pub fn run(args: &[String]) -> Result<()> {
+    let mut spec = KernelSpec::stock();
+    let mut kernel_build: Option<PathBuf> = None;
+    let mut only = Only::All;
+    let mut tests_dir = crate::project_root().join("tests");
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |what: &str| {
+            args.next()
+                .cloned()
+                .with_context(|| format!("{arg} needs {what}"))
+        };
+        match arg.as_str() {
+            "--fragment" => spec
+                .fragments
+                .push(std::path::absolute(value("a config fragment")?)?),
+            "--kernel-build" => {
+                kernel_build = Some(std::path::absolute(value("a kernel build directory")?)?)
+            }
+            "--tests" => tests_dir = std::path::absolute(value("a directory of scenarios")?)?,
+            "--only" => {
+                only = match value("selftests or scenarios")?.as_str() {
+                    "selftests" => Only::Selftests,
+                    "scenarios" => Only::Scenarios,
+                    other => bail!("--only takes selftests or scenarios, not `{other}`"),
+                }
+            }
+            other => bail!(
+                "unknown argument `{other}` to `cargo xtask qemu-test` \
+                 (expected --fragment FILE, --kernel-build DIR, --tests DIR, \
+                 --only selftests|scenarios)"
+            ),
+        }
+    }
+    let sh = Shell::new()?;
+    let kernel = match kernel_build {
+        Some(build) => kernel::existing_kernel(&build)?,
+        None => kernel::ensure_kernel(&sh, &spec)?,
+    };
+    let tally = run_all(&sh, &kernel, only, &tests_dir)?;
+    println!("{}", tally.summary());
+    if tally.failed > 0 {
+        bail!(
+            "{} of {} QEMU tests failed",
+            tally.failed,
+            tally.passed + tally.failed
+        );
+    }
+    Ok(())
+}
+
+/// Runs the selftests and the scenarios on `kernel`; prints one line per script or scenario.
+pub fn run_everything(sh: &Shell, kernel: &KernelDirs) -> Result<Tally> {
+    run_all(sh, kernel, Only::All, &crate::project_root().join("tests"))
+}
+
+fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Result<Tally> {
+    let kernel_name = kernel
+        .root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "kernel".to_string());
+    let work = crate::project_root()
+        .join("target/qemu-test")
+        .join(kernel_name);
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    eprintln!(
+        "qemu-test: kernel {}, logs in {}",
+        kernel.bzimage.display(),
+        work.display()
+    );
+    let mut tally = Tally::default();
+
+    if only != Only::Scenarios {
+        let rootfs = Rootfs::new(sh, &work.join("selftests/rootfs"))?;
+        let jobs = selftests::prepare(kernel, &rootfs, &work.join("selftests"))?;
+        let outcomes = guest::run_jobs(sh, kernel, &rootfs, &jobs, &work.join("selftests/boot"))?;
+        for outcome in &outcomes {
+            save_output(&work.join("selftests/boot"), outcome)?;
+            let verdict = judge_selftest(outcome);
+            report("selftest", outcome, &verdict, &mut tally);
+        }
+    }
+
+    if only != Only::Selftests {
+        let found = scenarios::discover(tests_dir)?;
+        if found.is_empty() {
+            bail!(
+                "no scenarios found in {} (a scenario is a directory with guest.sh)",
+                tests_dir.display()
+            );
+        }
+        let rootfs = Rootfs::new(sh, &work.join("scenarios/rootfs"))?;
+        let jobs = scenarios::prepare(kernel, &rootfs, &found, &work.join("scenarios"))?;
+        let outcomes = guest::run_jobs(sh, kernel, &rootfs, &jobs, &work.join("scenarios/boot"))?;
+        for (scenario, outcome) in found.iter().zip(&outcomes) {
+            save_output(&work.join("scenarios/boot"), outcome)?;
+            let verdict = scenarios::judge(scenario, outcome);
+            report("scenario", outcome, &verdict, &mut tally);
+        }
+    }
+    Ok(tally)
+}
+
+fn save_output(dir: &Path, outcome: &Outcome) -> Result<()> {
+    let file = dir.join(format!("{}.out", outcome.name));
+    std::fs::write(&file, &outcome.output)
+        .with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// A selftest script passes when it exits 0; 4 is kselftest's "skip", which counts as a
+/// failure here because every script must run on the test kernel.
+fn judge_selftest(outcome: &Outcome) -> std::result::Result<(), String> {
+    match &outcome.ending {
+        Ending::Exited(0) => Ok(()),
+        Ending::Exited(4) => Err("skipped (kselftest exit code 4)".to_string()),
+        Ending::TimedOut => Err(format!(
+            "timed out after {}s",
+            selftests::SCRIPT_TIMEOUT.as_secs()
+        )),
+        Ending::Exited(code) => Err(format!("exited {code}")),
+        Ending::GuestLost(why) => Err(why.clone()),
+    }
+}
+
+/// The number of `TEST: ... ok` lines a selftest script printed.
+fn subtests_ok(output: &str) -> usize {
+    output
+        .lines()
+        .filter(|l| l.starts_with("TEST: ") && l.trim_end().ends_with("... ok"))
+        .count()
+}
+
+fn report(
+    kind: &str,
+    outcome: &Outcome,
+    verdict: &std::result::Result<(), String>,
+    tally: &mut Tally,
+) {
+    let ok = subtests_ok(&outcome.output);
+    let mut details = Vec::new();
+    if ok > 0 {
+        details.push(format!("{ok} tests ok"));
+    }
+    if let Some(seconds) = outcome.seconds {
+        details.push(format!("{seconds}s"));
+    }
+    let detail = if details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", details.join(", "))
+    };
+    match verdict {
+        Ok(()) => {
+            tally.passed += 1;
+            println!("PASS  {kind} {}{detail}", outcome.name);
+        }
+        Err(why) => {
+            tally.failed += 1;
+            println!("FAIL  {kind} {}: {why}", outcome.name);
+            // A scenario whose output differed already shows it in the verdict.
+            if !why.contains("--- actual") {
+                for line in outcome.output.lines() {
+                    println!("      | {line}");
+                }
+            }
+            if let Some(log) = &outcome.console_log {
+                println!("      kernel console log: {}", log.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(ending: Ending, output: &str) -> Outcome {
+        Outcome {
+            name: "t".to_string(),
+            ending,
+            output: output.to_string(),
+            seconds: None,
+            console_log: None,
+        }
+    }
+
+    #[test]
+    fn selftest_passes_only_on_exit_zero() {
+        assert!(judge_selftest(&outcome(Ending::Exited(0), "")).is_ok());
+        for ending in [
+            Ending::Exited(1),
+            Ending::Exited(4),
+            Ending::TimedOut,
+            Ending::GuestLost("the kernel panicked".to_string()),
+        ] {
+            assert!(
+                judge_selftest(&outcome(ending.clone(), "")).is_err(),
+                "{ending:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_passed_subtests() {
+        let output = "TEST: a ... ok\nTEST: b ... not ok\n\nsomething\nTEST: c ... ok\n";
+        assert_eq!(subtests_ok(output), 2);
+        assert_eq!(subtests_ok(""), 0);
+    }
+
+    #[test]
+    fn tally_summary_line() {
+        let tally = Tally {
+            passed: 8,
+            failed: 1,
+        };
+        assert_eq!(tally.summary(), "8 passed, 1 failed");
+    }
+}
