@@ -4,3 +4,5 @@
 //! to exit codes, so tests call the library directly.
 
 pub mod exit;
+pub mod klp_records;
+pub mod post_link;
