@@ -5,4 +5,5 @@
 
 pub mod exit;
 pub mod klp_records;
+pub mod module;
 pub mod post_link;
