@@ -7,3 +7,4 @@ pub mod exit;
 pub mod klp_records;
 pub mod module;
 pub mod post_link;
+pub mod resolve;
