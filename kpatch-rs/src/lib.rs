@@ -4,7 +4,9 @@
 //! to exit codes, so tests call the library directly.
 
 pub mod exit;
+pub mod kbuild;
 pub mod klp_records;
 pub mod module;
 pub mod post_link;
 pub mod resolve;
+pub mod targets;
