@@ -10,3 +10,4 @@ pub mod module;
 pub mod post_link;
 pub mod resolve;
 pub mod targets;
+pub mod trees;
