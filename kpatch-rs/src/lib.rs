@@ -4,3 +4,13 @@
 //! to exit codes, so tests call the library directly.
 
 pub mod exit;
+
+// The diff phase (create-diff-object's job), one module per step, in data-flow order.
+pub mod compare;
+pub mod correlate;
+pub mod diff;
+pub mod elf;
+pub mod include;
+pub mod output;
+pub mod report;
+pub mod special_sections;
