@@ -4,10 +4,22 @@
 //! to exit codes, so tests call the library directly.
 
 pub mod exit;
-pub mod kbuild;
-pub mod klp_records;
-pub mod module;
-pub mod post_link;
-pub mod resolve;
+
+// The diff phase (create-diff-object's job), one module per step, in data-flow order.
+pub mod compare;
+pub mod correlate;
+pub mod diff;
+pub mod elf;
+pub mod include;
+pub mod output;
+pub mod report;
+pub mod special_sections;
+
+// The build pipeline around the diff, in data-flow order.
 pub mod targets;
 pub mod trees;
+pub mod kbuild;
+pub mod resolve;
+pub mod module;
+pub mod klp_records;
+pub mod post_link;
