@@ -183,6 +183,10 @@ impl KernelBuild {
         }
         let mut command = self.make();
         command.arg(format!("KCFLAGS={DIFF_KCFLAGS} {extra_cflags}").trim_end());
+        // With IBT, Kbuild runs objtool on vmlinux.o as a whole instead of on each object, so a
+        // single object would come without its ORC unwind data, return-thunk and call sites.
+        // Running it per object gives the diff those tables for the code it takes.
+        command.arg("objtool-enabled=y");
         command.args(objects);
         run_logged(what, &mut command, &self.log)
     }

@@ -196,6 +196,9 @@ fn append_records(builder: &mut Builder<'_>, pulled: &[(SectionId, u64, String, 
     let strings_section = builder.sections.add();
     strings_section.name = STRINGS_SECTION.as_bytes().to_vec().into();
     strings_section.sh_type = elf::SHT_PROGBITS;
+    // Allocated only so that modpost does not warn about a stray section; post-link removes
+    // both sections before the module is ever loaded.
+    strings_section.sh_flags = elf::SHF_ALLOC;
     strings_section.sh_addralign = 1;
     strings_section.data = SectionData::Data(strings.into());
     let strings_id = strings_section.id();
@@ -228,6 +231,7 @@ fn append_records(builder: &mut Builder<'_>, pulled: &[(SectionId, u64, String, 
     let records_section = builder.sections.add();
     records_section.name = RECORDS_SECTION.as_bytes().to_vec().into();
     records_section.sh_type = elf::SHT_PROGBITS;
+    records_section.sh_flags = elf::SHF_ALLOC;
     records_section.sh_addralign = 8;
     records_section.data = SectionData::Data(data.into());
     let records_id = records_section.id();

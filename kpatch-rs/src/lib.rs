@@ -16,10 +16,12 @@ pub mod report;
 pub mod special_sections;
 
 // The build pipeline around the diff, in data-flow order.
+pub mod kbuild;
+pub mod klp_records;
+pub mod module;
+pub mod pipeline;
+pub mod post_link;
+pub mod prepare;
+pub mod resolve;
 pub mod targets;
 pub mod trees;
-pub mod kbuild;
-pub mod resolve;
-pub mod module;
-pub mod klp_records;
-pub mod post_link;

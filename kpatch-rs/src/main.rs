@@ -20,6 +20,45 @@ enum Command {
     /// Diff an original and a patched object (create-diff-object): report changed and new
     /// functions and write an object holding them and what they need.
     Diff(DiffArgs),
+    /// Build a livepatch module from patch files against a kernel source tree.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// The kernel source tree (clean: configured out of tree). It is never modified.
+    #[arg(short = 's', long)]
+    sourcedir: std::path::PathBuf,
+    /// The running kernel's config (default: .config beside --vmlinux).
+    #[arg(short = 'c', long)]
+    config: Option<std::path::PathBuf>,
+    /// The running kernel's vmlinux, with its symbol table.
+    #[arg(short = 'v', long)]
+    vmlinux: std::path::PathBuf,
+    /// The kernel's Module.symvers (default: beside --vmlinux).
+    #[arg(long)]
+    symvers: Option<std::path::PathBuf>,
+    /// The module's name: livepatch-NAME.ko (default: the first patch's file name).
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// Parallel jobs for the kernel build.
+    #[arg(short = 'j', long, default_value_t = 2)]
+    jobs: usize,
+    /// Where to write the module.
+    #[arg(short = 'o', long, default_value = ".")]
+    output: std::path::PathBuf,
+    /// Stack on earlier livepatches instead of replacing them (replacing is the default).
+    #[arg(long)]
+    no_replace: bool,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Where build directories are kept between runs (default: $XDG_CACHE_HOME/kpatch-rs/build).
+    #[arg(long)]
+    cache_dir: Option<std::path::PathBuf>,
+    /// The patch files, applied in order with `patch -p1`.
+    #[arg(required = true)]
+    patches: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +91,7 @@ fn main() -> ExitCode {
             ExitCode::from(kpatch_rs::exit::ERROR)
         }
         Some(Command::Diff(args)) => exit_code(run_diff(&args)),
+        Some(Command::Build(args)) => run_build(args),
     }
 }
 
@@ -107,6 +147,82 @@ fn run_diff(args: &DiffArgs) -> anyhow::Result<u8> {
                 eprintln!("error: {refusal}");
             }
             Ok(kpatch_rs::exit::UNPATCHABLE)
+        }
+    }
+}
+
+fn run_build(args: BuildArgs) -> ExitCode {
+    use kpatch_rs::pipeline::{build, BuildOptions};
+
+    let beside_vmlinux = |file: &str| {
+        args.vmlinux
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(file)
+    };
+    let name = args.name.clone().unwrap_or_else(|| {
+        let stem = args
+            .patches
+            .first()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        stem.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    });
+    let cache = args.cache_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
+            })
+            .unwrap_or_else(std::env::temp_dir)
+            .join("kpatch-rs/build")
+    });
+    let options = BuildOptions {
+        sourcedir: args.sourcedir.clone(),
+        config: args
+            .config
+            .clone()
+            .unwrap_or_else(|| beside_vmlinux(".config")),
+        vmlinux: args.vmlinux.clone(),
+        symvers: args
+            .symvers
+            .clone()
+            .unwrap_or_else(|| beside_vmlinux("Module.symvers")),
+        name,
+        jobs: args.jobs,
+        output: args.output.clone(),
+        patches: args.patches.clone(),
+        replace: !args.no_replace,
+        cache,
+    };
+    match build(&options) {
+        Ok(report) => {
+            let stdout = &mut std::io::stdout().lock();
+            let written = if args.json {
+                report.write_json(stdout)
+            } else {
+                report.write_human(stdout)
+            };
+            match written {
+                Ok(()) => ExitCode::from(kpatch_rs::exit::SUCCESS),
+                Err(error) => {
+                    eprintln!("error: cannot print the report: {error}");
+                    ExitCode::from(kpatch_rs::exit::ERROR)
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

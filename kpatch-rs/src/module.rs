@@ -66,6 +66,22 @@ pub struct Callbacks {
     pub post_unpatch: Option<String>,
 }
 
+impl Callbacks {
+    /// Takes the callbacks `other` sets; an object's callbacks come from all its source files.
+    pub fn merge(&mut self, other: Callbacks) {
+        for (slot, value) in [
+            (&mut self.pre_patch, other.pre_patch),
+            (&mut self.post_patch, other.post_patch),
+            (&mut self.pre_unpatch, other.pre_unpatch),
+            (&mut self.post_unpatch, other.post_unpatch),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+    }
+}
+
 /// One `klp_object`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KlpObject {

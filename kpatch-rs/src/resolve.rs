@@ -32,8 +32,8 @@ pub enum ResolveError {
     #[error("cannot read symbols of {target}: {reason}")]
     Read { target: String, reason: String },
     #[error(
-        "cannot find {file} in {target}: no local symbol block of that file holds {symbols}; \
-         is {target} built from the same source and config?"
+        "cannot find {file} in {target}: no local symbol block of that file holds any of \
+         {symbols}; is {target} built from the same source and config?"
     )]
     NoBlock {
         target: String,
@@ -185,25 +185,33 @@ impl TargetSymbols {
     /// records it: the base name, such as `cmdline.c`) and whose local symbols include
     /// `locals` (the unit's local function and object names).
     pub fn find_block(&self, file: &str, locals: &[&str]) -> Result<BlockId, ResolveError> {
-        // Score each same-named block by how many of the unit's locals it holds; only a
-        // block that holds all of them can be the unit.
-        let mut best: Vec<usize> = Vec::new();
+        // Score each same-named block by how many of the unit's locals it holds. The best
+        // block need not hold all of them: the compiler keeps locals that the kernel's link
+        // discards (`__UNIQUE_ID_*` in `.discard.*`, `.init` data of some configs).
+        let mut scored: Vec<(usize, usize)> = Vec::new();
         for (index, block) in self.blocks.iter().enumerate() {
             if block.file != file {
                 continue;
             }
-            let holds_all = locals.iter().all(|local| {
-                block
-                    .symbols
-                    .iter()
-                    .any(|&symbol| self.symbols[symbol].name == *local)
-            });
-            if holds_all {
-                best.push(index);
-            }
+            let score = locals
+                .iter()
+                .filter(|local| {
+                    block
+                        .symbols
+                        .iter()
+                        .any(|&symbol| self.symbols[symbol].name == **local)
+                })
+                .count();
+            scored.push((index, score));
         }
-        // Blocks that hold the same locals are interchangeable only when they hold nothing
-        // else either; prefer the block whose own locals are closest to the unit's.
+        let top = scored.iter().map(|&(_, score)| score).max().unwrap_or(0);
+        let mut best: Vec<usize> = scored
+            .iter()
+            .filter(|&&(_, score)| score == top && (score > 0 || locals.is_empty()))
+            .map(|&(index, _)| index)
+            .collect();
+        // Among equally good blocks, prefer the one whose own locals are closest in number
+        // to the unit's.
         if best.len() > 1 {
             let size = |index: &usize| self.blocks[*index].symbols.len().abs_diff(locals.len());
             let closest = best.iter().map(size).min().unwrap_or(0);
