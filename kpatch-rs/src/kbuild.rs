@@ -234,6 +234,8 @@ pub fn link_tree(source: &Path, copy: &Path, log: &Path) -> Result<(), CommandEr
 /// Applies `patch` to `tree` with `patch -p1`, checking first with a dry run so that a patch
 /// that does not apply leaves the tree as it was.
 pub fn apply_patch(tree: &Path, patch: &Path, log: &Path) -> Result<(), CommandError> {
+    // `patch -d` reads `-i` relative to the tree, so a relative path must be made absolute.
+    let patch = &std::path::absolute(patch).unwrap_or_else(|_| patch.to_path_buf());
     let patch_command = |dry_run: bool| {
         let mut command = Command::new("patch");
         command

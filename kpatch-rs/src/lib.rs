@@ -20,6 +20,9 @@ pub mod kbuild;
 pub mod klp_records;
 pub mod module;
 pub mod pipeline;
+
+// Reading a built module back.
+pub mod inspect;
 pub mod post_link;
 pub mod prepare;
 pub mod resolve;

@@ -22,6 +22,17 @@ enum Command {
     Diff(DiffArgs),
     /// Build a livepatch module from patch files against a kernel source tree.
     Build(BuildArgs),
+    /// Show a livepatch module's objects, functions, sympos and livepatch relocations.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// The module (.ko) to read.
+    module: std::path::PathBuf,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +103,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Diff(args)) => exit_code(run_diff(&args)),
         Some(Command::Build(args)) => run_build(args),
+        Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
     }
 }
 
@@ -225,4 +237,19 @@ fn run_build(args: BuildArgs) -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+fn run_inspect(args: &InspectArgs) -> anyhow::Result<u8> {
+    use anyhow::Context;
+
+    let data = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read {}", args.module.display()))?;
+    let inspection = kpatch_rs::inspect::inspect(&args.module.display().to_string(), &data)?;
+    let stdout = &mut std::io::stdout().lock();
+    if args.json {
+        inspection.write_json(stdout)?;
+    } else {
+        inspection.write_human(stdout)?;
+    }
+    Ok(kpatch_rs::exit::SUCCESS)
 }

@@ -24,7 +24,8 @@ pub const KPATCH_SYSCALL_H: &str = include_str!("../../templates/include/kpatch-
 const MAX_MODULE_NAME: usize = 55;
 
 /// Which binary a `klp_object` patches.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// The kernel image; `klp_object.name` is NULL.
     Vmlinux,
@@ -43,7 +44,7 @@ impl Target {
 }
 
 /// One replaced function.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KlpFunction {
     /// The original function's name in the target, as kallsyms shows it.
     pub old_name: String,
@@ -54,7 +55,7 @@ pub struct KlpFunction {
 }
 
 /// The callbacks of one object: global symbols of functions in the linked module.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Callbacks {
     /// `int fn(struct klp_object *)`, may refuse the patch.
     pub pre_patch: Option<String>,
@@ -83,7 +84,7 @@ impl Callbacks {
 }
 
 /// One `klp_object`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KlpObject {
     /// The binary it patches.
     pub target: Target,
@@ -94,7 +95,7 @@ pub struct KlpObject {
 }
 
 /// Everything the generated source needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LivepatchModule {
     /// The module's name, such as `livepatch-cmdline`; the kernel shows it with underscores.
     pub name: String,

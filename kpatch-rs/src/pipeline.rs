@@ -312,6 +312,13 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let (objects, touched_files) = objects_to_build(options)?;
     let key = cache_key(options)?;
     let cache = options.cache.join(&key);
+    // One build at a time per cache entry: two builds would patch the same tree.
+    fs::create_dir_all(&cache)
+        .map_err(|e| BuildError::Input(format!("cannot create cache {}: {e}", cache.display())))?;
+    let lock_path = cache.join("lock");
+    let lock = fs::File::create(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|e| BuildError::Input(format!("cannot lock {}: {e}", lock_path.display())))?;
     let log = cache.join("build.log");
     let _ = fs::remove_file(&log);
     timer.lap("inputs");
@@ -585,7 +592,9 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     )?;
     timer.lap("link");
 
-    let (rewritten, post_link_summary) = post_link::rewrite_module(&module_name, &ko)
+    let info = serde_json::to_vec(&livepatch)
+        .map_err(|e| BuildError::Module(format!("cannot describe the module: {e}")))?;
+    let (rewritten, post_link_summary) = post_link::rewrite_module(&module_name, &ko, Some(&info))
         .map_err(|e| BuildError::Module(e.to_string()))?;
     fs::create_dir_all(&options.output).map_err(|e| {
         BuildError::Module(format!("cannot create {}: {e}", options.output.display()))
@@ -595,6 +604,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", module_path.display())))?;
     timer.lap("post-link");
 
+    drop(lock);
     Ok(BuildReport {
         module: module_path,
         kernel_name: livepatch.kernel_name(),

@@ -69,13 +69,19 @@ struct Record {
     addend: i64,
 }
 
-/// Rewrites the linked module `ko` (named `module` in messages) and returns the new bytes.
+/// The non-allocated section where kpatch-rs leaves a description of the module (its
+/// objects, functions and sympos, as JSON) for `kpatch-rs inspect`. The loader ignores it.
+pub const INFO_SECTION: &str = ".kpatch.info";
+
+/// Rewrites the linked module `ko` (named `module` in messages) and returns the new bytes;
+/// `info` goes into [`INFO_SECTION`] when given.
 ///
 /// A module without records is returned unchanged in meaning: it needs no livepatch
 /// relocations (the kernel's own livepatch sample is such a module).
 pub fn rewrite_module(
     module: &str,
     ko: &[u8],
+    info: Option<&[u8]>,
 ) -> Result<(Vec<u8>, PostLinkSummary), PostLinkError> {
     let mut builder = Builder::read(ko).map_err(|source| PostLinkError::Read {
         module: module.to_string(),
@@ -84,6 +90,13 @@ pub fn rewrite_module(
     let records = read_records(module, &builder)?;
     let summary = apply_records(&mut builder, records);
     remove_record_sections(&mut builder);
+    if let Some(info) = info {
+        let section = builder.sections.add();
+        section.name = INFO_SECTION.as_bytes().to_vec().into();
+        section.sh_type = elf::SHT_PROGBITS;
+        section.sh_addralign = 1;
+        section.data = SectionData::Data(info.to_vec().into());
+    }
     let mut out = Vec::new();
     builder
         .write(&mut out)

@@ -121,7 +121,7 @@ fn records_cross_the_link_and_become_livepatch_relocations() {
         "converted symbols must not reach the link"
     );
 
-    let (rewritten, summary) = rewrite_module("linked.ko", &linked).expect("post-link");
+    let (rewritten, summary) = rewrite_module("linked.ko", &linked, None).expect("post-link");
     assert_eq!(
         summary.sections,
         vec![(".klp.rela.vmlinux..text".to_string(), original_places.len())]
