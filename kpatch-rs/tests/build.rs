@@ -79,7 +79,7 @@ fn cmdline_patch_builds_a_reproducible_module_and_leaves_the_tree_alone() {
         &kernel,
         &dir.path().join("a"),
         &["--json"],
-        &[patch.clone()],
+        std::slice::from_ref(&patch),
     );
     assert!(first.status.success(), "build failed: {}", stderr(&first));
     let report: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json report");
