@@ -17,6 +17,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Diff an original and a patched object (create-diff-object): report changed and new
+    /// functions and write an object holding them and what they need.
+    Diff(DiffArgs),
+    /// Build a livepatch module from patch files against a kernel source tree.
+    Build(BuildArgs),
+    /// Show a livepatch module's objects, functions, sympos and livepatch relocations.
+    Inspect(InspectArgs),
     /// Check the Rust livepatch core.
     Core {
         #[command(subcommand)]
@@ -37,6 +44,72 @@ enum CoreCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// The module (.ko) to read.
+    module: std::path::PathBuf,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// The kernel source tree (clean: configured out of tree). It is never modified.
+    #[arg(short = 's', long)]
+    sourcedir: std::path::PathBuf,
+    /// The running kernel's config (default: .config beside --vmlinux).
+    #[arg(short = 'c', long)]
+    config: Option<std::path::PathBuf>,
+    /// The running kernel's vmlinux, with its symbol table.
+    #[arg(short = 'v', long)]
+    vmlinux: std::path::PathBuf,
+    /// The kernel's Module.symvers (default: beside --vmlinux).
+    #[arg(long)]
+    symvers: Option<std::path::PathBuf>,
+    /// The module's name: livepatch-NAME.ko (default: the first patch's file name).
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// Parallel jobs for the kernel build.
+    #[arg(short = 'j', long, default_value_t = 2)]
+    jobs: usize,
+    /// Where to write the module.
+    #[arg(short = 'o', long, default_value = ".")]
+    output: std::path::PathBuf,
+    /// Stack on earlier livepatches instead of replacing them (replacing is the default).
+    #[arg(long)]
+    no_replace: bool,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Where build directories are kept between runs (default: $XDG_CACHE_HOME/kpatch-rs/build).
+    #[arg(long)]
+    cache_dir: Option<std::path::PathBuf>,
+    /// The patch files, applied in order with `patch -p1`.
+    #[arg(required = true)]
+    patches: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DiffArgs {
+    /// The object built from the original source.
+    orig: std::path::PathBuf,
+    /// The same object built from the patched source.
+    patched: std::path::PathBuf,
+    /// Where to write the output object (nothing is written without it).
+    #[arg(short, long)]
+    output: Option<std::path::PathBuf>,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The binary the object is linked into: `vmlinux` or a module name.
+    #[arg(long, default_value = "vmlinux")]
+    target: String,
+    /// How messages name the object (default: the patched path as given).
+    #[arg(long)]
+    name: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -55,5 +128,155 @@ fn main() -> ExitCode {
                 ExitCode::from(kpatch_rs::exit::ERROR)
             }
         },
+        Some(Command::Diff(args)) => exit_code(run_diff(&args)),
+        Some(Command::Build(args)) => run_build(args),
+        Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
     }
+}
+
+fn exit_code(result: anyhow::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(kpatch_rs::exit::ERROR)
+        }
+    }
+}
+
+fn run_diff(args: &DiffArgs) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    use kpatch_rs::report::Outcome;
+
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let orig = read(&args.orig)?;
+    let patched = read(&args.patched)?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| args.patched.display().to_string());
+    let result = kpatch_rs::diff::diff(&kpatch_rs::diff::Pair {
+        name: &name,
+        orig: &orig,
+        patched: &patched,
+        target: &args.target,
+    })?;
+    let stdout = &mut std::io::stdout().lock();
+    if args.json {
+        result.report.write_json(stdout)?;
+    } else {
+        result.report.write_human(stdout)?;
+    }
+    match result.report.outcome {
+        Outcome::Changed => {
+            if let (Some(path), Some(bytes)) = (&args.output, &result.object) {
+                std::fs::write(path, bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(kpatch_rs::exit::SUCCESS)
+        }
+        Outcome::NoChange => {
+            eprintln!("{name}: the objects differ in no function");
+            Ok(kpatch_rs::exit::NO_CHANGE)
+        }
+        Outcome::Unpatchable => {
+            for refusal in &result.report.refusals {
+                eprintln!("error: {refusal}");
+            }
+            Ok(kpatch_rs::exit::UNPATCHABLE)
+        }
+    }
+}
+
+fn run_build(args: BuildArgs) -> ExitCode {
+    use kpatch_rs::pipeline::{build, BuildOptions};
+
+    let beside_vmlinux = |file: &str| {
+        args.vmlinux
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(file)
+    };
+    let name = args.name.clone().unwrap_or_else(|| {
+        let stem = args
+            .patches
+            .first()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        stem.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    });
+    let cache = args.cache_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
+            })
+            .unwrap_or_else(std::env::temp_dir)
+            .join("kpatch-rs/build")
+    });
+    let options = BuildOptions {
+        sourcedir: args.sourcedir.clone(),
+        config: args
+            .config
+            .clone()
+            .unwrap_or_else(|| beside_vmlinux(".config")),
+        vmlinux: args.vmlinux.clone(),
+        symvers: args
+            .symvers
+            .clone()
+            .unwrap_or_else(|| beside_vmlinux("Module.symvers")),
+        name,
+        jobs: args.jobs,
+        output: args.output.clone(),
+        patches: args.patches.clone(),
+        replace: !args.no_replace,
+        cache,
+    };
+    match build(&options) {
+        Ok(report) => {
+            let stdout = &mut std::io::stdout().lock();
+            let written = if args.json {
+                report.write_json(stdout)
+            } else {
+                report.write_human(stdout)
+            };
+            match written {
+                Ok(()) => ExitCode::from(kpatch_rs::exit::SUCCESS),
+                Err(error) => {
+                    eprintln!("error: cannot print the report: {error}");
+                    ExitCode::from(kpatch_rs::exit::ERROR)
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn run_inspect(args: &InspectArgs) -> anyhow::Result<u8> {
+    use anyhow::Context;
+
+    let data = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read {}", args.module.display()))?;
+    let inspection = kpatch_rs::inspect::inspect(&args.module.display().to_string(), &data)?;
+    let stdout = &mut std::io::stdout().lock();
+    if args.json {
+        inspection.write_json(stdout)?;
+    } else {
+        inspection.write_human(stdout)?;
+    }
+    Ok(kpatch_rs::exit::SUCCESS)
 }

@@ -1,0 +1,492 @@
+//! Changed, new or same: judging each function and data object of the patched object against
+//! its twin, and refusing what cannot be live patched.
+//!
+//! Two functions are the same when their bytes are equal and their relocations are equal
+//! symbolically: same offset, same type, and the same target symbol (by twin) with the same
+//! addend, or the same string contents for references into merged string sections. Raw
+//! relocation offsets into sections are never compared, since they move whenever anything
+//! before them in the section changes.
+
+use std::collections::HashMap;
+
+use crate::correlate::{cold_parent, Twins};
+use crate::elf::{Object, Relocation, SectionId, SymbolId, SymbolKind, Target};
+use crate::special_sections;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Same,
+    Changed,
+    New,
+}
+
+#[derive(Debug, Clone)]
+pub struct FunctionVerdict {
+    pub patched: SymbolId,
+    pub orig: Option<SymbolId>,
+    pub status: Status,
+    /// Equal except for `__LINE__` immediates passed to a line-taking function.
+    pub line_only: bool,
+}
+
+/// A change that cannot be live patched, with the object, section and symbol it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    pub object: String,
+    pub section: String,
+    pub symbol: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot patch {}: {}", self.object, self.reason)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// One verdict per function defined in the patched object, in symbol table order.
+    pub functions: Vec<FunctionVerdict>,
+    /// Status of every function or object symbol defined in the patched object.
+    pub status: HashMap<SymbolId, Status>,
+    pub refusals: Vec<Refusal>,
+}
+
+/// Functions that take a `__LINE__` argument: a changed immediate passed to them after an edit
+/// above the function is not a change of the function's behaviour that matters.
+const LINE_TAKING_FUNCTIONS: &[&str] = &[
+    "__might_sleep",
+    "__might_resched",
+    "__might_fault",
+    "__cant_sleep",
+    "__cant_migrate",
+    "_printk",
+    "printk",
+    "__warn_printk",
+    "warn_slowpath_fmt",
+    "__dynamic_pr_debug",
+    "lockdep_init_map_type",
+    "__mutex_init",
+    "__raw_spin_lock_init",
+    "__rwlock_init",
+    "__init_rwsem",
+    "__init_waitqueue_head",
+    "rcu_read_lock_held_common",
+];
+
+struct Comparer<'a> {
+    orig: &'a Object,
+    patched: &'a Object,
+    twins: &'a Twins,
+    /// Read-only data whose contents changed: references to it differ.
+    changed_readonly: HashMap<SymbolId, bool>,
+}
+
+/// The section name without the symbol name that `-ffunction-sections`/`-fdata-sections`
+/// appended: `.text.unlikely.foo` gives `.text.unlikely`, `.init.text` stays.
+fn section_class<'s>(section: &'s str, symbol: &str) -> &'s str {
+    section
+        .strip_suffix(symbol)
+        .and_then(|s| s.strip_suffix('.'))
+        .unwrap_or(section)
+}
+
+impl Comparer<'_> {
+    fn same_target(&self, orig_target: Target, patched_target: Target) -> bool {
+        match (orig_target, patched_target) {
+            (
+                Target::Symbol {
+                    symbol: o,
+                    offset: orig_offset,
+                },
+                Target::Symbol {
+                    symbol: p,
+                    offset: patched_offset,
+                },
+            ) => {
+                orig_offset == patched_offset
+                    && self.twins.symbol(p) == Some(o)
+                    && !self.changed_readonly.get(&p).copied().unwrap_or(false)
+            }
+            (
+                Target::String {
+                    section: os,
+                    string_start: ostart,
+                    offset: ooff,
+                },
+                Target::String {
+                    section: ps,
+                    string_start: pstart,
+                    offset: poff,
+                },
+            ) => {
+                ooff == poff
+                    && self.orig.string_at(os, ostart) == self.patched.string_at(ps, pstart)
+            }
+            (
+                Target::Section {
+                    section: os,
+                    addend: oa,
+                },
+                Target::Section {
+                    section: ps,
+                    addend: pa,
+                },
+            ) => {
+                oa == pa
+                    && self.twins.section(ps) == Some(os)
+                    && self.orig.section(os).data == self.patched.section(ps).data
+            }
+            _ => false,
+        }
+    }
+
+    fn same_relocations(
+        &self,
+        orig_relocations: &[Relocation],
+        orig_base: u64,
+        patched_relocations: &[Relocation],
+        patched_base: u64,
+    ) -> bool {
+        orig_relocations.len() == patched_relocations.len()
+            && orig_relocations
+                .iter()
+                .zip(patched_relocations)
+                .all(|(o, p)| {
+                    o.offset - orig_base == p.offset - patched_base
+                        && o.r_type == p.r_type
+                        && self.same_target(self.orig.resolve(o), self.patched.resolve(p))
+                })
+    }
+
+    /// Compares the extents of two twin symbols.
+    fn compare_extents(&self, orig: SymbolId, patched: SymbolId) -> (bool, bool) {
+        let (os, oe) = self.orig.extent(orig);
+        let (ps, pe) = self.patched.extent(patched);
+        let (Some(osec), Some(psec)) = (
+            self.orig.symbol(orig).section(),
+            self.patched.symbol(patched).section(),
+        ) else {
+            return (true, false);
+        };
+        let orig_section = self.orig.section(osec);
+        let patched_section = self.patched.section(psec);
+        let orig_relocations = self.orig.relocations_in(osec, os, oe);
+        let patched_relocations = self.patched.relocations_in(psec, ps, pe);
+        let relocations_same = self.same_relocations(orig_relocations, os, patched_relocations, ps);
+        if orig_section.is_nobits() || patched_section.is_nobits() {
+            let same =
+                orig_section.is_nobits() == patched_section.is_nobits() && oe - os == pe - ps;
+            return (same && relocations_same, false);
+        }
+        let orig_bytes = &orig_section.data[os as usize..oe as usize];
+        let patched_bytes = &patched_section.data[ps as usize..pe as usize];
+        if orig_bytes == patched_bytes {
+            return (relocations_same, false);
+        }
+        let line_only = relocations_same
+            && orig_bytes.len() == patched_bytes.len()
+            && only_line_numbers_differ(
+                self.patched,
+                orig_bytes,
+                patched_bytes,
+                patched_relocations,
+                ps,
+            );
+        (false, line_only)
+    }
+}
+
+/// Whether every byte that differs lies in the 32-bit immediate of a `mov $imm32, %r32`
+/// (opcode `b8+r`) holding a plausible line number, in a function that calls a function taking
+/// `__LINE__` after that instruction. This is how `might_sleep()` and `printk("%d", __LINE__)`
+/// show up when lines are added above a function: `be 2a 00 00 00` becomes `be 2b 00 00 00`.
+fn only_line_numbers_differ(
+    patched: &Object,
+    orig_bytes: &[u8],
+    patched_bytes: &[u8],
+    relocations: &[Relocation],
+    base: u64,
+) -> bool {
+    let calls_after = |position: usize| {
+        relocations.iter().any(|r| {
+            r.offset - base > position as u64
+                && LINE_TAKING_FUNCTIONS.contains(&patched.symbol(r.symbol).name.as_str())
+        })
+    };
+    let covered_by_relocation = |start: usize, end: usize| {
+        relocations.iter().any(|r| {
+            let field = (r.offset - base) as usize;
+            field < end && field + 4 > start
+        })
+    };
+    let immediate = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut index = 0;
+    while index < orig_bytes.len() {
+        if orig_bytes[index] == patched_bytes[index] {
+            index += 1;
+            continue;
+        }
+        let opcode = (index.saturating_sub(4)..index).find(|&p| {
+            (0xb8..=0xbf).contains(&orig_bytes[p])
+                && orig_bytes[p] == patched_bytes[p]
+                && p + 5 > index
+                && p + 5 <= orig_bytes.len()
+        });
+        let Some(opcode) = opcode else {
+            return false;
+        };
+        let (Some(old), Some(new)) = (
+            immediate(orig_bytes, opcode + 1),
+            immediate(patched_bytes, opcode + 1),
+        ) else {
+            return false;
+        };
+        if old >= 1 << 20
+            || new >= 1 << 20
+            || covered_by_relocation(opcode + 1, opcode + 5)
+            || !calls_after(opcode)
+        {
+            return false;
+        }
+        index = opcode + 5;
+    }
+    true
+}
+
+/// Judges every function and data object of `patched` against its twin in `orig`.
+pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
+    let mut comparer = Comparer {
+        orig,
+        patched,
+        twins,
+        changed_readonly: HashMap::new(),
+    };
+    let mut refusals = Vec::new();
+    let mut status = HashMap::new();
+    let refuse = |refusals: &mut Vec<Refusal>, section: &str, symbol: &str, reason: String| {
+        refusals.push(Refusal {
+            object: patched.name.clone(),
+            section: section.to_string(),
+            symbol: symbol.to_string(),
+            reason,
+        });
+    };
+
+    // Data first, since references to changed read-only data make functions differ.
+    for symbol in patched
+        .symbols
+        .iter()
+        .filter(|s| s.kind == SymbolKind::Object)
+    {
+        let Some(section_id) = symbol.section() else {
+            continue;
+        };
+        let section = patched.section(section_id);
+        let Some(orig_id) = twins.symbol(symbol.id) else {
+            status.insert(symbol.id, Status::New);
+            continue;
+        };
+        if special_sections::is_special(&section.name) {
+            // Dynamic debug descriptors and boot-time data are never compared: included code
+            // gets its own descriptors, and init data has done its work before a patch loads.
+            status.insert(symbol.id, Status::Same);
+            continue;
+        }
+        let orig_symbol = orig.symbol(orig_id);
+        let Some(orig_section_id) = orig_symbol.section() else {
+            status.insert(symbol.id, Status::Same);
+            continue;
+        };
+        let orig_section = orig.section(orig_section_id);
+        let orig_class = section_class(&orig_section.name, &orig_symbol.name);
+        let patched_class = section_class(&section.name, &symbol.name);
+        if orig_class != patched_class {
+            refuse(
+                &mut refusals,
+                &section.name,
+                &symbol.name,
+                format!(
+                    "data symbol {} moved from section {} to section {}",
+                    symbol.name, orig_section.name, section.name
+                ),
+            );
+            status.insert(symbol.id, Status::Changed);
+            continue;
+        }
+        let (same, _) = comparer.compare_extents(orig_id, symbol.id);
+        let same_size = orig_symbol.size == symbol.size;
+        if same && same_size {
+            status.insert(symbol.id, Status::Same);
+            continue;
+        }
+        status.insert(symbol.id, Status::Changed);
+        if section.is_write() || section.is_nobits() {
+            let reason = if !same_size {
+                format!(
+                    "data symbol {} in section {} changed size ({} -> {} bytes)",
+                    symbol.name, section.name, orig_symbol.size, symbol.size
+                )
+            } else {
+                format!(
+                    "data symbol {} in section {} changed its initial value",
+                    symbol.name, section.name
+                )
+            };
+            refuse(&mut refusals, &section.name, &symbol.name, reason);
+        } else {
+            comparer.changed_readonly.insert(symbol.id, true);
+        }
+    }
+
+    let mut functions = Vec::new();
+    for symbol in patched
+        .symbols
+        .iter()
+        .filter(|s| s.kind == SymbolKind::Func)
+    {
+        let Some(section_id) = symbol.section() else {
+            continue;
+        };
+        let section = patched.section(section_id);
+        let Some(orig_id) = twins.symbol(symbol.id) else {
+            functions.push(FunctionVerdict {
+                patched: symbol.id,
+                orig: None,
+                status: Status::New,
+                line_only: false,
+            });
+            continue;
+        };
+        let orig_symbol = orig.symbol(orig_id);
+        let orig_section_name = orig_symbol
+            .section()
+            .map(|s| orig.section(s).name.as_str())
+            .unwrap_or("");
+        let (same, line_only) = comparer.compare_extents(orig_id, symbol.id);
+        let verdict_status = if same || line_only {
+            Status::Same
+        } else {
+            Status::Changed
+        };
+        if section_class(orig_section_name, &orig_symbol.name)
+            != section_class(&section.name, &symbol.name)
+        {
+            refuse(
+                &mut refusals,
+                &section.name,
+                &symbol.name,
+                format!(
+                    "function {} moved from section {} to section {}",
+                    symbol.name, orig_section_name, section.name
+                ),
+            );
+        } else if verdict_status == Status::Changed && section.name.starts_with(".init.") {
+            refuse(
+                &mut refusals,
+                &section.name,
+                &symbol.name,
+                format!(
+                    "__init function {} in section {} changed: it ran once at boot and cannot be live patched",
+                    symbol.name, section.name
+                ),
+            );
+        }
+        functions.push(FunctionVerdict {
+            patched: symbol.id,
+            orig: Some(orig_id),
+            status: verdict_status,
+            line_only,
+        });
+    }
+
+    // A `.cold` part is not a function of its own: it is entered only by jumps from its parent,
+    // so a change in it is a change of the parent.
+    let changed_cold_parents: Vec<String> = functions
+        .iter()
+        .filter(|v| v.status != Status::Same)
+        .filter_map(|v| cold_parent(&patched.symbol(v.patched).name).map(str::to_string))
+        .collect();
+    for verdict in &mut functions {
+        if verdict.status == Status::Same
+            && changed_cold_parents.contains(&patched.symbol(verdict.patched).name)
+        {
+            verdict.status = Status::Changed;
+            verdict.line_only = false;
+        }
+    }
+    for verdict in &functions {
+        status.insert(verdict.patched, verdict.status);
+    }
+
+    refusals.extend(changed_anonymous_sections(&comparer));
+    Comparison {
+        functions,
+        status,
+        refusals,
+    }
+}
+
+/// Allocated sections that hold no function or object, are not special, and changed: nothing
+/// in a livepatch could carry such a change.
+fn changed_anonymous_sections(comparer: &Comparer<'_>) -> Vec<Refusal> {
+    let (orig, patched) = (comparer.orig, comparer.patched);
+    let mut refusals = Vec::new();
+    for section in &patched.sections {
+        if !section.is_alloc()
+            || !section.is_content()
+            || section.is_merge()
+            || special_sections::is_special(&section.name)
+            || !patched.symbols_in(section.id).is_empty()
+        {
+            continue;
+        }
+        let Some(orig_id) = comparer.twins.section(section.id) else {
+            continue;
+        };
+        let orig_section = orig.section(orig_id);
+        let same = orig_section.size == section.size
+            && orig_section.data == section.data
+            && comparer.same_relocations(&orig_section.relocations, 0, &section.relocations, 0);
+        if !same {
+            refusals.push(Refusal {
+                object: patched.name.clone(),
+                section: section.name.clone(),
+                symbol: String::new(),
+                reason: format!(
+                    "section {} changed but belongs to no function or data symbol",
+                    section.name
+                ),
+            });
+        }
+    }
+    refusals
+}
+
+/// The section of a symbol, for messages.
+pub fn section_name_of(object: &Object, symbol: SymbolId) -> &str {
+    object
+        .symbol(symbol)
+        .section()
+        .map(|s: SectionId| object.section(s).name.as_str())
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::section_class;
+
+    #[test]
+    fn section_classes_drop_the_symbol_name() {
+        assert_eq!(section_class(".text.foo", "foo"), ".text");
+        assert_eq!(section_class(".text.unlikely.foo", "foo"), ".text.unlikely");
+        assert_eq!(section_class(".init.text", "foo"), ".init.text");
+        assert_eq!(section_class(".bss.count.2", "count.2"), ".bss");
+    }
+}

@@ -1,0 +1,329 @@
+//! Twins: pairing the sections and symbols of the original object with those of the patched one.
+//!
+//! A patched symbol's twin is the original symbol it stands for. Names are the first clue, but
+//! GCC renames things between two compilations of nearly the same source: clones get numbered
+//! suffixes (`foo.constprop.0` may become `foo.constprop.1`), and function-local statics get a
+//! per-translation-unit counter (`count.2` may become `count.3` when a static is added above).
+//! So names are normalised first, and static locals that still collide are paired by use: the
+//! twin of `count.3` is the `count.N` referenced by the twin of the function that uses it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::elf::{Binding, Object, Placement, SectionId, SymbolId, SymbolKind, Target};
+
+/// The pairing of one original object with its patched counterpart.
+#[derive(Debug, Clone)]
+pub struct Twins {
+    patched_to_orig_symbol: Vec<Option<SymbolId>>,
+    orig_to_patched_symbol: Vec<Option<SymbolId>>,
+    patched_to_orig_section: Vec<Option<SectionId>>,
+}
+
+impl Twins {
+    /// The original twin of a patched symbol.
+    pub fn symbol(&self, patched: SymbolId) -> Option<SymbolId> {
+        self.patched_to_orig_symbol
+            .get(patched.0)
+            .copied()
+            .flatten()
+    }
+
+    /// The patched twin of an original symbol.
+    pub fn patched_symbol(&self, orig: SymbolId) -> Option<SymbolId> {
+        self.orig_to_patched_symbol.get(orig.0).copied().flatten()
+    }
+
+    /// The original twin of a patched section.
+    pub fn section(&self, patched: SectionId) -> Option<SectionId> {
+        self.patched_to_orig_section
+            .get(patched.0)
+            .copied()
+            .flatten()
+    }
+
+    fn pair(&mut self, orig: SymbolId, patched: SymbolId) {
+        self.patched_to_orig_symbol[patched.0] = Some(orig);
+        self.orig_to_patched_symbol[orig.0] = Some(patched);
+    }
+}
+
+/// Compiler suffixes that carry a clone number: `foo.constprop.0`, `foo.isra.3`, `foo.part.1`.
+const NUMBERED_CLONE_SUFFIXES: &[&str] = &["constprop", "isra", "part", "lto_priv", "llvm"];
+
+/// How a local symbol name is matched across compilations.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NameKey {
+    /// The name with clone numbers removed (`foo.constprop.isra`) or, for a static local, the
+    /// name without its counter (`count`).
+    pub base: String,
+    pub static_local: bool,
+}
+
+/// Normalises a symbol name: `foo.constprop.0.isra.1` becomes `foo.constprop.isra`,
+/// `foo.cold` stays, and a static local `count.12` becomes `count` marked as a static local.
+pub fn name_key(name: &str) -> NameKey {
+    if name.starts_with('.') || !name.contains('.') {
+        return NameKey {
+            base: name.to_string(),
+            static_local: false,
+        };
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    let mut kept: Vec<&str> = vec![parts[0]];
+    let mut clone_suffix_seen = false;
+    for (i, part) in parts.iter().enumerate().skip(1) {
+        let is_number = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if is_number && NUMBERED_CLONE_SUFFIXES.contains(&parts[i - 1]) {
+            continue;
+        }
+        if NUMBERED_CLONE_SUFFIXES.contains(part) || *part == "cold" {
+            clone_suffix_seen = true;
+        }
+        kept.push(part);
+    }
+    let last_is_number = kept.len() > 1
+        && kept
+            .last()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if last_is_number && !clone_suffix_seen {
+        kept.pop();
+        return NameKey {
+            base: kept.join("."),
+            static_local: true,
+        };
+    }
+    NameKey {
+        base: kept.join("."),
+        static_local: false,
+    }
+}
+
+/// The name a `.cold` part's parent function has: `foo.cold` and `foo.constprop.0.cold` belong
+/// to `foo` and `foo.constprop.0`.
+pub fn cold_parent(name: &str) -> Option<&str> {
+    name.strip_suffix(".cold")
+}
+
+fn is_pairable(object: &Object, id: SymbolId) -> bool {
+    let symbol = object.symbol(id);
+    !symbol.name.is_empty()
+        && matches!(
+            symbol.kind,
+            SymbolKind::Func | SymbolKind::Object | SymbolKind::NoType | SymbolKind::Other
+        )
+}
+
+/// For each data symbol, the functions whose code refers to it.
+fn data_users(object: &Object) -> HashMap<SymbolId, BTreeSet<SymbolId>> {
+    let mut users: HashMap<SymbolId, BTreeSet<SymbolId>> = HashMap::new();
+    for function in object.symbols.iter().filter(|s| s.kind == SymbolKind::Func) {
+        let Some(section) = function.section() else {
+            continue;
+        };
+        let (start, end) = object.extent(function.id);
+        for relocation in object.relocations_in(section, start, end) {
+            if let Target::Symbol { symbol, .. } = object.resolve(relocation) {
+                if object.symbol(symbol).kind == SymbolKind::Object {
+                    users.entry(symbol).or_default().insert(function.id);
+                }
+            }
+        }
+    }
+    users
+}
+
+/// Pairs the symbols and sections of `orig` and `patched`.
+pub fn correlate(orig: &Object, patched: &Object) -> Twins {
+    let mut twins = Twins {
+        patched_to_orig_symbol: vec![None; patched.symbols.len()],
+        orig_to_patched_symbol: vec![None; orig.symbols.len()],
+        patched_to_orig_section: vec![None; patched.sections.len()],
+    };
+
+    // Global and undefined names are unique in an object, so they pair by exact name.
+    let orig_globals: HashMap<&str, SymbolId> = orig
+        .symbols
+        .iter()
+        .filter(|s| is_pairable(orig, s.id))
+        .filter(|s| s.binding != Binding::Local || s.placement == Placement::Undefined)
+        .map(|s| (s.name.as_str(), s.id))
+        .collect();
+    for symbol in patched
+        .symbols
+        .iter()
+        .filter(|s| is_pairable(patched, s.id))
+    {
+        if symbol.binding != Binding::Local || symbol.placement == Placement::Undefined {
+            if let Some(&orig_id) = orig_globals.get(symbol.name.as_str()) {
+                twins.pair(orig_id, symbol.id);
+            }
+        }
+    }
+
+    // Local functions first, since static locals are then paired by the functions using them.
+    pair_locals(orig, patched, &mut twins, true);
+    pair_locals(orig, patched, &mut twins, false);
+
+    // A section's twin is the section holding its first symbol's twin; sections without
+    // symbols (string tables, special sections) pair by name.
+    let mut orig_sections_by_name: HashMap<&str, Vec<SectionId>> = HashMap::new();
+    for section in &orig.sections {
+        orig_sections_by_name
+            .entry(section.name.as_str())
+            .or_default()
+            .push(section.id);
+    }
+    for section in &patched.sections {
+        let by_symbol = patched
+            .symbols_in(section.id)
+            .iter()
+            .find_map(|&id| twins.symbol(id))
+            .and_then(|orig_id| orig.symbol(orig_id).section());
+        let twin = by_symbol.or_else(|| {
+            match orig_sections_by_name
+                .get(section.name.as_str())
+                .map(Vec::as_slice)
+            {
+                Some([only]) if orig.symbols_in(*only).is_empty() => Some(*only),
+                _ => None,
+            }
+        });
+        twins.patched_to_orig_section[section.id.0] = twin;
+    }
+    twins
+}
+
+fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bool) {
+    let wanted = |object: &Object, id: SymbolId| {
+        let symbol = object.symbol(id);
+        is_pairable(object, id)
+            && symbol.binding == Binding::Local
+            && symbol.placement != Placement::Undefined
+            && (symbol.kind == SymbolKind::Func) == functions
+    };
+    let mut groups: HashMap<NameKey, (Vec<SymbolId>, Vec<SymbolId>)> = HashMap::new();
+    for symbol in &orig.symbols {
+        if wanted(orig, symbol.id) {
+            groups
+                .entry(name_key(&symbol.name))
+                .or_default()
+                .0
+                .push(symbol.id);
+        }
+    }
+    for symbol in &patched.symbols {
+        if wanted(patched, symbol.id) {
+            groups
+                .entry(name_key(&symbol.name))
+                .or_default()
+                .1
+                .push(symbol.id);
+        }
+    }
+    let (orig_users, patched_users) = if functions {
+        (HashMap::new(), HashMap::new())
+    } else {
+        (data_users(orig), data_users(patched))
+    };
+    // Sorting the keys keeps the pairing independent of hash order.
+    let mut keys: Vec<&NameKey> = groups.keys().collect();
+    keys.sort();
+    for key in keys {
+        let (orig_ids, patched_ids) = &groups[key];
+        if let ([o], [p]) = (orig_ids.as_slice(), patched_ids.as_slice()) {
+            twins.pair(*o, *p);
+            continue;
+        }
+        let mut orig_left: Vec<SymbolId> = orig_ids.clone();
+        let mut patched_left: Vec<SymbolId> = Vec::new();
+        for &p in patched_ids {
+            let name = &patched.symbol(p).name;
+            match orig_left.iter().position(|&o| &orig.symbol(o).name == name) {
+                // For clones an exact name is the best evidence left; for static locals the
+                // counter is not evidence at all, so they go by use below.
+                Some(i) if !key.static_local => {
+                    twins.pair(orig_left[i], p);
+                    orig_left.remove(i);
+                }
+                _ => patched_left.push(p),
+            }
+        }
+        if !key.static_local {
+            continue;
+        }
+        // The users of a static local, named as in the original object.
+        let orig_signature = |o: SymbolId| -> Option<BTreeSet<String>> {
+            orig_users
+                .get(&o)
+                .map(|set| set.iter().map(|&f| orig.symbol(f).name.clone()).collect())
+        };
+        let patched_signature = |p: SymbolId| -> Option<BTreeSet<String>> {
+            patched_users.get(&p).map(|set| {
+                set.iter()
+                    .map(|&f| match twins.symbol(f) {
+                        Some(o) => orig.symbol(o).name.clone(),
+                        None => format!("\0new {}", patched.symbol(f).name),
+                    })
+                    .collect()
+            })
+        };
+        let mut pairs = Vec::new();
+        for &p in &patched_left {
+            let Some(signature) = patched_signature(p) else {
+                continue;
+            };
+            let candidates: Vec<SymbolId> = orig_left
+                .iter()
+                .copied()
+                .filter(|&o| orig_signature(o).as_ref() == Some(&signature))
+                .collect();
+            let rivals = patched_left
+                .iter()
+                .filter(|&&q| patched_signature(q).as_ref() == Some(&signature))
+                .count();
+            if let ([o], 1) = (candidates.as_slice(), rivals) {
+                pairs.push((*o, p));
+            }
+        }
+        for (o, p) in pairs {
+            twins.pair(o, p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, base: &str, static_local: bool) {
+        assert_eq!(
+            name_key(name),
+            NameKey {
+                base: base.to_string(),
+                static_local
+            },
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        check("foo", "foo", false);
+        check("foo.constprop.0", "foo.constprop", false);
+        check("foo.constprop.12.isra.0", "foo.constprop.isra", false);
+        check("foo.part.3", "foo.part", false);
+        check("foo.cold", "foo.cold", false);
+        check("foo.isra.0.cold", "foo.isra.cold", false);
+        check("count.2", "count", true);
+        check("__already_done.17", "__already_done", true);
+        check(".LC0", ".LC0", false);
+        check("__func__.0", "__func__", true);
+    }
+
+    #[test]
+    fn cold_parts_name_their_parent() {
+        assert_eq!(cold_parent("foo.cold"), Some("foo"));
+        assert_eq!(cold_parent("foo.isra.0.cold"), Some("foo.isra.0"));
+        assert_eq!(cold_parent("foo"), None);
+    }
+}

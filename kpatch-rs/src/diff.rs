@@ -1,0 +1,167 @@
+//! The diff phase driver (create-diff-object's job): bytes of an original and a patched object
+//! in, a report and the output object's bytes out. Pure: no files, no processes.
+//!
+//! Order: read both objects ([`crate::elf`]), pair them ([`crate::correlate`]), judge each
+//! function and object ([`crate::compare`]), compute what the changed code needs
+//! ([`crate::include`] with [`crate::special_sections`]), write the result
+//! ([`crate::output`]) and describe it ([`crate::report`]).
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::compare::{self, Status};
+use crate::correlate;
+use crate::elf::{Binding, ElfError, Object, SymbolKind};
+use crate::include;
+use crate::output;
+use crate::report::{FunctionReport, Outcome, Reference, Replaced, Report, Resolution};
+use crate::special_sections;
+
+/// What went wrong while diffing one pair, other than a refusal (which is an outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error(transparent)]
+    Malformed(#[from] ElfError),
+    #[error("cannot write the output for {object}: {message}")]
+    Write { object: String, message: String },
+}
+
+/// One object pair to diff.
+#[derive(Debug, Clone)]
+pub struct Pair<'a> {
+    /// How messages name the object (usually its path relative to the kernel tree).
+    pub name: &'a str,
+    pub orig: &'a [u8],
+    pub patched: &'a [u8],
+    /// The binary the object belongs to: `vmlinux` or a module name.
+    pub target: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiffOutput {
+    pub report: Report,
+    /// The output object, when the outcome is [`Outcome::Changed`].
+    pub object: Option<Vec<u8>>,
+}
+
+/// Diffs one pair.
+pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
+    let orig = Object::parse(&format!("{} (original)", pair.name), pair.orig)?;
+    let mut patched = Object::parse(pair.name, pair.patched)?;
+    patched.name = pair.name.to_string();
+    let twins = correlate::correlate(&orig, &patched);
+    let comparison = compare::compare(&orig, &patched, &twins);
+
+    let mut functions = Vec::new();
+    let mut line_only = Vec::new();
+    for verdict in &comparison.functions {
+        let symbol = patched.symbol(verdict.patched);
+        let section = compare::section_name_of(&patched, verdict.patched).to_string();
+        if special_sections::is_dropped(&section) {
+            // New boot-time functions never run in a patched kernel; changed ones are refused.
+            continue;
+        }
+        if verdict.line_only {
+            line_only.push(symbol.name.clone());
+        }
+        if verdict.status == Status::Same || correlate::cold_parent(&symbol.name).is_some() {
+            // A `.cold` part is reported through its parent, which is what gets replaced.
+            continue;
+        }
+        functions.push(FunctionReport {
+            name: symbol.name.clone(),
+            status: verdict.status,
+            section,
+            replaces: verdict.orig.map(|o| Replaced {
+                name: orig.symbol(o).name.clone(),
+                object: pair.target.to_string(),
+            }),
+        });
+    }
+
+    let outcome = if !comparison.refusals.is_empty() {
+        Outcome::Unpatchable
+    } else if functions.is_empty() {
+        Outcome::NoChange
+    } else {
+        Outcome::Changed
+    };
+    let mut report = Report {
+        object: pair.name.to_string(),
+        target: pair.target.to_string(),
+        outcome,
+        functions,
+        line_only,
+        data: Vec::new(),
+        special_entries: BTreeMap::new(),
+        references: Vec::new(),
+        refusals: comparison.refusals.clone(),
+    };
+    if outcome != Outcome::Changed {
+        return Ok(DiffOutput {
+            report,
+            object: None,
+        });
+    }
+
+    let mut comparison = comparison;
+    comparison
+        .functions
+        .retain(|v| !special_sections::is_dropped(compare::section_name_of(&patched, v.patched)));
+    let inclusion = include::include(&patched, &comparison);
+    report.data = inclusion
+        .symbols
+        .iter()
+        .filter(|&&s| patched.symbol(s).kind == SymbolKind::Object)
+        .map(|&s| patched.symbol(s).name.clone())
+        .collect();
+    for (&section, kept) in &inclusion.entries {
+        report
+            .special_entries
+            .insert(patched.section(section).name.clone(), kept.len());
+    }
+    let mut references: BTreeMap<String, Reference> = BTreeMap::new();
+    for &symbol in &inclusion.external {
+        let name = output::external_name(&orig, &patched, &twins, symbol);
+        let binding = twins
+            .symbol(symbol)
+            .map(|o| orig.symbol(o))
+            .filter(|o| o.section().is_some())
+            .map(|o| o.binding);
+        let resolution = if binding == Some(Binding::Local) {
+            Resolution::Livepatch
+        } else {
+            Resolution::UnlessExported
+        };
+        references.insert(
+            name.clone(),
+            Reference {
+                name,
+                binding,
+                resolution,
+            },
+        );
+    }
+    report.references = references.into_values().collect();
+
+    let metadata = serde_json::to_vec(&report).map_err(|e| DiffError::Write {
+        object: pair.name.to_string(),
+        message: e.to_string(),
+    })?;
+    let object = output::write_object(&orig, &patched, &twins, &inclusion, &metadata).map_err(
+        |message| DiffError::Write {
+            object: pair.name.to_string(),
+            message,
+        },
+    )?;
+    Ok(DiffOutput {
+        report,
+        object: Some(object),
+    })
+}
+
+/// Diffs many pairs in parallel; results come back in the order of `pairs`.
+pub fn diff_all(pairs: &[Pair<'_>]) -> Vec<Result<DiffOutput, DiffError>> {
+    pairs.par_iter().map(diff).collect()
+}

@@ -1,0 +1,228 @@
+//! The closure of what changed code needs: which bytes of the patched object go into the
+//! output, and which symbols the output refers to in the original binary instead.
+//!
+//! Changed and new functions are the roots. Each of their relocations is followed: a changed or
+//! new function, a function's `.cold` part, new data, changed read-only data, dynamic debug
+//! descriptors, strings and anonymous constants are copied; everything else that exists in the
+//! original (unchanged functions, all existing writable data, which holds live state) stays
+//! where it is and is referenced by name. Special section entries follow their code.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::compare::{Comparison, Status};
+use crate::correlate::cold_parent;
+use crate::elf::{Object, Placement, SectionId, SymbolId, SymbolKind, Target};
+use crate::special_sections::{self, Table};
+
+/// What goes into the output object.
+#[derive(Debug, Clone, Default)]
+pub struct Inclusion {
+    /// Byte ranges `[start, end)` of patched sections to copy, sorted and disjoint.
+    pub pieces: BTreeMap<SectionId, Vec<(u64, u64)>>,
+    /// Kept entries (by index) of special tables.
+    pub entries: BTreeMap<SectionId, BTreeSet<u64>>,
+    /// Function and object symbols copied into the output.
+    pub symbols: BTreeSet<SymbolId>,
+    /// Symbols referenced by copied bytes and left in the original binary.
+    pub external: BTreeSet<SymbolId>,
+}
+
+impl Inclusion {
+    /// Whether `address` in `section` lies in copied bytes.
+    pub fn covers(&self, section: SectionId, address: u64) -> bool {
+        self.pieces.get(&section).is_some_and(|ranges| {
+            ranges
+                .iter()
+                .any(|&(start, end)| address >= start && address < end)
+        })
+    }
+
+    fn add_piece(&mut self, section: SectionId, start: u64, end: u64) -> bool {
+        let ranges = self.pieces.entry(section).or_default();
+        if ranges.iter().any(|&(s, e)| s <= start && end <= e) {
+            return false;
+        }
+        ranges.push((start, end));
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(s, e) in ranges.iter() {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *ranges = merged;
+        true
+    }
+}
+
+struct Closure<'a> {
+    patched: &'a Object,
+    comparison: &'a Comparison,
+    inclusion: Inclusion,
+    /// Ranges whose relocations still have to be followed.
+    pending: Vec<(SectionId, u64, u64)>,
+}
+
+impl Closure<'_> {
+    fn include_symbol(&mut self, symbol: SymbolId) {
+        if !self.inclusion.symbols.insert(symbol) {
+            return;
+        }
+        let Some(section) = self.patched.symbol(symbol).section() else {
+            return;
+        };
+        let (start, end) = self.patched.extent(symbol);
+        if self.inclusion.add_piece(section, start, end) {
+            self.pending.push((section, start, end));
+        }
+    }
+
+    fn include_whole_section(&mut self, section: SectionId) {
+        let size = self.patched.section(section).size;
+        if self.inclusion.add_piece(section, 0, size) {
+            self.pending.push((section, 0, size));
+            for &symbol in self.patched.symbols_in(section) {
+                self.inclusion.symbols.insert(symbol);
+            }
+        }
+    }
+
+    /// Whether a referenced symbol must be copied rather than referenced in the original.
+    fn must_copy(&self, symbol: SymbolId) -> bool {
+        let sym = self.patched.symbol(symbol);
+        let Some(section) = sym.section() else {
+            return false;
+        };
+        let status = self.comparison.status.get(&symbol).copied();
+        match sym.kind {
+            SymbolKind::Func => status != Some(Status::Same) || cold_parent(&sym.name).is_some(),
+            SymbolKind::Object => {
+                status == Some(Status::New)
+                    || special_sections::is_dyndbg(&self.patched.section(section).name)
+                    || (status == Some(Status::Changed)
+                        && !self.patched.section(section).is_write())
+            }
+            _ => true,
+        }
+    }
+
+    fn follow(&mut self, target: Target) {
+        match target {
+            Target::Symbol { symbol, .. } => {
+                let sym = self.patched.symbol(symbol);
+                if sym.kind == SymbolKind::Section || sym.kind == SymbolKind::NoType {
+                    // A label or section without a covering function or object: copy the
+                    // section it is in, if it is in this object.
+                    match sym.placement {
+                        Placement::Section(section) => self.include_whole_section(section),
+                        _ => {
+                            self.inclusion.external.insert(symbol);
+                        }
+                    }
+                } else if self.must_copy(symbol) {
+                    self.include_symbol(symbol);
+                } else {
+                    self.inclusion.external.insert(symbol);
+                }
+            }
+            Target::String { section, .. } | Target::Section { section, .. } => {
+                self.include_whole_section(section);
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some((section, start, end)) = self.pending.pop() {
+            for relocation in self.patched.relocations_in(section, start, end) {
+                let target = self.patched.resolve(relocation);
+                self.follow(target);
+            }
+        }
+    }
+
+    /// The code address an entry's code field points at.
+    fn entry_code_address(
+        &self,
+        table: &Table,
+        section: SectionId,
+        index: u64,
+    ) -> Option<(SectionId, u64)> {
+        let field = index * table.entry_size + table.code_field;
+        let relocation = self
+            .patched
+            .relocations_in(section, field, field + 1)
+            .first()?;
+        let symbol = self.patched.symbol(relocation.symbol);
+        let target_section = symbol.section()?;
+        let address = (symbol.value as i64).checked_add(relocation.addend)?;
+        Some((target_section, u64::try_from(address).ok()?))
+    }
+
+    /// Keeps the entries of special tables whose code is copied, and follows what they need.
+    /// Returns whether anything new was kept.
+    fn keep_table_entries(&mut self) -> bool {
+        let mut progress = false;
+        for section in &self.patched.sections {
+            let Some(table) = special_sections::table_for(&section.name) else {
+                continue;
+            };
+            let count = section.size / table.entry_size;
+            for index in 0..count {
+                if self
+                    .inclusion
+                    .entries
+                    .get(&section.id)
+                    .is_some_and(|kept| kept.contains(&index))
+                {
+                    continue;
+                }
+                let Some((code_section, address)) =
+                    self.entry_code_address(table, section.id, index)
+                else {
+                    continue;
+                };
+                if !self.inclusion.covers(code_section, address) {
+                    continue;
+                }
+                self.inclusion
+                    .entries
+                    .entry(section.id)
+                    .or_default()
+                    .insert(index);
+                progress = true;
+                let start = index * table.entry_size;
+                for relocation in
+                    self.patched
+                        .relocations_in(section.id, start, start + table.entry_size)
+                {
+                    let target = self.patched.resolve(relocation);
+                    self.follow(target);
+                }
+            }
+        }
+        progress
+    }
+}
+
+/// Computes what the output object holds for the changed and new functions of `comparison`.
+pub fn include(patched: &Object, comparison: &Comparison) -> Inclusion {
+    let mut closure = Closure {
+        patched,
+        comparison,
+        inclusion: Inclusion::default(),
+        pending: Vec::new(),
+    };
+    for verdict in &comparison.functions {
+        if verdict.status != Status::Same {
+            closure.include_symbol(verdict.patched);
+        }
+    }
+    loop {
+        closure.drain();
+        if !closure.keep_table_entries() {
+            break;
+        }
+    }
+    closure.inclusion
+}

@@ -1,0 +1,270 @@
+//! Kbuild: the one place where kpatch-rs runs other programs (make, patch, cp, ld).
+//!
+//! Every command's output goes to a log file under the build cache, and a failure carries
+//! the command line and the log's tail, so the user sees why without digging. Nothing here
+//! writes into the user's source tree: builds go to `O=` directories, and the patched tree is
+//! a hard-linked copy that `patch` breaks file by file as it writes.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The code-generation flags every compared object is built with: one section per function
+/// and per data object, so the diff can take or leave each one alone.
+pub const DIFF_KCFLAGS: &str = "-ffunction-sections -fdata-sections";
+
+/// A command that could not run or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} failed: `{command}`{tail}")]
+pub struct CommandError {
+    /// What kpatch-rs was doing, such as `building original objects`.
+    pub what: String,
+    /// The command line.
+    pub command: String,
+    /// The end of the command's output, with a pointer to the full log.
+    pub tail: String,
+}
+
+/// Runs `command`, appending its output to `log`; `what` describes the step for the error.
+pub fn run_logged(what: &str, command: &mut Command, log: &Path) -> Result<(), CommandError> {
+    let line = render_command(command);
+    let error = |tail: String| CommandError {
+        what: what.to_string(),
+        command: line.clone(),
+        tail,
+    };
+    if let Some(parent) = log.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| error(format!(": cannot create log directory: {e}")))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| error(format!(": cannot open log {}: {e}", log.display())))?;
+    let start = file.seek(SeekFrom::End(0)).unwrap_or(0);
+    let _ = writeln!(file, "$ {line}");
+    let stdout = file
+        .try_clone()
+        .map_err(|e| error(format!(": cannot share log: {e}")))?;
+    let stderr = file
+        .try_clone()
+        .map_err(|e| error(format!(": cannot share log: {e}")))?;
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .status()
+        .map_err(|e| error(format!(": cannot start it: {e}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail = log_tail(log, start, 25);
+    Err(error(format!(
+        " ({status}); last lines of {}:\n{tail}",
+        log.display()
+    )))
+}
+
+/// Runs `command` and returns its standard output; for short queries such as a version.
+pub fn run_captured(what: &str, command: &mut Command) -> Result<String, CommandError> {
+    let line = render_command(command);
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| CommandError {
+            what: what.to_string(),
+            command: line.clone(),
+            tail: format!(": cannot start it: {e}"),
+        })?;
+    if !output.status.success() {
+        return Err(CommandError {
+            what: what.to_string(),
+            command: line,
+            tail: format!(
+                " ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim_end()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn render_command(command: &Command) -> String {
+    let mut line = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+/// The last `lines` lines that the log got after byte `start`.
+fn log_tail(log: &Path, start: u64, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(log) {
+        let _ = file.seek(SeekFrom::Start(start));
+        let _ = file.read_to_string(&mut text);
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A kernel source tree and the `O=` directory it builds into.
+#[derive(Debug, Clone)]
+pub struct KernelBuild {
+    /// The source tree (`srctree`); never written.
+    pub source: PathBuf,
+    /// The output directory (`O=`).
+    pub output: PathBuf,
+    /// Parallel jobs for make.
+    pub jobs: usize,
+    /// The log every command appends to.
+    pub log: PathBuf,
+}
+
+impl KernelBuild {
+    fn make(&self) -> Command {
+        let mut command = Command::new("make");
+        command
+            .arg("-C")
+            .arg(&self.source)
+            .arg(format!("O={}", self.output.display()))
+            .arg(format!("-j{}", self.jobs.max(1)));
+        command
+    }
+
+    /// Installs `config` as the build's `.config` and prepares the tree for building single
+    /// objects and external modules. A build directory already prepared for the same config
+    /// keeps its state, so the second run is fast.
+    pub fn prepare(&self, config: &Path) -> Result<(), CommandError> {
+        let fail = |tail: String| CommandError {
+            what: "preparing the kernel build".to_string(),
+            command: format!("cp {} {}/.config", config.display(), self.output.display()),
+            tail,
+        };
+        fs::create_dir_all(&self.output).map_err(|e| fail(format!(": {e}")))?;
+        let wanted = fs::read(config).map_err(|e| fail(format!(": cannot read config: {e}")))?;
+        let dot_config = self.output.join(".config");
+        let stamp = self.output.join(".kpatch-prepared");
+        let prepared = fs::read(&stamp).ok() == Some(wanted.clone());
+        if prepared && fs::read(&dot_config).ok().is_some() {
+            return Ok(());
+        }
+        fs::write(&dot_config, &wanted).map_err(|e| fail(format!(": {e}")))?;
+        run_logged(
+            "configuring the kernel build",
+            self.make().arg("olddefconfig"),
+            &self.log,
+        )?;
+        run_logged(
+            "preparing the kernel build (modules_prepare)",
+            self.make().arg("modules_prepare"),
+            &self.log,
+        )?;
+        fs::write(&stamp, &wanted).map_err(|e| fail(format!(": {e}")))?;
+        Ok(())
+    }
+
+    /// Builds `objects` (paths relative to the tree, such as `fs/proc/cmdline.o`) through
+    /// Kbuild's single-object rule, with the diff's code-generation flags and `extra_cflags`.
+    /// Objects already present are removed first, so that nothing left from an earlier run
+    /// with other sources can pass for a fresh build.
+    pub fn build_objects(
+        &self,
+        what: &str,
+        objects: &[PathBuf],
+        extra_cflags: &str,
+    ) -> Result<(), CommandError> {
+        for object in objects {
+            let _ = fs::remove_file(self.output.join(object));
+        }
+        let mut command = self.make();
+        command.arg(format!("KCFLAGS={DIFF_KCFLAGS} {extra_cflags}").trim_end());
+        // With IBT, Kbuild runs objtool on vmlinux.o as a whole instead of on each object, so a
+        // single object would come without its ORC unwind data, return-thunk and call sites.
+        // Running it per object gives the diff those tables for the code it takes.
+        command.arg("objtool-enabled=y");
+        command.args(objects);
+        run_logged(what, &mut command, &self.log)
+    }
+
+    /// Builds the external module in `directory` (`make M=`), with `targets` (such as
+    /// `modules`, or single objects).
+    pub fn build_external(
+        &self,
+        what: &str,
+        directory: &Path,
+        targets: &[&str],
+        extra_cflags: &str,
+    ) -> Result<(), CommandError> {
+        let mut command = Command::new("make");
+        command
+            .arg("-C")
+            .arg(&self.output)
+            .arg(format!("M={}", directory.display()))
+            .arg(format!("-j{}", self.jobs.max(1)));
+        if !extra_cflags.is_empty() {
+            command.arg(format!("KCFLAGS={extra_cflags}"));
+        }
+        command.args(targets);
+        run_logged(what, &mut command, &self.log)
+    }
+}
+
+/// Makes `copy` a hard-linked copy of `source` (replacing what was there), so that patching
+/// the copy costs one new file per touched file and the original stays untouched.
+pub fn link_tree(source: &Path, copy: &Path, log: &Path) -> Result<(), CommandError> {
+    if copy.exists() {
+        fs::remove_dir_all(copy).map_err(|e| CommandError {
+            what: "removing the previous patched tree".to_string(),
+            command: format!("rm -rf {}", copy.display()),
+            tail: format!(": {e}"),
+        })?;
+    }
+    run_logged(
+        "copying the source tree (hard links)",
+        Command::new("cp").arg("-al").arg(source).arg(copy),
+        log,
+    )
+}
+
+/// Applies `patch` to `tree` with `patch -p1`, checking first with a dry run so that a patch
+/// that does not apply leaves the tree as it was.
+pub fn apply_patch(tree: &Path, patch: &Path, log: &Path) -> Result<(), CommandError> {
+    // `patch -d` reads `-i` relative to the tree, so a relative path must be made absolute.
+    let patch = &std::path::absolute(patch).unwrap_or_else(|_| patch.to_path_buf());
+    let patch_command = |dry_run: bool| {
+        let mut command = Command::new("patch");
+        command
+            .arg("-p1")
+            .arg("--batch")
+            .arg("--forward")
+            .arg("--no-backup-if-mismatch")
+            .arg("-r")
+            .arg("-")
+            .arg("-d")
+            .arg(tree)
+            .arg("-i")
+            .arg(patch);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        command
+    };
+    let what = format!("applying {}", patch.display());
+    run_logged(&what, &mut patch_command(true), log)?;
+    run_logged(&what, &mut patch_command(false), log)
+}
+
+/// The `ld` that links kernel objects for x86_64.
+pub fn link_relocatable(output: &Path, inputs: &[PathBuf], log: &Path) -> Result<(), CommandError> {
+    let mut command = Command::new("ld");
+    command
+        .args(["-r", "-m", "elf_x86_64", "-o"])
+        .arg(output)
+        .args(inputs);
+    run_logged("linking the livepatch objects", &mut command, log)
+}

@@ -1,0 +1,404 @@
+//! Module generation: the livepatch module's C source and Kbuild file, from `templates/`.
+//!
+//! The generated source holds only the tables the livepatch core reads: one `klp_object` per
+//! target binary (vmlinux or a module), one `klp_func` per replaced function, and the object's
+//! callbacks. The replacement functions themselves come from the diff, linked beside it; each
+//! is reached through a global alias (`__kpatch_new_<n>`) that the object preparation step adds,
+//! because the replacement usually keeps the original's local name.
+//!
+//! Rendering is pure and deterministic: objects are emitted vmlinux first, then modules by
+//! name, and functions in the order given (the caller sorts them).
+
+use std::fmt::Write as _;
+
+/// The C template of the module source.
+pub const MODULE_TEMPLATE: &str = include_str!("../../templates/livepatch-module.c");
+/// The Kbuild template of the module.
+pub const KBUILD_TEMPLATE: &str = include_str!("../../templates/Kbuild");
+/// `kpatch-macros.h`, for patches that register callbacks the kpatch-build way.
+pub const KPATCH_MACROS_H: &str = include_str!("../../templates/include/kpatch-macros.h");
+/// `kpatch-syscall.h`, for patches that change a system call.
+pub const KPATCH_SYSCALL_H: &str = include_str!("../../templates/include/kpatch-syscall.h");
+
+/// The longest module name the kernel accepts (`MODULE_NAME_LEN` minus the terminating NUL).
+const MAX_MODULE_NAME: usize = 55;
+
+/// Which binary a `klp_object` patches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The kernel image; `klp_object.name` is NULL.
+    Vmlinux,
+    /// A module, by the name the kernel knows it under (`KBUILD_MODNAME`, with underscores).
+    Module(String),
+}
+
+impl Target {
+    /// The name used in livepatch symbol and section names: `vmlinux` or the module name.
+    pub fn klp_name(&self) -> &str {
+        match self {
+            Target::Vmlinux => "vmlinux",
+            Target::Module(name) => name,
+        }
+    }
+}
+
+/// One replaced function.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KlpFunction {
+    /// The original function's name in the target, as kallsyms shows it.
+    pub old_name: String,
+    /// Which of several same-named symbols in the target (0 when the name is unique).
+    pub old_sympos: u64,
+    /// The global symbol of the replacement in the linked module.
+    pub new_symbol: String,
+}
+
+/// The callbacks of one object: global symbols of functions in the linked module.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Callbacks {
+    /// `int fn(struct klp_object *)`, may refuse the patch.
+    pub pre_patch: Option<String>,
+    /// `void fn(struct klp_object *)`.
+    pub post_patch: Option<String>,
+    /// `void fn(struct klp_object *)`.
+    pub pre_unpatch: Option<String>,
+    /// `void fn(struct klp_object *)`.
+    pub post_unpatch: Option<String>,
+}
+
+impl Callbacks {
+    /// Takes the callbacks `other` sets; an object's callbacks come from all its source files.
+    pub fn merge(&mut self, other: Callbacks) {
+        for (slot, value) in [
+            (&mut self.pre_patch, other.pre_patch),
+            (&mut self.post_patch, other.post_patch),
+            (&mut self.pre_unpatch, other.pre_unpatch),
+            (&mut self.post_unpatch, other.post_unpatch),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+    }
+}
+
+/// One `klp_object`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KlpObject {
+    /// The binary it patches.
+    pub target: Target,
+    /// The functions it replaces.
+    pub functions: Vec<KlpFunction>,
+    /// Its callbacks.
+    pub callbacks: Callbacks,
+}
+
+/// Everything the generated source needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LivepatchModule {
+    /// The module's name, such as `livepatch-cmdline`; the kernel shows it with underscores.
+    pub name: String,
+    /// The patch files it was built from, for the header comment.
+    pub patches: Vec<String>,
+    /// Whether it replaces all earlier livepatches (`klp_patch.replace`).
+    pub replace: bool,
+    /// Its objects.
+    pub objects: Vec<KlpObject>,
+}
+
+/// Why a module could not be generated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    #[error("invalid livepatch module name `{0}`: use 1 to {MAX_MODULE_NAME} letters, digits, `-` or `_`")]
+    InvalidName(String),
+    #[error("livepatch module {module} would patch no function")]
+    Empty { module: String },
+    #[error("livepatch module {module} has two objects for {target}")]
+    DuplicateObject { module: String, target: String },
+}
+
+impl LivepatchModule {
+    /// The name the kernel gives the module (`KBUILD_MODNAME`): dashes become underscores.
+    /// It is also the directory under `/sys/kernel/livepatch`.
+    pub fn kernel_name(&self) -> String {
+        self.name.replace('-', "_")
+    }
+
+    fn validate(&self) -> Result<(), ModuleError> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= MAX_MODULE_NAME
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(ModuleError::InvalidName(self.name.clone()));
+        }
+        if self
+            .objects
+            .iter()
+            .all(|object| object.functions.is_empty())
+        {
+            return Err(ModuleError::Empty {
+                module: self.name.clone(),
+            });
+        }
+        let mut targets: Vec<&Target> = self.objects.iter().map(|object| &object.target).collect();
+        targets.sort();
+        if let Some(pair) = targets.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ModuleError::DuplicateObject {
+                module: self.name.clone(),
+                target: pair[0].klp_name().to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The C identifier fragment for a target: module names may contain `-`.
+fn c_identifier(target: &Target) -> String {
+    target
+        .klp_name()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// A C string literal for `text`, escaping what C requires.
+fn c_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            c => {
+                let mut buffer = [0u8; 4];
+                for byte in c.encode_utf8(&mut buffer).bytes() {
+                    let _ = write!(out, "\\{byte:03o}");
+                }
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Renders the module's C source.
+pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
+    module.validate()?;
+    let mut objects: Vec<&KlpObject> = module.objects.iter().collect();
+    objects.sort_by(|a, b| a.target.cmp(&b.target));
+
+    let mut declarations = String::new();
+    let mut tables = String::new();
+    let mut entries = String::new();
+    for object in objects {
+        let ident = c_identifier(&object.target);
+        for function in &object.functions {
+            let _ = writeln!(declarations, "extern char {}[];", function.new_symbol);
+        }
+        let callbacks = &object.callbacks;
+        if let Some(symbol) = &callbacks.pre_patch {
+            let _ = writeln!(declarations, "extern int {symbol}(struct klp_object *obj);");
+        }
+        for symbol in [
+            &callbacks.post_patch,
+            &callbacks.pre_unpatch,
+            &callbacks.post_unpatch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = writeln!(
+                declarations,
+                "extern void {symbol}(struct klp_object *obj);"
+            );
+        }
+
+        let _ = writeln!(
+            tables,
+            "\nstatic struct klp_func kpatch_funcs_{ident}[] = {{"
+        );
+        for function in &object.functions {
+            let _ = writeln!(
+                tables,
+                "\t{{\n\t\t.old_name = {},\n\t\t.new_func = {},\n\t\t.old_sympos = {},\n\t}},",
+                c_string(&function.old_name),
+                function.new_symbol,
+                function.old_sympos
+            );
+        }
+        tables.push_str("\t{ }\n};\n");
+
+        let name = match &object.target {
+            Target::Vmlinux => "NULL".to_string(),
+            Target::Module(name) => c_string(name),
+        };
+        let _ = writeln!(
+            entries,
+            "\t{{\n\t\t.name = {name},\n\t\t.funcs = kpatch_funcs_{ident},"
+        );
+        let callback_fields = [
+            ("pre_patch", &callbacks.pre_patch),
+            ("post_patch", &callbacks.post_patch),
+            ("pre_unpatch", &callbacks.pre_unpatch),
+            ("post_unpatch", &callbacks.post_unpatch),
+        ];
+        if callback_fields.iter().any(|(_, symbol)| symbol.is_some()) {
+            entries.push_str("\t\t.callbacks = {\n");
+            for (field, symbol) in callback_fields {
+                if let Some(symbol) = symbol {
+                    let _ = writeln!(entries, "\t\t\t.{field} = {symbol},");
+                }
+            }
+            entries.push_str("\t\t},\n");
+        }
+        entries.push_str("\t},\n");
+    }
+
+    Ok(MODULE_TEMPLATE
+        .replace("@MODULE_NAME@", &module.name)
+        .replace("@PATCHES@", &module.patches.join(", "))
+        .replace("@DECLARATIONS@", declarations.trim_end())
+        .replace("@FUNCTION_TABLES@", &tables)
+        .replace("@OBJECT_ENTRIES@", &entries)
+        .replace("@REPLACE@", if module.replace { "true" } else { "false" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    fn function(old_name: &str, sympos: u64, index: usize) -> KlpFunction {
+        KlpFunction {
+            old_name: old_name.to_string(),
+            old_sympos: sympos,
+            new_symbol: format!("__kpatch_new_{index}"),
+        }
+    }
+
+    #[test]
+    fn renders_vmlinux_first_then_modules_with_callbacks() {
+        let module = LivepatchModule {
+            name: "livepatch-demo".to_string(),
+            patches: vec!["demo.patch".to_string()],
+            replace: true,
+            objects: vec![
+                KlpObject {
+                    target: Target::Module("kpatch_test_mod".to_string()),
+                    functions: vec![function("test_mod_show", 0, 1)],
+                    callbacks: Callbacks {
+                        pre_patch: Some("__kpatch_callback_0".to_string()),
+                        post_unpatch: Some("__kpatch_callback_1".to_string()),
+                        ..Callbacks::default()
+                    },
+                },
+                KlpObject {
+                    target: Target::Vmlinux,
+                    functions: vec![function("cmdline_proc_show", 2, 0)],
+                    callbacks: Callbacks::default(),
+                },
+            ],
+        };
+        let source = render_source(&module).expect("render");
+        let start = source.find("extern char").expect("declarations");
+        let end = source.find("static struct klp_patch").expect("patch");
+        expect![[r#"
+            extern char __kpatch_new_0[];
+            extern char __kpatch_new_1[];
+            extern int __kpatch_callback_0(struct klp_object *obj);
+            extern void __kpatch_callback_1(struct klp_object *obj);
+
+            static struct klp_func kpatch_funcs_vmlinux[] = {
+            	{
+            		.old_name = "cmdline_proc_show",
+            		.new_func = __kpatch_new_0,
+            		.old_sympos = 2,
+            	},
+            	{ }
+            };
+
+            static struct klp_func kpatch_funcs_kpatch_test_mod[] = {
+            	{
+            		.old_name = "test_mod_show",
+            		.new_func = __kpatch_new_1,
+            		.old_sympos = 0,
+            	},
+            	{ }
+            };
+
+            static struct klp_object kpatch_objects[] = {
+            	{
+            		.name = NULL,
+            		.funcs = kpatch_funcs_vmlinux,
+            	},
+            	{
+            		.name = "kpatch_test_mod",
+            		.funcs = kpatch_funcs_kpatch_test_mod,
+            		.callbacks = {
+            			.pre_patch = __kpatch_callback_0,
+            			.post_unpatch = __kpatch_callback_1,
+            		},
+            	},
+            	{ }
+            };
+
+        "#]]
+        .assert_eq(&source[start..end]);
+        assert!(source.contains(".replace = true,"));
+        assert!(source.contains("MODULE_INFO(livepatch, \"Y\");"));
+        assert_eq!(module.kernel_name(), "livepatch_demo");
+    }
+
+    #[test]
+    fn refuses_bad_names_empty_modules_and_duplicate_objects() {
+        let object = |target: Target| KlpObject {
+            target,
+            functions: vec![function("f", 0, 0)],
+            callbacks: Callbacks::default(),
+        };
+        let check = |name: &str, objects: Vec<KlpObject>, expected: &str| {
+            let module = LivepatchModule {
+                name: name.to_string(),
+                patches: Vec::new(),
+                replace: false,
+                objects,
+            };
+            let error = render_source(&module).expect_err("must refuse");
+            assert_eq!(error.to_string(), expected);
+        };
+        check(
+            "bad name",
+            vec![object(Target::Vmlinux)],
+            "invalid livepatch module name `bad name`: use 1 to 55 letters, digits, `-` or `_`",
+        );
+        check(
+            &"x".repeat(56),
+            vec![object(Target::Vmlinux)],
+            &format!(
+                "invalid livepatch module name `{}`: use 1 to 55 letters, digits, `-` or `_`",
+                "x".repeat(56)
+            ),
+        );
+        check(
+            "empty",
+            Vec::new(),
+            "livepatch module empty would patch no function",
+        );
+        check(
+            "twice",
+            vec![object(Target::Vmlinux), object(Target::Vmlinux)],
+            "livepatch module twice has two objects for vmlinux",
+        );
+    }
+
+    #[test]
+    fn c_strings_escape_quotes_backslashes_and_non_ascii() {
+        assert_eq!(c_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(c_string("é"), "\"\\303\\251\"");
+    }
+}

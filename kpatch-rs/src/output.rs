@@ -1,0 +1,318 @@
+//! Writing the output object: the included bytes of the patched object as a relocatable
+//! x86_64 ELF file, built with `object::write`.
+//!
+//! Each included range keeps its section name, flags and alignment; ranges of one section are
+//! packed in order with their alignment kept (a range starting at offset `s` lands at an
+//! offset congruent to `s` modulo the section alignment). References to what stays in the
+//! original binary become undefined symbols named as in the original object, so the module
+//! generator can turn them into livepatch relocations. The diff metadata rides along in the
+//! non-allocated section `.kpatch.diff` (see ARCHITECTURE.md).
+
+use std::collections::{BTreeMap, HashMap};
+
+use object::write::{self, Relocation as WriteRelocation, Symbol as WriteSymbol};
+use object::{
+    elf, Architecture, BinaryFormat, Endianness, RelocationFlags, SectionFlags, SectionKind,
+    SymbolFlags, SymbolScope,
+};
+
+use crate::correlate::Twins;
+use crate::elf::{Binding, Object, SectionId, SymbolId, SymbolKind, Target};
+use crate::include::Inclusion;
+use crate::special_sections;
+
+/// Name of the section that carries the diff metadata (one NUL-terminated JSON document per
+/// diffed object; `ld -r` concatenates them).
+pub const METADATA_SECTION: &str = ".kpatch.diff";
+
+/// Where an old section offset went in the output.
+#[derive(Debug, Default)]
+struct Placement {
+    /// `(old_start, old_end, new_start)` for each copied range.
+    ranges: Vec<(u64, u64, u64)>,
+}
+
+impl Placement {
+    fn map(&self, offset: u64) -> Option<u64> {
+        self.ranges
+            .iter()
+            .find(|&&(start, end, _)| offset >= start && offset < end)
+            .map(|&(start, _, new_start)| new_start + (offset - start))
+    }
+
+    /// Like [`Placement::map`], also accepting the end of a range (a symbol or label placed
+    /// right after the copied bytes).
+    fn map_inclusive(&self, offset: u64) -> Option<u64> {
+        self.map(offset).or_else(|| {
+            self.ranges
+                .iter()
+                .find(|&&(start, end, _)| offset == end && end > start)
+                .map(|&(start, _, new_start)| new_start + (offset - start))
+        })
+    }
+}
+
+/// The output object, or why it could not be written.
+pub fn write_object(
+    orig: &Object,
+    patched: &Object,
+    twins: &Twins,
+    inclusion: &Inclusion,
+    metadata: &[u8],
+) -> Result<Vec<u8>, String> {
+    let mut out = write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let mut out_sections: HashMap<SectionId, write::SectionId> = HashMap::new();
+    let mut placements: HashMap<SectionId, Placement> = HashMap::new();
+
+    // Sections in the patched object's order, so the output does not depend on hash order.
+    let mut copied: BTreeMap<SectionId, Vec<(u64, u64)>> = inclusion.pieces.clone();
+    for (&section, kept) in &inclusion.entries {
+        let Some(table) = special_sections::table_for(&patched.section(section).name) else {
+            continue;
+        };
+        let ranges = kept
+            .iter()
+            .map(|&i| (i * table.entry_size, (i + 1) * table.entry_size))
+            .collect();
+        copied.insert(section, ranges);
+        // `.orc_unwind` runs in parallel with `.orc_unwind_ip`: keep the same entries.
+        if let Some((parallel_name, parallel_size)) = table.parallel {
+            if let Some(parallel) = patched.sections.iter().find(|s| s.name == parallel_name) {
+                let ranges = kept
+                    .iter()
+                    .map(|&i| (i * parallel_size, (i + 1) * parallel_size))
+                    .filter(|&(_, end)| end <= parallel.size)
+                    .collect();
+                copied.insert(parallel.id, ranges);
+            }
+        }
+    }
+
+    for (&section_id, ranges) in &copied {
+        let section = patched.section(section_id);
+        let kind = if section.is_nobits() {
+            SectionKind::UninitializedData
+        } else if section.is_string_merge() {
+            SectionKind::ReadOnlyString
+        } else if section.is_exec() {
+            SectionKind::Text
+        } else if section.is_write() {
+            SectionKind::Data
+        } else {
+            SectionKind::ReadOnlyData
+        };
+        let out_id = out.add_section(Vec::new(), section.name.as_bytes().to_vec(), kind);
+        let mut sh_flags = section.flags;
+        if section.is_merge() && !section.is_string_merge() {
+            // The writer records entry sizes only for strings; without one, merging is invalid,
+            // and copies of constants need no merging.
+            sh_flags &= !elf::SHF_MERGE.0;
+        }
+        out.section_mut(out_id).flags = SectionFlags::Elf {
+            sh_type: elf::SectionType(section.sh_type),
+            sh_flags: elf::SectionFlags(sh_flags),
+        };
+        let align = section.align.max(1);
+        let mut placement = Placement::default();
+        let mut data: Vec<u8> = Vec::new();
+        let mut size: u64 = 0;
+        for &(start, end) in ranges {
+            // Keep each range's alignment phase so every symbol inside stays aligned.
+            let phase = start % align;
+            let mut new_start = size - size % align + phase;
+            if new_start < size {
+                new_start += align;
+            }
+            if !section.is_nobits() {
+                data.resize(new_start as usize, pad_byte(section.is_exec()));
+                data.extend_from_slice(&section.data[start as usize..end as usize]);
+            }
+            size = new_start + (end - start);
+            placement.ranges.push((start, end, new_start));
+        }
+        if section.is_nobits() {
+            out.append_section_bss(out_id, size, align);
+        } else {
+            out.set_section_data(out_id, data, align);
+        }
+        out_sections.insert(section_id, out_id);
+        placements.insert(section_id, placement);
+    }
+
+    // Defined symbols: every function and object in copied bytes.
+    let mut out_symbols: HashMap<SymbolId, write::SymbolId> = HashMap::new();
+    for &symbol_id in &inclusion.symbols {
+        let symbol = patched.symbol(symbol_id);
+        let Some(section) = symbol.section() else {
+            continue;
+        };
+        let (Some(&out_section), Some(placement)) =
+            (out_sections.get(&section), placements.get(&section))
+        else {
+            continue;
+        };
+        let Some(value) = placement.map_inclusive(symbol.value) else {
+            continue;
+        };
+        let id = out.add_symbol(WriteSymbol {
+            name: symbol.name.as_bytes().to_vec(),
+            value,
+            size: symbol.size,
+            kind: if symbol.kind == SymbolKind::Func {
+                object::SymbolKind::Text
+            } else {
+                object::SymbolKind::Data
+            },
+            scope: if symbol.binding == Binding::Local {
+                SymbolScope::Compilation
+            } else {
+                // `Linkage` would make the symbol hidden; kernel objects use default visibility.
+                SymbolScope::Dynamic
+            },
+            weak: symbol.binding == Binding::Weak,
+            section: write::SymbolSection::Section(out_section),
+            flags: SymbolFlags::None,
+        });
+        out_symbols.insert(symbol_id, id);
+    }
+
+    // Relocations of every copied range.
+    let mut undefined: HashMap<String, write::SymbolId> = HashMap::new();
+    for (&section_id, ranges) in &copied {
+        let out_section = out_sections[&section_id];
+        let placement = &placements[&section_id];
+        for &(start, end) in ranges {
+            for relocation in patched.relocations_in(section_id, start, end) {
+                let Some(offset) = placement.map(relocation.offset) else {
+                    continue;
+                };
+                let (symbol, addend) = match patched.resolve(relocation) {
+                    Target::Symbol {
+                        symbol,
+                        offset: delta,
+                    } => {
+                        if let Some(&out_symbol) = out_symbols.get(&symbol) {
+                            (out_symbol, delta)
+                        } else {
+                            let sym = patched.symbol(symbol);
+                            if let (Some(section), SymbolKind::Section | SymbolKind::NoType) =
+                                (sym.section(), sym.kind)
+                            {
+                                // A label in a copied section: point at the copy.
+                                let address = sym.value as i64 + delta;
+                                let mapped = placements.get(&section).and_then(|p| {
+                                    p.map_inclusive(u64::try_from(address.max(0)).unwrap_or(0))
+                                });
+                                match (out_sections.get(&section), mapped) {
+                                    (Some(&out_target), Some(mapped)) => {
+                                        (out.section_symbol(out_target), mapped as i64)
+                                    }
+                                    _ => {
+                                        return Err(format!(
+                                            "relocation at {}+{:#x} refers to {}+{:#x}, which was not copied",
+                                            patched.section(section_id).name,
+                                            relocation.offset,
+                                            patched.section(section).name,
+                                            address
+                                        ))
+                                    }
+                                }
+                            } else {
+                                let name = external_name(orig, patched, twins, symbol);
+                                let kind = if sym.kind == SymbolKind::Func {
+                                    object::SymbolKind::Text
+                                } else {
+                                    object::SymbolKind::Data
+                                };
+                                let id = *undefined.entry(name.clone()).or_insert_with(|| {
+                                    out.add_symbol(WriteSymbol {
+                                        name: name.into_bytes(),
+                                        value: 0,
+                                        size: 0,
+                                        kind,
+                                        scope: SymbolScope::Dynamic,
+                                        weak: false,
+                                        section: write::SymbolSection::Undefined,
+                                        flags: SymbolFlags::None,
+                                    })
+                                });
+                                (id, delta)
+                            }
+                        }
+                    }
+                    Target::String { section, .. } | Target::Section { section, .. } => {
+                        let (Some(&out_target), Some(placement)) =
+                            (out_sections.get(&section), placements.get(&section))
+                        else {
+                            return Err(format!(
+                                "relocation at {}+{:#x} refers to section {}, which was not copied",
+                                patched.section(section_id).name,
+                                relocation.offset,
+                                patched.section(section).name
+                            ));
+                        };
+                        // Whole sections are copied at offset 0, so addends stay valid; check it.
+                        if placement.map_inclusive(0) != Some(0) {
+                            return Err(format!(
+                                "section {} was copied in parts but is referenced without a symbol",
+                                patched.section(section).name
+                            ));
+                        }
+                        (out.section_symbol(out_target), relocation.addend)
+                    }
+                };
+                out.add_relocation(
+                    out_section,
+                    WriteRelocation {
+                        offset,
+                        symbol,
+                        addend,
+                        flags: RelocationFlags::Elf {
+                            r_type: elf::RelocationType(relocation.r_type),
+                        },
+                    },
+                )
+                .map_err(|e| format!("cannot add relocation: {e}"))?;
+            }
+        }
+    }
+
+    let mut metadata_bytes = metadata.to_vec();
+    metadata_bytes.push(0);
+    let metadata_section = out.add_section(
+        Vec::new(),
+        METADATA_SECTION.as_bytes().to_vec(),
+        SectionKind::Other,
+    );
+    out.section_mut(metadata_section).flags = SectionFlags::Elf {
+        sh_type: elf::SHT_PROGBITS,
+        sh_flags: elf::SectionFlags(0),
+    };
+    out.set_section_data(metadata_section, metadata_bytes, 1);
+    // Every kernel object says its stack is not executable; so does this one.
+    let gnu_stack = out.add_section(Vec::new(), b".note.GNU-stack".to_vec(), SectionKind::Other);
+    out.section_mut(gnu_stack).flags = SectionFlags::Elf {
+        sh_type: elf::SHT_PROGBITS,
+        sh_flags: elf::SectionFlags(0),
+    };
+    out.write().map_err(|e| format!("cannot write ELF: {e}"))
+}
+
+/// Padding between copied code ranges is `int3`, so that stray execution traps.
+fn pad_byte(exec: bool) -> u8 {
+    if exec {
+        0xcc
+    } else {
+        0
+    }
+}
+
+/// The name an external reference carries in the output: the original object's name for the
+/// symbol (a static local `count.3` in the patched object may be `count.2` in the running
+/// kernel), else the patched name (an undefined global).
+pub fn external_name(orig: &Object, patched: &Object, twins: &Twins, symbol: SymbolId) -> String {
+    match twins.symbol(symbol) {
+        Some(orig_symbol) => orig.symbol(orig_symbol).name.clone(),
+        None => patched.symbol(symbol).name.clone(),
+    }
+}

@@ -1,0 +1,697 @@
+//! The build pipeline (`kpatch-rs build`): from patch files to a livepatch module.
+//!
+//! Phases, in order, each in its own file: inputs are checked here; `targets` finds the
+//! objects to build; `trees` makes the patched tree; `kbuild` compiles the touched objects of
+//! both trees; `diff` compares each pair (in parallel); `resolve` decides how each reference
+//! reaches its symbol; `prepare` and `klp_records` make each diff output linkable; `module`
+//! generates the module source; `kbuild` links it; `post_link` writes the livepatch
+//! relocations. Every phase's time goes into the report.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::diff::{self, Pair};
+use crate::elf::{Binding, Object, Placement, SymbolKind};
+use crate::kbuild::{self, CommandError, KernelBuild};
+use crate::klp_records::{self, klp_symbol_name};
+use crate::module::{self, KlpFunction, KlpObject, LivepatchModule, Target};
+use crate::post_link;
+use crate::prepare;
+use crate::report::{Outcome, Report};
+use crate::resolve::{Exports, ResolveError, TargetSymbols};
+use crate::targets::{self, TargetError};
+use crate::trees::{self, TreeError};
+
+/// What `kpatch-rs build` was asked to do.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The kernel source tree; a clean tree (configured out of tree), never modified.
+    pub sourcedir: PathBuf,
+    /// The kernel config the running kernel was built with.
+    pub config: PathBuf,
+    /// The running kernel's vmlinux, with its symbol table.
+    pub vmlinux: PathBuf,
+    /// The kernel's `Module.symvers`.
+    pub symvers: PathBuf,
+    /// The module's name without the `livepatch-` prefix.
+    pub name: String,
+    /// Parallel jobs for make.
+    pub jobs: usize,
+    /// Where `livepatch-<name>.ko` goes.
+    pub output: PathBuf,
+    /// The patches, applied in order.
+    pub patches: Vec<PathBuf>,
+    /// Whether the module replaces earlier livepatches (`klp_patch.replace`).
+    pub replace: bool,
+    /// Where build directories and the patched tree are kept between runs.
+    pub cache: PathBuf,
+}
+
+/// Why a build stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("{0}")]
+    Diff(String),
+    #[error("{}", .refusals.join("\n"))]
+    Unpatchable { refusals: Vec<String> },
+    #[error("the patches change no code: {objects}")]
+    NoChange { objects: String },
+    #[error("{0}")]
+    Module(String),
+}
+
+impl BuildError {
+    /// The exit code scripts see for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BuildError::Unpatchable { .. } => crate::exit::UNPATCHABLE,
+            BuildError::NoChange { .. } => crate::exit::NO_CHANGE,
+            _ => crate::exit::ERROR,
+        }
+    }
+}
+
+/// One object's part of the build, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ObjectSummary {
+    /// The object, relative to the tree.
+    pub object: String,
+    /// `vmlinux` or the module it belongs to.
+    pub target: String,
+    /// The diff's report.
+    pub diff: Report,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildReport {
+    /// The module written.
+    pub module: PathBuf,
+    /// The module's name as the kernel shows it (`/sys/kernel/livepatch/<name>`).
+    pub kernel_name: String,
+    /// Per object: what changed.
+    pub objects: Vec<ObjectSummary>,
+    /// The livepatch relocation sections written, with their entry counts.
+    pub klp_relocation_sections: Vec<(String, usize)>,
+    /// Seconds per phase, in order.
+    pub timings: Vec<(String, f64)>,
+}
+
+impl BuildReport {
+    /// Prints the report as one JSON document.
+    pub fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        writeln!(out)
+    }
+
+    /// Prints what changed per object, the livepatch relocations, and the time per phase.
+    pub fn write_human(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "built {} (loads as /sys/kernel/livepatch/{})",
+            self.module.display(),
+            self.kernel_name
+        )?;
+        for object in &self.objects {
+            writeln!(out, "{} ({}):", object.object, object.target)?;
+            for function in &object.diff.functions {
+                let status = match function.status {
+                    crate::compare::Status::Changed => "changed",
+                    crate::compare::Status::New => "new",
+                    crate::compare::Status::Same => "same",
+                };
+                writeln!(out, "  {status:8} {}", function.name)?;
+            }
+        }
+        for (section, count) in &self.klp_relocation_sections {
+            writeln!(out, "  livepatch relocations: {section} ({count})")?;
+        }
+        let total: f64 = self.timings.iter().map(|(_, seconds)| seconds).sum();
+        let phases: Vec<String> = self
+            .timings
+            .iter()
+            .map(|(phase, seconds)| format!("{phase} {seconds:.2}s"))
+            .collect();
+        writeln!(out, "time: {total:.2}s ({})", phases.join(", "))
+    }
+}
+
+struct Timer {
+    phases: Vec<(String, f64)>,
+    last: Instant,
+}
+
+impl Timer {
+    fn new() -> Timer {
+        Timer {
+            phases: Vec::new(),
+            last: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, phase: &str) {
+        let now = Instant::now();
+        self.phases
+            .push((phase.to_string(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+}
+
+fn read_file(path: &Path, what: &str, hint: &str) -> Result<Vec<u8>, BuildError> {
+    fs::read(path).map_err(|e| {
+        BuildError::Input(format!(
+            "cannot read {what} {}: {e}; {hint}",
+            path.display()
+        ))
+    })
+}
+
+/// Checks the inputs before any work, so that a wrong argument fails in milliseconds with a
+/// message that says what to pass instead.
+fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
+    let source = &options.sourcedir;
+    if !source.join("Makefile").is_file() || !source.join("kernel").is_dir() {
+        return Err(BuildError::Input(format!(
+            "{} is not a kernel source tree (no Makefile and kernel/); pass the kernel's source \
+             with --sourcedir",
+            source.display()
+        )));
+    }
+    if source.join(".config").exists() || source.join("include/config").exists() {
+        return Err(BuildError::Input(format!(
+            "{} is configured in place (it has .config or include/config); kpatch-rs builds out \
+             of tree and needs a clean source tree: pass a clean copy with --sourcedir and the \
+             configuration with --config",
+            source.display()
+        )));
+    }
+    let config = read_file(
+        &options.config,
+        "kernel config",
+        "pass the running kernel's config with --config",
+    )?;
+    let config = String::from_utf8_lossy(&config);
+    if !config
+        .lines()
+        .any(|line| line.trim() == "CONFIG_LIVEPATCH=y")
+    {
+        return Err(BuildError::Input(format!(
+            "kernel config {} does not enable CONFIG_LIVEPATCH: that kernel cannot load \
+             livepatches; rebuild it with CONFIG_LIVEPATCH=y or pass the right --config",
+            options.config.display()
+        )));
+    }
+    if !options.vmlinux.is_file() {
+        return Err(BuildError::Input(format!(
+            "vmlinux {} does not exist; pass the running kernel's vmlinux (with symbols) with \
+             --vmlinux",
+            options.vmlinux.display()
+        )));
+    }
+    if !options.symvers.is_file() {
+        return Err(BuildError::Input(format!(
+            "Module.symvers {} does not exist; pass the kernel's Module.symvers with --symvers",
+            options.symvers.display()
+        )));
+    }
+    if options.patches.is_empty() {
+        return Err(BuildError::Input(
+            "no patch given; pass one or more patch files".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The objects to build and the files the patches touch.
+fn objects_to_build(options: &BuildOptions) -> Result<(Vec<PathBuf>, Vec<PathBuf>), BuildError> {
+    let mut objects = Vec::new();
+    let mut touched_all = Vec::new();
+    for patch in &options.patches {
+        let text = read_file(patch, "patch", "pass an existing patch file")?;
+        let text = String::from_utf8_lossy(&text);
+        touched_all.extend(targets::touched_files(&patch.display().to_string(), &text)?);
+    }
+    let reference_build = options.vmlinux.parent().unwrap_or(Path::new("."));
+    let source = fs::canonicalize(&options.sourcedir).map_err(|e| {
+        BuildError::Input(format!(
+            "cannot resolve {}: {e}",
+            options.sourcedir.display()
+        ))
+    })?;
+    for file in &touched_all {
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("c") => objects.push(file.with_extension("o")),
+            _ => {
+                let has_cmd_files = reference_build.join(".vmlinux.cmd").is_file()
+                    || reference_build.join("Makefile").is_file();
+                if !has_cmd_files {
+                    return Err(TargetError::NoReferenceBuild {
+                        header: file.display().to_string(),
+                    }
+                    .into());
+                }
+                let dependents = targets::objects_including(reference_build, &source.join(file))?;
+                if dependents.is_empty() {
+                    return Err(TargetError::UnusedHeader {
+                        header: file.display().to_string(),
+                    }
+                    .into());
+                }
+                objects.extend(dependents);
+            }
+        }
+    }
+    objects.sort();
+    objects.dedup();
+    Ok((objects, touched_all))
+}
+
+/// The cache directory for this (source, config, compiler).
+fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
+    let source = fs::canonicalize(&options.sourcedir).map_err(|e| {
+        BuildError::Input(format!(
+            "cannot resolve {}: {e}",
+            options.sourcedir.display()
+        ))
+    })?;
+    let config = read_file(&options.config, "kernel config", "pass --config")?;
+    let compiler = kbuild::run_captured(
+        "asking gcc for its version",
+        std::process::Command::new("gcc").arg("--version"),
+    )?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        source.to_string_lossy().as_bytes(),
+        &config,
+        compiler.lines().next().unwrap_or("").as_bytes(),
+    ] {
+        for &byte in part.iter().chain(std::iter::once(&0u8)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// Builds a livepatch module; see the module documentation for the phases.
+pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
+    let mut timer = Timer::new();
+    check_inputs(options)?;
+    let (objects, touched_files) = objects_to_build(options)?;
+    let key = cache_key(options)?;
+    let cache = options.cache.join(&key);
+    // One build at a time per cache entry: two builds would patch the same tree.
+    fs::create_dir_all(&cache)
+        .map_err(|e| BuildError::Input(format!("cannot create cache {}: {e}", cache.display())))?;
+    let lock_path = cache.join("lock");
+    let lock = fs::File::create(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|e| BuildError::Input(format!("cannot lock {}: {e}", lock_path.display())))?;
+    let log = cache.join("build.log");
+    let _ = fs::remove_file(&log);
+    timer.lap("inputs");
+
+    let patched_source = cache.join("patched-source");
+    trees::patch_tree(
+        &options.sourcedir,
+        &patched_source,
+        &options.patches,
+        &touched_files,
+        &log,
+    )?;
+    timer.lap("patched tree");
+
+    let jobs_each = (options.jobs / 2).max(1);
+    let original_build = KernelBuild {
+        source: options.sourcedir.clone(),
+        output: cache.join("original"),
+        jobs: jobs_each,
+        log: cache.join("original.log"),
+    };
+    let patched_build = KernelBuild {
+        source: patched_source.clone(),
+        output: cache.join("patched"),
+        jobs: jobs_each,
+        log: cache.join("patched.log"),
+    };
+    let include_flag = format!("-I{}", write_headers(&cache)?.display());
+    let (original_result, patched_result) = std::thread::scope(|scope| {
+        let original = scope.spawn(|| {
+            original_build.prepare(&options.config)?;
+            original_build.build_objects("building original objects", &objects, &include_flag)
+        });
+        let patched = scope.spawn(|| {
+            patched_build.prepare(&options.config)?;
+            patched_build.build_objects("building patched objects", &objects, &include_flag)
+        });
+        (original.join(), patched.join())
+    });
+    let thread_error = || BuildError::Module("a build thread panicked".to_string());
+    original_result.map_err(|_| thread_error())??;
+    patched_result.map_err(|_| thread_error())??;
+    timer.lap("compile");
+
+    // Read the object pairs and their targets.
+    let mut inputs = Vec::new();
+    for object in &objects {
+        let cmd = fs::read_to_string(targets::cmd_file(&original_build.output, object))
+            .unwrap_or_default();
+        let target = targets::attribute(&cmd);
+        let orig = read_file(
+            &original_build.output.join(object),
+            "object",
+            "see the build log",
+        )?;
+        let patched = read_file(
+            &patched_build.output.join(object),
+            "object",
+            "see the build log",
+        )?;
+        inputs.push((object.display().to_string(), target, orig, patched));
+    }
+    let pairs: Vec<Pair<'_>> = inputs
+        .iter()
+        .map(|(name, target, orig, patched)| Pair {
+            name,
+            orig,
+            patched,
+            target: target.klp_name(),
+        })
+        .collect();
+    let results = diff::diff_all(&pairs);
+    timer.lap("diff");
+
+    let mut refusals = Vec::new();
+    let mut diffed = Vec::new();
+    for (result, (name, target, orig, _)) in results.into_iter().zip(&inputs) {
+        let output = result.map_err(|e| BuildError::Diff(e.to_string()))?;
+        match output.report.outcome {
+            Outcome::Unpatchable => {
+                refusals.extend(output.report.refusals.iter().map(|r| r.to_string()))
+            }
+            Outcome::NoChange => {}
+            Outcome::Changed => {}
+        }
+        diffed.push((name.clone(), target.clone(), orig, output));
+    }
+    if !refusals.is_empty() {
+        return Err(BuildError::Unpatchable { refusals });
+    }
+    if diffed
+        .iter()
+        .all(|(_, _, _, output)| output.object.is_none())
+    {
+        return Err(BuildError::NoChange {
+            objects: objects
+                .iter()
+                .map(|o| o.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+
+    // Resolve every reference and replaced function against the target's symbols.
+    let vmlinux = read_file(&options.vmlinux, "vmlinux", "pass --vmlinux")?;
+    let vmlinux_symbols = TargetSymbols::from_elf(Target::Vmlinux, &vmlinux)?;
+    let symvers = read_file(&options.symvers, "Module.symvers", "pass --symvers")?;
+    let exports = Exports::parse(&String::from_utf8_lossy(&symvers))?;
+    let reference_build = options.vmlinux.parent().unwrap_or(Path::new("."));
+    let mut module_symbols: BTreeMap<String, TargetSymbols> = BTreeMap::new();
+
+    let module_dir = cache.join("module");
+    let _ = fs::remove_dir_all(&module_dir);
+    fs::create_dir_all(&module_dir)
+        .map_err(|e| BuildError::Module(format!("cannot create {}: {e}", module_dir.display())))?;
+    let mut klp_objects: BTreeMap<Target, KlpObject> = BTreeMap::new();
+    let mut linked_inputs = Vec::new();
+    let mut summaries = Vec::new();
+    let mut next_alias = 0usize;
+    for (index, (name, target, orig_bytes, output)) in diffed.into_iter().enumerate() {
+        let Some(object_bytes) = output.object.clone() else {
+            summaries.push(ObjectSummary {
+                object: name,
+                target: target.klp_name().to_string(),
+                diff: output.report,
+            });
+            continue;
+        };
+        let symbols = match &target {
+            Target::Vmlinux => &vmlinux_symbols,
+            Target::Module(module_name) => {
+                if !module_symbols.contains_key(module_name) {
+                    let ko = find_module_file(reference_build, module_name).ok_or_else(|| {
+                        BuildError::Input(format!(
+                            "cannot find {module_name}.ko under {}: the module's symbols are \
+                             needed to patch it; build the modules of the original tree there",
+                            reference_build.display()
+                        ))
+                    })?;
+                    let data = read_file(&ko, "module", "build the original modules")?;
+                    module_symbols.insert(
+                        module_name.clone(),
+                        TargetSymbols::from_elf(target.clone(), &data)?,
+                    );
+                }
+                &module_symbols[module_name]
+            }
+        };
+        let original =
+            Object::parse(&name, orig_bytes).map_err(|e| BuildError::Diff(e.to_string()))?;
+        let locals: Vec<&str> = original
+            .symbols
+            .iter()
+            .filter(|s| {
+                s.binding == Binding::Local
+                    && matches!(s.kind, SymbolKind::Func | SymbolKind::Object)
+                    && !s.name.is_empty()
+                    && !s.name.contains('.')
+                    && match s.placement {
+                        Placement::Section(section) => {
+                            !original.section(section).name.starts_with(".init")
+                        }
+                        _ => false,
+                    }
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        let file = Path::new(&name)
+            .with_extension("c")
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let block = if locals.is_empty() {
+            None
+        } else {
+            Some(symbols.find_block(&file, &locals)?)
+        };
+
+        let mut klp_names = BTreeMap::new();
+        for reference in &output.report.references {
+            let local = reference.binding == Some(Binding::Local);
+            let exported_by = exports.exporter(&reference.name);
+            let reachable_normally = match (&target, exported_by) {
+                (_, Some("vmlinux")) => !local,
+                // A module's own exports may not be loaded yet: only livepatch relocations
+                // are applied when the module comes.
+                (Target::Vmlinux, Some(_)) => !local,
+                (Target::Module(_), Some(_)) => false,
+                (_, None) => false,
+            };
+            if reachable_normally {
+                continue;
+            }
+            let (owner, owner_symbols) = if local || symbols.has_global(&reference.name) {
+                (target.klp_name().to_string(), symbols)
+            } else {
+                ("vmlinux".to_string(), &vmlinux_symbols)
+            };
+            let sympos = owner_symbols.sympos(&reference.name, if local { block } else { None })?;
+            klp_names.insert(
+                reference.name.clone(),
+                klp_symbol_name(&owner, &reference.name, sympos.0),
+            );
+        }
+
+        let prepared = prepare::prepare_object(&name, &object_bytes, &output.report, next_alias)
+            .map_err(|e| BuildError::Module(e.to_string()))?;
+        next_alias += prepared.functions.len();
+        let (linkable, _) = klp_records::convert_references(&name, &prepared.object, &klp_names)
+            .map_err(|e| BuildError::Module(e.to_string()))?;
+        let path = module_dir.join(format!("patched-{index}.o"));
+        fs::write(&path, &linkable)
+            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))?;
+        linked_inputs.push(path);
+
+        let klp_object = klp_objects
+            .entry(target.clone())
+            .or_insert_with(|| KlpObject {
+                target: target.clone(),
+                functions: Vec::new(),
+                callbacks: Default::default(),
+            });
+        for (old_name, alias) in prepared.functions {
+            let local = original
+                .symbols
+                .iter()
+                .any(|s| s.name == old_name && s.binding == Binding::Local);
+            let sympos = symbols.sympos(&old_name, if local { block } else { None })?;
+            klp_object.functions.push(KlpFunction {
+                old_name,
+                old_sympos: sympos.0,
+                new_symbol: alias,
+            });
+        }
+        klp_object.callbacks.merge(prepared.callbacks);
+        summaries.push(ObjectSummary {
+            object: name,
+            target: target.klp_name().to_string(),
+            diff: output.report,
+        });
+    }
+    timer.lap("resolve");
+
+    let module_name = format!("livepatch-{}", options.name);
+    let livepatch = LivepatchModule {
+        name: module_name.clone(),
+        patches: options
+            .patches
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect(),
+        replace: options.replace,
+        objects: klp_objects.into_values().collect(),
+    };
+    let source =
+        module::render_source(&livepatch).map_err(|e| BuildError::Module(e.to_string()))?;
+    // External modules resolve exported symbols from the build directory's Module.symvers.
+    let symvers_copy = original_build.output.join("Module.symvers");
+    fs::write(&symvers_copy, &symvers)
+        .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", symvers_copy.display())))?;
+    let ko = link_module(
+        &original_build,
+        &module_dir,
+        &module_name,
+        &source,
+        &linked_inputs,
+    )?;
+    timer.lap("link");
+
+    let info = serde_json::to_vec(&livepatch)
+        .map_err(|e| BuildError::Module(format!("cannot describe the module: {e}")))?;
+    let (rewritten, post_link_summary) = post_link::rewrite_module(&module_name, &ko, Some(&info))
+        .map_err(|e| BuildError::Module(e.to_string()))?;
+    fs::create_dir_all(&options.output).map_err(|e| {
+        BuildError::Module(format!("cannot create {}: {e}", options.output.display()))
+    })?;
+    let module_path = options.output.join(format!("{module_name}.ko"));
+    fs::write(&module_path, &rewritten)
+        .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", module_path.display())))?;
+    timer.lap("post-link");
+
+    drop(lock);
+    Ok(BuildReport {
+        module: module_path,
+        kernel_name: livepatch.kernel_name(),
+        objects: summaries,
+        klp_relocation_sections: post_link_summary.sections,
+        timings: timer.phases,
+    })
+}
+
+/// Writes the patch-author headers where patched sources can include them.
+fn write_headers(cache: &Path) -> Result<PathBuf, BuildError> {
+    let include = cache.join("include");
+    let write = |name: &str, text: &str| {
+        let path = include.join(name);
+        fs::create_dir_all(&include)
+            .and_then(|_| fs::write(&path, text))
+            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))
+    };
+    write("kpatch-macros.h", module::KPATCH_MACROS_H)?;
+    write("kpatch-syscall.h", module::KPATCH_SYSCALL_H)?;
+    Ok(include)
+}
+
+/// The `.ko` of module `name` in a Kbuild output tree (file names may use `-` for `_`).
+fn find_module_file(build: &Path, name: &str) -> Option<PathBuf> {
+    let mut stack = vec![build.to_path_buf()];
+    while let Some(directory) = stack.pop() {
+        for entry in fs::read_dir(&directory).ok()?.flatten() {
+            let path = entry.path();
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path);
+            } else if path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_suffix(".ko"))
+                .is_some_and(|stem| stem.replace('-', "_") == name)
+            {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+/// Compiles the generated source, links it with the prepared diff objects into one object,
+/// and lets Kbuild make the module from that object.
+///
+/// The module is built from one prebuilt object rather than as a composite of several,
+/// because Kbuild runs objtool over composite modules when the kernel has IBT, and objtool
+/// would meet the livepatch references that only exist as records at that point.
+fn link_module(
+    build: &KernelBuild,
+    module_dir: &Path,
+    module_name: &str,
+    source: &str,
+    patched_objects: &[PathBuf],
+) -> Result<Vec<u8>, BuildError> {
+    let write = |path: &Path, text: &str| {
+        fs::write(path, text)
+            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))
+    };
+    let main_dir = module_dir.join("main");
+    let link_dir = module_dir.join("link");
+    for dir in [&main_dir, &link_dir] {
+        fs::create_dir_all(dir)
+            .map_err(|e| BuildError::Module(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    write(&main_dir.join("livepatch-main.c"), source)?;
+    write(&main_dir.join("Kbuild"), "obj-m := livepatch-main.o\n")?;
+    build.build_external(
+        "compiling the livepatch module source",
+        &main_dir,
+        &["livepatch-main.o"],
+        "",
+    )?;
+    let mut inputs = vec![main_dir.join("livepatch-main.o")];
+    inputs.extend(patched_objects.iter().cloned());
+    let object = link_dir.join(format!("{module_name}.o"));
+    kbuild::link_relocatable(&object, &inputs, &build.log)?;
+    write(
+        &link_dir.join("Kbuild"),
+        &module::KBUILD_TEMPLATE.replace("@MODULE_NAME@", module_name),
+    )?;
+    build.build_external("building the livepatch module", &link_dir, &["modules"], "")?;
+    read_file(
+        &link_dir.join(format!("{module_name}.ko")),
+        "module",
+        "see the build log",
+    )
+}

@@ -1,0 +1,142 @@
+//! The diff report: what changed in one object pair, what the output needs from the target
+//! binary, and what was refused; printed for people or as one JSON document.
+//!
+//! The same value is the metadata embedded in the output object, so the module generator reads
+//! exactly what the user saw.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use crate::compare::{Refusal, Status};
+use crate::elf::Binding;
+
+/// The verdict for one object pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Some function changed or is new; an output object was produced.
+    Changed,
+    /// No function differs.
+    NoChange,
+    /// Some change cannot be live patched; see `refusals`.
+    Unpatchable,
+}
+
+/// A function the output object defines because it changed or is new.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionReport {
+    /// The function's name in the output object.
+    pub name: String,
+    pub status: Status,
+    pub section: String,
+    /// For a changed function: the function it replaces, named as in the original object.
+    pub replaces: Option<Replaced>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Replaced {
+    pub name: String,
+    /// The binary the function lives in: `vmlinux` or a module name.
+    pub object: String,
+}
+
+/// How a reference to something left in the target binary must be resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolution {
+    /// A symbol local to the original object: only a livepatch relocation
+    /// (`.klp.sym.<object>.<name>,<sympos>`) can reach it.
+    Livepatch,
+    /// A global symbol: a normal relocation if it is exported, else a livepatch relocation.
+    UnlessExported,
+}
+
+/// An undefined symbol of the output object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reference {
+    pub name: String,
+    /// Binding in the original object; `None` when the original object did not define it.
+    pub binding: Option<Binding>,
+    pub resolution: Resolution,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    /// The object as named on the command line.
+    pub object: String,
+    /// The binary the object is linked into.
+    pub target: String,
+    pub outcome: Outcome,
+    /// Changed and new functions, in the patched object's symbol order.
+    pub functions: Vec<FunctionReport>,
+    /// Functions that differ only in `__LINE__` values and are treated as unchanged.
+    pub line_only: Vec<String>,
+    /// Data copied into the output: new objects, changed read-only data, debug descriptors.
+    pub data: Vec<String>,
+    /// Kept entries per special section.
+    pub special_entries: BTreeMap<String, usize>,
+    /// Symbols the output refers to in the target binary.
+    pub references: Vec<Reference>,
+    pub refusals: Vec<Refusal>,
+}
+
+impl Report {
+    /// Names of functions with the given status, for tests and summaries.
+    pub fn functions_with(&self, status: Status) -> Vec<&str> {
+        self.functions
+            .iter()
+            .filter(|f| f.status == status)
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
+    pub fn write_json(&self, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        writeln!(out)
+    }
+
+    pub fn write_human(&self, out: &mut dyn Write) -> io::Result<()> {
+        match self.outcome {
+            Outcome::NoChange => writeln!(out, "{}: no function changed", self.object)?,
+            Outcome::Unpatchable => {
+                writeln!(out, "{}: cannot be live patched", self.object)?;
+                for refusal in &self.refusals {
+                    writeln!(out, "  {refusal}")?;
+                }
+            }
+            Outcome::Changed => writeln!(
+                out,
+                "{}: {} changed, {} new function(s) for {}",
+                self.object,
+                self.functions_with(Status::Changed).len(),
+                self.functions_with(Status::New).len(),
+                self.target
+            )?,
+        }
+        for function in &self.functions {
+            let status = match function.status {
+                Status::Changed => "changed",
+                Status::New => "new",
+                Status::Same => "same",
+            };
+            writeln!(out, "  {status:8} {} ({})", function.name, function.section)?;
+        }
+        for name in &self.line_only {
+            writeln!(out, "  same     {name} (only __LINE__ values differ)")?;
+        }
+        for name in &self.data {
+            writeln!(out, "  data     {name}")?;
+        }
+        for (section, count) in &self.special_entries {
+            writeln!(out, "  entries  {section}: {count}")?;
+        }
+        for reference in &self.references {
+            let how = match reference.resolution {
+                Resolution::Livepatch => "livepatch relocation",
+                Resolution::UnlessExported => "exported, or livepatch relocation",
+            };
+            writeln!(out, "  needs    {} ({how})", reference.name)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! `kpatch-rs build` against the project's cached 6.12 kernel: the module it writes, the
+//! errors it gives, and the promise that the user's tree is never modified.
+//!
+//! The kernel comes from `cargo xtask kernel`; `cargo xtask ci` passes its directories in
+//! `KPATCH_RS_KERNEL_SOURCE` and `KPATCH_RS_KERNEL_BUILD`. Without them these tests are
+//! skipped with a message, except under `CI`, where that is a failure. Loading the modules
+//! into a running kernel is the QEMU scenarios' job (`tests/`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Kernel {
+    source: PathBuf,
+    build: PathBuf,
+}
+
+fn kernel() -> Option<Kernel> {
+    let source = std::env::var_os("KPATCH_RS_KERNEL_SOURCE").map(PathBuf::from);
+    let build = std::env::var_os("KPATCH_RS_KERNEL_BUILD").map(PathBuf::from);
+    match (source, build) {
+        (Some(source), Some(build)) => Some(Kernel { source, build }),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "KPATCH_RS_KERNEL_SOURCE and KPATCH_RS_KERNEL_BUILD must be set in CI"
+            );
+            eprintln!(
+                "skipped: set KPATCH_RS_KERNEL_SOURCE and KPATCH_RS_KERNEL_BUILD \
+                 (cargo xtask kernel --print-dirs)"
+            );
+            None
+        }
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/build")
+        .join(name)
+}
+
+/// Runs `kpatch-rs build` with `extra` arguments and the given patches, into `output`.
+fn build(kernel: &Kernel, output: &Path, extra: &[&str], patches: &[PathBuf]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .arg("build")
+        .arg("--sourcedir")
+        .arg(&kernel.source)
+        .arg("--vmlinux")
+        .arg(kernel.build.join("vmlinux"))
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .args(patches)
+        .output()
+        .expect("run kpatch-rs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A cheap fingerprint of the files a patch could touch: content of every file it names.
+fn snapshot(source: &Path, files: &[&str]) -> Vec<Vec<u8>> {
+    files
+        .iter()
+        .map(|file| std::fs::read(source.join(file)).expect("read source file"))
+        .collect()
+}
+
+#[test]
+fn cmdline_patch_builds_a_reproducible_module_and_leaves_the_tree_alone() {
+    let Some(kernel) = kernel() else { return };
+    let touched = ["fs/proc/cmdline.c"];
+    let before = snapshot(&kernel.source, &touched);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let patch = fixture("cmdline.patch");
+
+    let first = build(
+        &kernel,
+        &dir.path().join("a"),
+        &["--json"],
+        std::slice::from_ref(&patch),
+    );
+    assert!(first.status.success(), "build failed: {}", stderr(&first));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json report");
+    assert_eq!(report["kernel_name"], "livepatch_cmdline");
+    let functions: Vec<&str> = report["objects"][0]["diff"]["functions"]
+        .as_array()
+        .expect("functions")
+        .iter()
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(functions, ["cmdline_proc_show"]);
+    let phases: Vec<&str> = report["timings"]
+        .as_array()
+        .expect("timings")
+        .iter()
+        .map(|t| t[0].as_str().expect("phase"))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "inputs",
+            "patched tree",
+            "compile",
+            "diff",
+            "resolve",
+            "link",
+            "post-link"
+        ]
+    );
+
+    let second = build(&kernel, &dir.path().join("b"), &[], &[patch]);
+    assert!(
+        second.status.success(),
+        "rebuild failed: {}",
+        stderr(&second)
+    );
+    let module_a = std::fs::read(dir.path().join("a/livepatch-cmdline.ko")).expect("module a");
+    let module_b = std::fs::read(dir.path().join("b/livepatch-cmdline.ko")).expect("module b");
+    assert!(
+        module_a == module_b,
+        "the same inputs must give the same bytes"
+    );
+    assert_eq!(
+        snapshot(&kernel.source, &touched),
+        before,
+        "the source tree changed"
+    );
+
+    // The module asks the kernel for saved_command_line, which vmlinux does not export.
+    let inspect = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .arg("inspect")
+        .arg("--json")
+        .arg(dir.path().join("a/livepatch-cmdline.ko"))
+        .output()
+        .expect("run inspect");
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    assert_eq!(inspection["livepatch"], true);
+    assert_eq!(
+        inspection["klp_symbols"],
+        serde_json::json!([{ "object": "vmlinux", "name": "saved_command_line", "sympos": 0 }])
+    );
+    assert_eq!(
+        inspection["klp_relocation_sections"][0]["name"],
+        ".klp.rela.vmlinux..text.cmdline_proc_show"
+    );
+    assert_eq!(
+        inspection["patch"]["objects"][0]["functions"][0]["old_name"],
+        "cmdline_proc_show"
+    );
+}
+
+#[test]
+fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("out");
+    let check = |extra: &[&str], patch: &str, code: i32, message: &str| {
+        let result = build(&kernel, &output, extra, &[fixture(patch)]);
+        assert_eq!(
+            result.status.code(),
+            Some(code),
+            "{patch}: {}",
+            stderr(&result)
+        );
+        assert!(
+            stderr(&result).contains(message),
+            "{patch}: expected `{message}` in: {}",
+            stderr(&result)
+        );
+        let written = std::fs::read_dir(&output).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(written, 0, "{patch}: nothing may be written");
+    };
+    check(
+        &[],
+        "stale.patch",
+        1,
+        "failed: `patch -p1 --batch --forward",
+    );
+    check(&[], "data-init.patch", 2, "cannot patch kernel/panic.o");
+    check(&[], "comment-only.patch", 3, "the patches change no code");
+
+    let no_livepatch = dir.path().join("no-livepatch.config");
+    let config = std::fs::read_to_string(kernel.build.join(".config")).expect("config");
+    std::fs::write(
+        &no_livepatch,
+        config.replace("CONFIG_LIVEPATCH=y", "# CONFIG_LIVEPATCH is not set"),
+    )
+    .expect("write config");
+    check(
+        &["--config", &no_livepatch.display().to_string()],
+        "cmdline.patch",
+        1,
+        "does not enable CONFIG_LIVEPATCH",
+    );
+    let result = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["build", "--sourcedir"])
+        .arg(&kernel.source)
+        .args(["--vmlinux", "/nonexistent/vmlinux", "--config"])
+        .arg(kernel.build.join(".config"))
+        .arg("--symvers")
+        .arg(kernel.build.join("Module.symvers"))
+        .arg(fixture("cmdline.patch"))
+        .output()
+        .expect("run");
+    assert_eq!(result.status.code(), Some(1));
+    assert!(
+        stderr(&result).contains("pass the running kernel's vmlinux (with symbols) with --vmlinux"),
+        "{}",
+        stderr(&result)
+    );
+}

@@ -1,0 +1,131 @@
+//! Helpers shared by the diff tests: compiling fixture pairs with the kernel's code-generation
+//! flags, and skipping (or failing, under CI) when a tool is missing.
+
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The x86_64 code-generation flags of a Linux 6.12 object as Kbuild compiles it (taken from a
+/// real `.o.cmd` file of the test kernel), at -O2 as distributions build, plus
+/// `-ffunction-sections -fdata-sections` as kpatch-rs builds. Warnings and include paths are
+/// left out: the fixtures are self-contained.
+pub const KERNEL_CFLAGS: &[&str] = &[
+    "-O2",
+    "-std=gnu11",
+    "-nostdinc",
+    "-ffreestanding",
+    "-fno-builtin",
+    "-fshort-wchar",
+    "-funsigned-char",
+    "-fno-common",
+    "-fno-PIE",
+    "-fno-pic",
+    "-fno-strict-aliasing",
+    "-mno-sse",
+    "-mno-mmx",
+    "-mno-sse2",
+    "-mno-3dnow",
+    "-mno-avx",
+    "-mno-80387",
+    "-mno-fp-ret-in-387",
+    "-mpreferred-stack-boundary=3",
+    "-mskip-rax-setup",
+    "-mtune=generic",
+    "-mno-red-zone",
+    "-mcmodel=kernel",
+    "-fcf-protection=branch",
+    "-fno-jump-tables",
+    "-falign-jumps=1",
+    "-falign-loops=1",
+    "-mindirect-branch=thunk-extern",
+    "-mindirect-branch-register",
+    "-mindirect-branch-cs-prefix",
+    "-mfunction-return=thunk-extern",
+    "-fpatchable-function-entry=16,16",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-delete-null-pointer-checks",
+    "-fno-allow-store-data-races",
+    "-fno-stack-protector",
+    "-ftrivial-auto-var-init=zero",
+    "-fno-stack-clash-protection",
+    "-pg",
+    "-mrecord-mcount",
+    "-mfentry",
+    "-DCC_USING_FENTRY",
+    "-falign-functions=16",
+    "-fno-strict-overflow",
+    "-fno-stack-check",
+    "-fconserve-stack",
+    "-ffunction-sections",
+    "-fdata-sections",
+];
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Whether `tool` runs; if not, returns false after saying so, or fails under CI.
+pub fn have_tool(tool: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is required under CI but was not found"
+        );
+        eprintln!("skipped: {tool} not found (install it; under CI this is a failure)");
+    }
+    found
+}
+
+/// Compiles `fixtures/NAME.VARIANT.c` as `NAME.c` (so `__FILE__` is the same in both variants,
+/// as it is for a kernel source file before and after a patch) and returns the object bytes.
+pub fn compile_fixture(name: &str, variant: &str) -> Vec<u8> {
+    let fixtures = repo_root().join("fixtures");
+    let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    let source = dir.path().join(format!("{name}.c"));
+    std::fs::copy(fixtures.join(format!("{name}.{variant}.c")), &source)
+        .expect("cannot copy fixture source");
+    std::fs::copy(
+        fixtures.join("kernel_like.h"),
+        dir.path().join("kernel_like.h"),
+    )
+    .expect("cannot copy fixture header");
+    let output = Command::new("gcc")
+        .args(KERNEL_CFLAGS)
+        .arg("-c")
+        .arg(format!("{name}.c"))
+        .arg("-o")
+        .arg(format!("{name}.o"))
+        .current_dir(dir.path())
+        .output()
+        .expect("cannot run gcc");
+    assert!(
+        output.status.success(),
+        "gcc failed on fixtures/{name}.{variant}.c:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read(dir.path().join(format!("{name}.o"))).expect("cannot read compiled object")
+}
+
+/// Runs a binutils tool on `path`, asserting it succeeds without warnings; returns stdout.
+pub fn binutils_clean(tool: &str, args: &[&str], path: &Path) -> String {
+    let output = Command::new(tool)
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.trim().is_empty(),
+        "{tool} {args:?} {} failed or warned:\n{stderr}",
+        path.display()
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -1,0 +1,341 @@
+//! The diff rules, each proven on a C pair under `fixtures/` compiled by gcc with the kernel's
+//! code-generation flags: exact changed, new and refused functions and the refusal texts.
+
+mod common;
+
+use kpatch_rs::compare::Status;
+use kpatch_rs::diff::{diff, Pair};
+use kpatch_rs::elf::{Object, Placement, SymbolKind};
+use kpatch_rs::report::{Outcome, Report};
+
+/// What one fixture pair must produce.
+#[derive(Debug)]
+struct Expect {
+    outcome: Outcome,
+    changed: &'static [&'static str],
+    new: &'static [&'static str],
+    line_only: &'static [&'static str],
+    data: &'static [&'static str],
+    /// Kept entries per special section, for sections listed here.
+    entries: &'static [(&'static str, usize)],
+    /// Symbols the output must reference in the target binary.
+    references: &'static [&'static str],
+    refusals: &'static [&'static str],
+}
+
+const NOTHING: Expect = Expect {
+    outcome: Outcome::Changed,
+    changed: &[],
+    new: &[],
+    line_only: &[],
+    data: &[],
+    entries: &[],
+    references: &[],
+    refusals: &[],
+};
+
+fn check(name: &str, expect: Expect) {
+    if !common::have_tool("gcc") {
+        return;
+    }
+    let orig = common::compile_fixture(name, "orig");
+    let patched = common::compile_fixture(name, "patched");
+    let object_name = format!("{name}.o");
+    let result = diff(&Pair {
+        name: &object_name,
+        orig: &orig,
+        patched: &patched,
+        target: "vmlinux",
+    })
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let report = &result.report;
+    let context = || {
+        let mut text = Vec::new();
+        let _ = report.write_human(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    assert_eq!(report.outcome, expect.outcome, "{name}:\n{}", context());
+    assert_eq!(
+        report.functions_with(Status::Changed),
+        expect.changed,
+        "{name} changed:\n{}",
+        context()
+    );
+    assert_eq!(
+        report.functions_with(Status::New),
+        expect.new,
+        "{name} new:\n{}",
+        context()
+    );
+    assert_eq!(report.line_only, expect.line_only, "{name} line-only");
+    let refusals: Vec<String> = report.refusals.iter().map(ToString::to_string).collect();
+    assert_eq!(refusals, expect.refusals, "{name} refusals");
+    assert_eq!(report.data, expect.data, "{name} data:\n{}", context());
+    for (section, count) in expect.entries {
+        assert_eq!(
+            report.special_entries.get(*section).copied().unwrap_or(0),
+            *count,
+            "{name}: kept entries of {section}:\n{}",
+            context()
+        );
+    }
+    for reference in expect.references {
+        assert!(
+            report.references.iter().any(|r| r.name == *reference),
+            "{name}: no reference to {reference}:\n{}",
+            context()
+        );
+    }
+    match (&result.object, report.outcome) {
+        (Some(object), Outcome::Changed) => check_output(name, object, report),
+        (None, Outcome::Changed) => panic!("{name}: changed but no output object"),
+        (Some(_), _) => panic!("{name}: output object without a change"),
+        (None, _) => {}
+    }
+}
+
+/// The output object must read back, define every changed and new function, leave every
+/// reference undefined, carry the metadata, and satisfy readelf, objdump and `ld -r`.
+fn check_output(name: &str, bytes: &[u8], report: &Report) {
+    let object = Object::parse("output", bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for function in &report.functions {
+        let symbol = object
+            .symbols
+            .iter()
+            .find(|s| s.name == function.name)
+            .unwrap_or_else(|| panic!("{name}: output lacks {}", function.name));
+        assert_eq!(symbol.kind, SymbolKind::Func, "{name}: {}", function.name);
+        assert!(
+            matches!(symbol.placement, Placement::Section(_)),
+            "{name}: {} is not defined in the output",
+            function.name
+        );
+    }
+    for reference in &report.references {
+        let symbol = object
+            .symbols
+            .iter()
+            .find(|s| s.name == reference.name)
+            .unwrap_or_else(|| panic!("{name}: output lacks reference {}", reference.name));
+        assert_eq!(
+            symbol.placement,
+            Placement::Undefined,
+            "{name}: {}",
+            reference.name
+        );
+    }
+    let metadata = object
+        .sections
+        .iter()
+        .find(|s| s.name == kpatch_rs::output::METADATA_SECTION)
+        .unwrap_or_else(|| panic!("{name}: no metadata section"));
+    let json = metadata
+        .data
+        .strip_suffix(&[0])
+        .expect("metadata is NUL-terminated");
+    let parsed: serde_json::Value = serde_json::from_slice(json).expect("metadata is JSON");
+    assert_eq!(parsed["object"], format!("{name}.o"));
+
+    if !common::have_tool("ld") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("out.o");
+    std::fs::write(&path, bytes).expect("write output");
+    common::binutils_clean("readelf", &["-aW"], &path);
+    let disassembly = common::binutils_clean("objdump", &["-dr"], &path);
+    for function in &report.functions {
+        assert!(
+            disassembly.contains(&format!("<{}>:", function.name)),
+            "{name}: objdump shows no {}",
+            function.name
+        );
+    }
+    let linked = dir.path().join("linked.o");
+    let output = std::process::Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&linked)
+        .arg(&path)
+        .output()
+        .expect("run ld");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{name}: ld -r failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_changed_function_is_changed_and_its_neighbour_same() {
+    check(
+        "changed",
+        Expect {
+            changed: &["cmdline_show"],
+            entries: &[("__mcount_loc", 1), ("__patchable_function_entries", 1)],
+            references: &["saved_command_line", "seq_printf", "__fentry__"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn a_new_function_and_new_data_are_included() {
+    check(
+        "new_function",
+        Expect {
+            changed: &["meminfo_show"],
+            new: &["show_extra"],
+            data: &["calls"],
+            entries: &[("__mcount_loc", 2), ("__patchable_function_entries", 2)],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn identical_code_is_no_change() {
+    check(
+        "same",
+        Expect {
+            outcome: Outcome::NoChange,
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn clones_and_cold_parts_pair_with_their_originals() {
+    // `first` and `second` call the changed clone but are themselves the same; the change in
+    // `check_limit.cold` makes `check_limit` the function to replace.
+    check(
+        "clones",
+        Expect {
+            changed: &["scale.constprop.0", "check_limit"],
+            entries: &[("__mcount_loc", 2)],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn static_locals_pair_by_use_not_by_number() {
+    // `tock`'s `count` is renumbered by the new static above it, yet `tock` is the same, and
+    // `tick` keeps using the original `count` through a livepatch relocation.
+    check(
+        "static_locals",
+        Expect {
+            changed: &["tick"],
+            data: &["extra.2"],
+            references: &["count.1"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn line_number_only_changes_are_not_changes() {
+    check(
+        "line_macro",
+        Expect {
+            outcome: Outcome::NoChange,
+            line_only: &["sleepy"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn strings_compare_by_content() {
+    // `farewell`'s string moves inside .rodata.str1.1 but is the same string.
+    check(
+        "strings",
+        Expect {
+            changed: &["greet"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn special_section_entries_follow_their_code() {
+    // Both functions have one entry in each table; only the changed one's are kept.
+    check(
+        "special",
+        Expect {
+            changed: &["checked"],
+            entries: &[
+                ("__bug_table", 1),
+                ("__jump_table", 1),
+                (".altinstructions", 1),
+                ("__ex_table", 1),
+                ("__mcount_loc", 1),
+                ("__patchable_function_entries", 1),
+            ],
+            references: &["tracing_key", "sink"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn changed_data_value_is_refused() {
+    check(
+        "data_value",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            refusals: &["cannot patch data_value.o: data symbol threshold in section .data.threshold changed its initial value"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn changed_data_size_is_refused() {
+    check(
+        "data_size",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["remember"],
+            refusals: &["cannot patch data_size.o: data symbol history in section .bss.history changed size (8 -> 16 bytes)"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn changed_init_function_is_refused() {
+    check(
+        "init_changed",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            refusals: &["cannot patch init_changed.o: __init function early_setup in section .init.text changed: it ran once at boot and cannot be live patched"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn changed_section_without_symbols_is_refused() {
+    check(
+        "anonymous_section",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            refusals: &["cannot patch anonymous_section.o: section .rodata.quirks changed but belongs to no function or data symbol"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn symbol_moved_between_sections_is_refused() {
+    check(
+        "moved",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["rarely_called"],
+            refusals: &["cannot patch moved.o: function rarely_called moved from section .text.rarely_called to section .text.unlikely.rarely_called"],
+            ..NOTHING
+        },
+    );
+}

@@ -1,0 +1,142 @@
+//! `sympos` from a real link: two translation units named `show.c`, each with a static
+//! `show()`, linked the way vmlinux is, and the resolver must tell them apart by their other
+//! local symbols.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kpatch_rs::module::Target;
+use kpatch_rs::resolve::{Sympos, TargetSymbols};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/resolve")
+}
+
+fn tools_available() -> bool {
+    let found = ["gcc", "ld"]
+        .iter()
+        .all(|tool| Command::new(tool).arg("--version").output().is_ok());
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("gcc and ld are required in CI");
+    }
+    found
+}
+
+/// Compiles both `show.c` files and links them, `one` first, into an executable image.
+fn link_two_units(dir: &Path) -> Vec<u8> {
+    let mut objects = Vec::new();
+    for unit in ["one", "two"] {
+        let object = dir.join(format!("{unit}.o"));
+        let status = Command::new("gcc")
+            .args([
+                "-c",
+                "-O2",
+                "-fno-pic",
+                "-ffunction-sections",
+                "-fdata-sections",
+            ])
+            .current_dir(fixtures().join(unit))
+            .arg("show.c")
+            .arg("-o")
+            .arg(&object)
+            .status()
+            .expect("run gcc");
+        assert!(status.success(), "gcc failed on {unit}/show.c");
+        objects.push(object);
+    }
+    let image = dir.join("image");
+    let status = Command::new("ld")
+        .args(["-e", "0", "-Ttext=0x100000", "-o"])
+        .arg(&image)
+        .args(&objects)
+        .status()
+        .expect("run ld");
+    assert!(status.success(), "ld failed");
+    std::fs::read(image).expect("read image")
+}
+
+#[test]
+fn duplicate_local_names_resolve_to_their_own_unit() {
+    if !tools_available() {
+        eprintln!("skipped: gcc and ld are needed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = link_two_units(dir.path());
+    let symbols = TargetSymbols::from_elf(Target::Vmlinux, &image).expect("read symbols");
+
+    let check = |locals: &[&str], expected: Sympos| {
+        let block = symbols.find_block("show.c", locals).expect("block");
+        assert_eq!(
+            symbols.sympos("show", Some(block)).expect("sympos"),
+            expected
+        );
+    };
+    // `one` was linked first, so its show() has the lower address and comes first.
+    check(&["show", "alpha"], Sympos(1));
+    check(&["show", "beta"], Sympos(2));
+
+    // A unique local has position 0, and so has a unique global.
+    let two = symbols.find_block("show.c", &["beta"]).expect("block");
+    assert_eq!(symbols.sympos("beta", Some(two)).expect("beta"), Sympos(0));
+    assert_eq!(
+        symbols.sympos("two_entry", None).expect("global"),
+        Sympos(0)
+    );
+    assert!(symbols.has_global("one_entry"));
+    assert!(!symbols.has_global("show"));
+
+    // show() alone does not say which show.c was compiled.
+    let error = symbols
+        .find_block("show.c", &["show"])
+        .expect_err("ambiguous");
+    assert_eq!(
+        error.to_string(),
+        "cannot tell which show.c of vmlinux was compiled: 2 local symbol blocks match equally \
+         well; its local symbols do not single one out"
+    );
+    // A local the link dropped does not hide the block that holds the others.
+    check(&["show", "beta", "__UNIQUE_ID_dropped"], Sympos(2));
+    let error = symbols
+        .find_block("show.c", &["gamma", "delta"])
+        .expect_err("no block");
+    assert_eq!(
+        error.to_string(),
+        "cannot find show.c in vmlinux: no local symbol block of that file holds any of \
+         gamma, delta; is vmlinux built from the same source and config?"
+    );
+    let error = symbols.sympos("alpha", Some(two)).expect_err("wrong unit");
+    assert_eq!(
+        error.to_string(),
+        "cannot find symbol alpha of show.c in vmlinux"
+    );
+}
+
+#[test]
+fn a_stripped_target_is_an_error_that_says_what_to_pass() {
+    if !tools_available() {
+        eprintln!("skipped: gcc and ld are needed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = link_two_units(dir.path());
+    let stripped_path = dir.path().join("stripped");
+    std::fs::write(dir.path().join("image"), &image).expect("write");
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped_path)
+        .arg(dir.path().join("image"))
+        .status()
+        .expect("run strip");
+    assert!(status.success());
+    let stripped = std::fs::read(stripped_path).expect("read");
+    let error = TargetSymbols::from_elf(Target::Vmlinux, &stripped).expect_err("stripped");
+    assert_eq!(
+        error.to_string(),
+        "cannot read symbols of vmlinux: it has no symbol table (stripped?); pass an unstripped vmlinux"
+    );
+    let error = TargetSymbols::from_elf(Target::Vmlinux, b"not an elf").expect_err("garbage");
+    assert!(error
+        .to_string()
+        .starts_with("cannot read symbols of vmlinux: "));
+}
