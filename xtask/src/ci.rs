@@ -41,16 +41,19 @@ pub fn run(args: &[String]) -> Result<()> {
         .run()
         .map_err(Into::into),
     );
+    // The kernel comes before the unit tests: `kpatch-rs build`'s tests build against it.
+    let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
     // The unit tests run with CI set, so a test that lacks a tool fails instead of skipping.
     step(
         "unit tests",
         cmd!(sh, "cargo test --workspace --all-features")
             .env("CI", "1")
+            .env("KPATCH_RS_KERNEL_SOURCE", &kernel.source)
+            .env("KPATCH_RS_KERNEL_BUILD", &kernel.build)
             .run()
             .map_err(Into::into),
     );
 
-    let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
     let tally = crate::qemu_test::run_everything(&sh, &kernel)?;
     eprintln!("ci: finished in {}s", started.elapsed().as_secs());
     if !failed_steps.is_empty() {

@@ -17,6 +17,9 @@ pub const PACKAGES: &[&str] = &[
     "libelf-dev",
     "libssl-dev",
     "xz-utils",
+    // kpatch-rs build: patch(1) for the patched tree, binutils for ld and readelf.
+    "patch",
+    "binutils",
     // The guest: emulator, initramfs, and the tools the upstream selftests call.
     "qemu-system-x86",
     "busybox-static",
@@ -25,6 +28,25 @@ pub const PACKAGES: &[&str] = &[
     "procps",    // sysctl --values
     "diffutils", // diff, used by the selftests to show a mismatch
 ];
+
+/// Rust targets beyond the host's: core-patch's algorithm must build for a bare-metal target,
+/// the way the kernel compiles it (only `core`).
+const RUST_TARGETS: &[&str] = &["x86_64-unknown-none"];
+
+fn ensure_rust_targets(sh: &Shell) -> Result<()> {
+    let installed = cmd!(sh, "rustup target list --installed")
+        .read()
+        .context("cannot ask rustup for the installed targets")?;
+    for target in RUST_TARGETS {
+        if !installed.lines().any(|line| line.trim() == *target) {
+            eprintln!("deps: adding Rust target {target}");
+            cmd!(sh, "rustup target add {target}")
+                .run()
+                .with_context(|| format!("cannot add Rust target {target}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// `cargo xtask deps`
 pub fn run(args: &[String]) -> Result<()> {
@@ -35,8 +57,9 @@ pub fn run(args: &[String]) -> Result<()> {
     ensure_packages(&sh)
 }
 
-/// Installs what is missing from [`PACKAGES`].
+/// Installs what is missing from [`PACKAGES`], and the Rust targets the tests build for.
 pub fn ensure_packages(sh: &Shell) -> Result<()> {
+    ensure_rust_targets(sh)?;
     let missing = missing_packages(sh)?;
     if missing.is_empty() {
         eprintln!("deps: all {} packages are installed", PACKAGES.len());
