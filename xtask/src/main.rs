@@ -3,6 +3,7 @@
 //! CI calls `cargo xtask ci` and nothing else.
 
 mod ci;
+mod demo;
 mod deps;
 mod guest;
 mod kernel;
@@ -17,6 +18,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
+  demo      the main job: deps, test kernel, kpatch-rs build of a patch, load it in QEMU
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
   deps      install the Debian packages the harness needs (apt-get)
   kernel    build the cached test kernel [--print-dirs] [--fragment FILE]...
@@ -44,6 +46,7 @@ fn dispatch() -> Result<()> {
         return Ok(());
     };
     match command.as_str() {
+        "demo" => demo::run(rest),
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
         "kernel" => kernel::run(rest),
