@@ -55,6 +55,12 @@ pub const TABLES: &[Table] = &[
     table(".ibt_endbr_seal", 4),
     // LOCK_PREFIX sites: s32 relative addresses of lock prefixes.
     table(".smp_locks", 4),
+    // kpatch-macros.h callbacks: one function pointer per entry. The callback is new code, so
+    // its entry is kept with it; `prepare` turns each into the klp_object's callback.
+    table(".kpatch.callbacks.pre_patch", 8),
+    table(".kpatch.callbacks.post_patch", 8),
+    table(".kpatch.callbacks.pre_unpatch", 8),
+    table(".kpatch.callbacks.post_unpatch", 8),
     // ORC: s32 relative instruction addresses, and in `.orc_unwind` the parallel 6-byte
     // struct orc_entry (sp_offset, bp_offset s16, then 16 bits of flags).
     Table {
