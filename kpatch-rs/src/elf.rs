@@ -534,8 +534,18 @@ impl Object {
     /// the covering function or object, and string references into string contents.
     pub fn resolve(&self, relocation: &Relocation) -> Target {
         let sym = self.symbol(relocation.symbol);
-        let addend = relocation.addend;
-        if sym.kind != SymbolKind::Section {
+        // A local label such as `.LC4` (gas keeps those that inline assembly names, as in
+        // the bug table's `.long .LC4 - .`) is renumbered between compilations just like an
+        // offset; resolve it like a section-relative reference.
+        let is_local_label = sym.kind == SymbolKind::NoType
+            && sym.binding == Binding::Local
+            && sym.section().is_some();
+        let addend = if is_local_label {
+            relocation.addend.saturating_add(sym.value as i64)
+        } else {
+            relocation.addend
+        };
+        if sym.kind != SymbolKind::Section && !is_local_label {
             return Target::Symbol {
                 symbol: sym.id,
                 offset: addend,

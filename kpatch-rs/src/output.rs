@@ -240,7 +240,16 @@ pub fn write_object(
                             }
                         }
                     }
-                    Target::String { section, .. } | Target::Section { section, .. } => {
+                    target @ (Target::String { section, .. } | Target::Section { section, .. }) => {
+                        let section_addend = match target {
+                            Target::String {
+                                string_start,
+                                offset,
+                                ..
+                            } => string_start as i64 + offset,
+                            Target::Section { addend, .. } => addend,
+                            Target::Symbol { offset, .. } => offset,
+                        };
                         let (Some(&out_target), Some(placement)) =
                             (out_sections.get(&section), placements.get(&section))
                         else {
@@ -258,7 +267,7 @@ pub fn write_object(
                                 patched.section(section).name
                             ));
                         }
-                        (out.section_symbol(out_target), relocation.addend)
+                        (out.section_symbol(out_target), section_addend)
                     }
                 };
                 out.add_relocation(

@@ -5,8 +5,7 @@ mod common;
 
 use kpatch_rs::compare::Status;
 use kpatch_rs::diff::{diff, Pair};
-use kpatch_rs::elf::{Object, Placement, SymbolKind};
-use kpatch_rs::report::{Outcome, Report};
+use kpatch_rs::report::Outcome;
 
 /// What one fixture pair must produce.
 #[derive(Debug)]
@@ -87,83 +86,11 @@ fn check(name: &str, expect: Expect) {
         );
     }
     match (&result.object, report.outcome) {
-        (Some(object), Outcome::Changed) => check_output(name, object, report),
+        (Some(object), Outcome::Changed) => common::check_output(name, object, report),
         (None, Outcome::Changed) => panic!("{name}: changed but no output object"),
         (Some(_), _) => panic!("{name}: output object without a change"),
         (None, _) => {}
     }
-}
-
-/// The output object must read back, define every changed and new function, leave every
-/// reference undefined, carry the metadata, and satisfy readelf, objdump and `ld -r`.
-fn check_output(name: &str, bytes: &[u8], report: &Report) {
-    let object = Object::parse("output", bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-    for function in &report.functions {
-        let symbol = object
-            .symbols
-            .iter()
-            .find(|s| s.name == function.name)
-            .unwrap_or_else(|| panic!("{name}: output lacks {}", function.name));
-        assert_eq!(symbol.kind, SymbolKind::Func, "{name}: {}", function.name);
-        assert!(
-            matches!(symbol.placement, Placement::Section(_)),
-            "{name}: {} is not defined in the output",
-            function.name
-        );
-    }
-    for reference in &report.references {
-        let symbol = object
-            .symbols
-            .iter()
-            .find(|s| s.name == reference.name)
-            .unwrap_or_else(|| panic!("{name}: output lacks reference {}", reference.name));
-        assert_eq!(
-            symbol.placement,
-            Placement::Undefined,
-            "{name}: {}",
-            reference.name
-        );
-    }
-    let metadata = object
-        .sections
-        .iter()
-        .find(|s| s.name == kpatch_rs::output::METADATA_SECTION)
-        .unwrap_or_else(|| panic!("{name}: no metadata section"));
-    let json = metadata
-        .data
-        .strip_suffix(&[0])
-        .expect("metadata is NUL-terminated");
-    let parsed: serde_json::Value = serde_json::from_slice(json).expect("metadata is JSON");
-    assert_eq!(parsed["object"], format!("{name}.o"));
-
-    if !common::have_tool("ld") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("out.o");
-    std::fs::write(&path, bytes).expect("write output");
-    common::binutils_clean("readelf", &["-aW"], &path);
-    let disassembly = common::binutils_clean("objdump", &["-dr"], &path);
-    for function in &report.functions {
-        assert!(
-            disassembly.contains(&format!("<{}>:", function.name)),
-            "{name}: objdump shows no {}",
-            function.name
-        );
-    }
-    let linked = dir.path().join("linked.o");
-    let output = std::process::Command::new("ld")
-        .arg("-r")
-        .arg("-o")
-        .arg(&linked)
-        .arg(&path)
-        .output()
-        .expect("run ld");
-    assert!(
-        output.status.success() && output.stderr.is_empty(),
-        "{name}: ld -r failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[test]

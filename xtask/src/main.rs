@@ -3,6 +3,7 @@
 //! CI calls `cargo xtask ci` and nothing else.
 
 mod ci;
+mod fixtures;
 
 use anyhow::{bail, Result};
 
@@ -11,6 +12,7 @@ usage: cargo xtask <command>
 
 commands:
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
+  fixtures  build the kernel object pairs of fixtures/kernel/*.patch for the diff tests
 ";
 
 fn main() -> Result<()> {
@@ -21,6 +23,7 @@ fn main() -> Result<()> {
     };
     match command.as_str() {
         "ci" => ci::run(rest),
+        "fixtures" => fixtures::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

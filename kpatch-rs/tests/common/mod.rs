@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kpatch_rs::elf::{Object, Placement, SymbolKind};
+use kpatch_rs::report::Report;
+
 /// The x86_64 code-generation flags of a Linux 6.12 object as Kbuild compiles it (taken from a
 /// real `.o.cmd` file of the test kernel), at -O2 as distributions build, plus
 /// `-ffunction-sections -fdata-sections` as kpatch-rs builds. Warnings and include paths are
@@ -128,4 +131,76 @@ pub fn binutils_clean(tool: &str, args: &[&str], path: &Path) -> String {
         path.display()
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The output object must read back, define every changed and new function, leave every
+/// reference undefined, carry the metadata, and satisfy readelf, objdump and `ld -r`.
+pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
+    let object = Object::parse("output", bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for function in &report.functions {
+        let symbol = object
+            .symbols
+            .iter()
+            .find(|s| s.name == function.name)
+            .unwrap_or_else(|| panic!("{name}: output lacks {}", function.name));
+        assert_eq!(symbol.kind, SymbolKind::Func, "{name}: {}", function.name);
+        assert!(
+            matches!(symbol.placement, Placement::Section(_)),
+            "{name}: {} is not defined in the output",
+            function.name
+        );
+    }
+    for reference in &report.references {
+        let symbol = object
+            .symbols
+            .iter()
+            .find(|s| s.name == reference.name)
+            .unwrap_or_else(|| panic!("{name}: output lacks reference {}", reference.name));
+        assert_eq!(
+            symbol.placement,
+            Placement::Undefined,
+            "{name}: {}",
+            reference.name
+        );
+    }
+    let metadata = object
+        .sections
+        .iter()
+        .find(|s| s.name == kpatch_rs::output::METADATA_SECTION)
+        .unwrap_or_else(|| panic!("{name}: no metadata section"));
+    let json = metadata
+        .data
+        .strip_suffix(&[0])
+        .expect("metadata is NUL-terminated");
+    let parsed: serde_json::Value = serde_json::from_slice(json).expect("metadata is JSON");
+    assert_eq!(parsed["object"], report.object.as_str());
+
+    if !have_tool("ld") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("out.o");
+    std::fs::write(&path, bytes).expect("write output");
+    binutils_clean("readelf", &["-aW"], &path);
+    let disassembly = binutils_clean("objdump", &["-dr"], &path);
+    for function in &report.functions {
+        assert!(
+            disassembly.contains(&format!("<{}>:", function.name)),
+            "{name}: objdump shows no {}",
+            function.name
+        );
+    }
+    let linked = dir.path().join("linked.o");
+    let output = std::process::Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&linked)
+        .arg(&path)
+        .output()
+        .expect("run ld");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{name}: ld -r failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
