@@ -349,7 +349,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
     for symbol in patched
         .symbols
         .iter()
-        .filter(|s| s.kind == SymbolKind::Func)
+        .filter(|s| s.kind == SymbolKind::Func && !s.is_prefix())
     {
         let Some(section_id) = symbol.section() else {
             continue;

@@ -116,7 +116,11 @@ fn is_pairable(object: &Object, id: SymbolId) -> bool {
 /// For each data symbol, the functions whose code refers to it.
 fn data_users(object: &Object) -> HashMap<SymbolId, BTreeSet<SymbolId>> {
     let mut users: HashMap<SymbolId, BTreeSet<SymbolId>> = HashMap::new();
-    for function in object.symbols.iter().filter(|s| s.kind == SymbolKind::Func) {
+    for function in object
+        .symbols
+        .iter()
+        .filter(|s| s.kind == SymbolKind::Func && !s.is_prefix())
+    {
         let Some(section) = function.section() else {
             continue;
         };

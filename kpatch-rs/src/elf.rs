@@ -67,6 +67,13 @@ pub struct Symbol {
 }
 
 impl Symbol {
+    /// objtool's `__pfx_foo` (and kCFI's `__cfi_foo`) name the padding in front of `foo`: part
+    /// of `foo`, not a function of their own.
+    pub fn is_prefix(&self) -> bool {
+        self.kind == SymbolKind::Func
+            && (self.name.starts_with("__pfx_") || self.name.starts_with("__cfi_"))
+    }
+
     /// The section this symbol is defined in, if any.
     pub fn section(&self) -> Option<SectionId> {
         match self.placement {
@@ -442,7 +449,7 @@ impl Object {
 
         let mut symbols_by_section = vec![Vec::new(); sections.len()];
         for symbol in &symbols {
-            if matches!(symbol.kind, SymbolKind::Func | SymbolKind::Object) {
+            if matches!(symbol.kind, SymbolKind::Func | SymbolKind::Object) && !symbol.is_prefix() {
                 if let Some(section) = symbol.section() {
                     symbols_by_section[section.0].push(symbol.id);
                 }

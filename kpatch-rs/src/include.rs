@@ -96,6 +96,7 @@ impl Closure<'_> {
         };
         let status = self.comparison.status.get(&symbol).copied();
         match sym.kind {
+            SymbolKind::Func if sym.is_prefix() => false,
             SymbolKind::Func => status != Some(Status::Same) || cold_parent(&sym.name).is_some(),
             SymbolKind::Object => {
                 status == Some(Status::New)

@@ -40,6 +40,8 @@ struct Expect {
     data: &'static [&'static str],
     /// Special sections that must keep at least one entry.
     tables: &'static [&'static str],
+    /// Further tables, written by objtool, that must keep entries in the objtool variant.
+    objtool_tables: &'static [&'static str],
     /// References that must become livepatch relocations (locals of the original object).
     livepatch_references: &'static [&'static str],
 }
@@ -48,10 +50,28 @@ fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// Checks the plain compiler output and the objtool-processed variant of one object.
 fn check(object: &str, expect: Expect) {
     let Some(dir) = fixtures_dir() else { return };
-    let orig = read(&dir.join("orig").join(object));
-    let patched = read(&dir.join("patched").join(object));
+    check_variant(&dir, "", object, &expect, expect.tables);
+    let all: Vec<&str> = expect
+        .tables
+        .iter()
+        .chain(expect.objtool_tables)
+        .copied()
+        .collect();
+    check_variant(&dir, "-objtool", object, &expect, &all);
+}
+
+fn check_variant(
+    dir: &std::path::Path,
+    variant: &str,
+    object: &str,
+    expect: &Expect,
+    tables: &[&str],
+) {
+    let orig = read(&dir.join(format!("orig{variant}")).join(object));
+    let patched = read(&dir.join(format!("patched{variant}")).join(object));
     let result = diff(&Pair {
         name: object,
         orig: &orig,
@@ -71,10 +91,10 @@ fn check(object: &str, expect: Expect) {
     );
     assert_eq!(report.functions_with(Status::New), expect.new, "{text}");
     assert_eq!(report.data, expect.data, "{text}");
-    for table in expect.tables {
+    for table in tables {
         assert!(
             report.special_entries.get(*table).copied().unwrap_or(0) > 0,
-            "{object}: no {table} entries kept:\n{text}"
+            "{object}{variant}: no {table} entries kept:\n{text}"
         );
     }
     for name in expect.livepatch_references {
@@ -86,9 +106,24 @@ fn check(object: &str, expect: Expect) {
             "{object}: {name} is not a livepatch reference:\n{text}"
         );
     }
-    if let Some(bytes) = &result.object {
-        common::check_output(object, bytes, report);
-    }
+    let Some(bytes) = &result.object else {
+        panic!("{object}{variant}: no output object");
+    };
+    common::check_output(object, bytes, report);
+    // ORC's two tables run in parallel: one 6-byte entry per 4-byte instruction address.
+    let output = kpatch_rs::elf::Object::parse("output", bytes).expect("output reads back");
+    let size = |name: &str| {
+        output
+            .sections
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(0, |s| s.size)
+    };
+    assert_eq!(
+        size(".orc_unwind_ip") / 4 * 6,
+        size(".orc_unwind"),
+        "{object}{variant}"
+    );
 
     // The original against itself differs in nothing, big as it is.
     let same = diff(&Pair {
@@ -114,6 +149,7 @@ fn cmdline_patch_changes_cmdline_proc_show() {
             new: &[],
             data: &[],
             tables: &["__mcount_loc", "__patchable_function_entries"],
+            objtool_tables: &[".return_sites", ".call_sites", ".orc_unwind_ip"],
             livepatch_references: &[],
         },
     );
@@ -128,6 +164,7 @@ fn meminfo_patch_keeps_the_alternatives_of_meminfo_proc_show() {
             new: &[],
             data: &[],
             tables: &[".altinstructions", "__mcount_loc"],
+            objtool_tables: &[".return_sites", ".call_sites", ".orc_unwind_ip"],
             livepatch_references: &["show_val_kb"],
         },
     );
@@ -144,6 +181,7 @@ fn sys_patch_changes_only_getrusage_syscall_despite_moved_lines() {
             new: &[],
             data: &["__already_done.0"],
             tables: &["__patchable_function_entries"],
+            objtool_tables: &[".return_sites", ".orc_unwind_ip"],
             livepatch_references: &[],
         },
     );
@@ -158,6 +196,15 @@ fn sched_patch_keeps_bug_and_jump_entries_of_set_task_cpu() {
             new: &[],
             data: &[],
             tables: &["__bug_table", "__jump_table", "__mcount_loc"],
+            // The tracepoint in set_task_cpu goes through a static call and a retpoline.
+            objtool_tables: &[
+                ".static_call_sites",
+                ".retpoline_sites",
+                ".return_sites",
+                ".call_sites",
+                ".ibt_endbr_seal",
+                ".orc_unwind_ip",
+            ],
             livepatch_references: &[],
         },
     );

@@ -6,10 +6,15 @@
 //! `modules_prepare`). The pristine tree is never written to: the patched tree is a hard-link
 //! copy whose touched files are replaced by fresh copies before `patch` runs.
 //!
+//! Each object is also passed through the build's own objtool, as Kbuild does for a module
+//! object with this configuration (`--link --module` plus the configured options), because
+//! only objtool writes `.orc_unwind*`, `.return_sites`, `.static_call_sites`, `.call_sites`,
+//! `.retpoline_sites` and `.ibt_endbr_seal`, and the diff must meet those too.
+//!
 //! Output, cached by (source, config, compiler, patches):
-//! `${XDG_CACHE_HOME:-~/.cache}/kpatch-rs/fixtures/<key>/{orig,patched}/<path>.o`, with
-//! `fixtures/latest` pointing at the newest complete entry and `<key>/manifest` listing
-//! `patch object` lines.
+//! `${XDG_CACHE_HOME:-~/.cache}/kpatch-rs/fixtures/<key>/{orig,patched}/<path>.o` and
+//! `.../{orig,patched}-objtool/<path>.o`, with `fixtures/latest` pointing at the newest
+//! complete entry and `<key>/manifest` listing `patch object` lines.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,7 +28,7 @@ Without --source/--config, uses the test kernel of `cargo xtask kernel` (its sou
 .config), building it first if needed.";
 
 /// Bump when the layout of a cache entry changes.
-const FORMAT: &str = "kpatch-rs kernel fixtures v1";
+const FORMAT: &str = "kpatch-rs kernel fixtures v2";
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut source = None;
@@ -300,6 +305,23 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
     make(&source, &orig_build, &targets, true)?;
     make(&patched_source, &patched_build, &targets, true)?;
 
+    let objtool_args = objtool_args(&std::fs::read_to_string(config)?);
+    for (build, variant) in [(&orig_build, "orig"), (&patched_build, "patched")] {
+        let objtool = build.join("tools/objtool/objtool");
+        for object in &objects {
+            let copy = root.join(format!("{variant}-objtool")).join(object);
+            if let Some(parent) = copy.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(build.join(object), &copy)
+                .with_context(|| format!("cannot copy {object}"))?;
+            run_command(
+                Command::new(&objtool).args(&objtool_args).arg(&copy),
+                &format!("objtool on {}", copy.display()),
+            )?;
+        }
+    }
+
     let mut manifest = String::new();
     for patch in &patches {
         let name = patch
@@ -324,4 +346,49 @@ fn point_latest(latest: &Path, key: &str) -> Result<()> {
     let _ = std::fs::remove_file(latest);
     std::os::unix::fs::symlink(key, latest)
         .with_context(|| format!("cannot link {}", latest.display()))
+}
+
+/// The objtool options Kbuild's `scripts/Makefile.lib` derives from the configuration, for a
+/// module object of an IBT kernel (where objtool runs at link time, hence `--link`).
+fn objtool_args(config: &str) -> Vec<String> {
+    let value = |name: &str| {
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("CONFIG_{name}=")))
+            .map(str::to_string)
+    };
+    let enabled = |name: &str| value(name).as_deref() == Some("y");
+    let table: &[(&str, &str)] = &[
+        ("HAVE_JUMP_LABEL_HACK", "--hacks=jump_label"),
+        ("HAVE_NOINSTR_HACK", "--hacks=noinstr"),
+        ("MITIGATION_CALL_DEPTH_TRACKING", "--hacks=skylake"),
+        ("X86_KERNEL_IBT", "--ibt"),
+        ("FINEIBT", "--cfi"),
+        ("FTRACE_MCOUNT_USE_OBJTOOL", "--mcount"),
+        ("HAVE_OBJTOOL_NOP_MCOUNT", "--mnop"),
+        ("UNWINDER_ORC", "--orc"),
+        ("MITIGATION_RETPOLINE", "--retpoline"),
+        ("MITIGATION_RETHUNK", "--rethunk"),
+        ("MITIGATION_SLS", "--sls"),
+        ("STACK_VALIDATION", "--stackval"),
+        ("HAVE_STATIC_CALL_INLINE", "--static-call"),
+        ("HAVE_UACCESS_VALIDATION", "--uaccess"),
+    ];
+    let mut args: Vec<String> = table
+        .iter()
+        .filter(|(name, _)| enabled(name))
+        .map(|(_, arg)| (*arg).to_string())
+        .collect();
+    // `--mnop` only goes with `--mcount`, as in Makefile.lib.
+    if !enabled("FTRACE_MCOUNT_USE_OBJTOOL") {
+        args.retain(|a| a != "--mnop");
+    }
+    if enabled("PREFIX_SYMBOLS") {
+        if let Some(bytes) = value("FUNCTION_PADDING_BYTES") {
+            args.push(format!("--prefix={bytes}"));
+        }
+    }
+    args.push("--link".to_string());
+    args.push("--module".to_string());
+    args
 }
