@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::compare::{Comparison, Status};
 use crate::correlate::cold_parent;
 use crate::elf::{Object, Placement, SectionId, SymbolId, SymbolKind, Target};
-use crate::special_sections::{self, Table};
+use crate::special_sections;
 
 /// What goes into the output object.
 #[derive(Debug, Clone, Default)]
@@ -142,14 +142,9 @@ impl Closure<'_> {
         }
     }
 
-    /// The code address an entry's code field points at.
-    fn entry_code_address(
-        &self,
-        table: &Table,
-        section: SectionId,
-        index: u64,
-    ) -> Option<(SectionId, u64)> {
-        let field = index * table.entry_size + table.code_field;
+    /// The address the relocation of the field at `field` in `section` points at (data
+    /// fields such as `.long 1b - .` carry no PC bias).
+    fn field_address(&self, section: SectionId, field: u64) -> Option<(SectionId, u64)> {
         let relocation = self
             .patched
             .relocations_in(section, field, field + 1)
@@ -158,6 +153,28 @@ impl Closure<'_> {
         let target_section = symbol.section()?;
         let address = (symbol.value as i64).checked_add(relocation.addend)?;
         Some((target_section, u64::try_from(address).ok()?))
+    }
+
+    /// Copies the replacement code of one kept alternative: `length` bytes (read from the
+    /// entry) at the address its replacement field points at.
+    fn include_replacement(&mut self, table: SectionId, entry: u64, field: u64, length_byte: u64) {
+        let Some((section, address)) = self.field_address(table, entry + field) else {
+            return;
+        };
+        let length = self
+            .patched
+            .section(table)
+            .data
+            .get((entry + length_byte) as usize)
+            .copied()
+            .unwrap_or(0);
+        let end = address
+            .saturating_add(u64::from(length))
+            .min(self.patched.section(section).size);
+        let start = address.min(end);
+        if self.inclusion.add_piece(section, start, end) {
+            self.pending.push((section, start, end));
+        }
     }
 
     /// Keeps the entries of special tables whose code is copied, and follows what they need.
@@ -178,8 +195,9 @@ impl Closure<'_> {
                 {
                     continue;
                 }
+                let start = index * table.entry_size;
                 let Some((code_section, address)) =
-                    self.entry_code_address(table, section.id, index)
+                    self.field_address(section.id, start + table.code_field)
                 else {
                     continue;
                 };
@@ -192,11 +210,16 @@ impl Closure<'_> {
                     .or_default()
                     .insert(index);
                 progress = true;
-                let start = index * table.entry_size;
                 for relocation in
                     self.patched
                         .relocations_in(section.id, start, start + table.entry_size)
                 {
+                    if let Some((field, length_byte)) = table.replacement {
+                        if relocation.offset == start + field {
+                            self.include_replacement(section.id, start, field, length_byte);
+                            continue;
+                        }
+                    }
                     let target = self.patched.resolve(relocation);
                     self.follow(target);
                 }

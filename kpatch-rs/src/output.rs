@@ -17,7 +17,7 @@ use object::{
 };
 
 use crate::correlate::Twins;
-use crate::elf::{Binding, Object, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{pc_relative_bias, Binding, Object, SectionId, SymbolId, SymbolKind, Target};
 use crate::include::Inclusion;
 use crate::special_sections;
 
@@ -46,7 +46,7 @@ impl Placement {
         self.map(offset).or_else(|| {
             self.ranges
                 .iter()
-                .find(|&&(start, end, _)| offset == end && end > start)
+                .find(|&&(_, end, _)| offset == end)
                 .map(|&(start, _, new_start)| new_start + (offset - start))
         })
     }
@@ -260,14 +260,41 @@ pub fn write_object(
                                 patched.section(section).name
                             ));
                         };
-                        // Whole sections are copied at offset 0, so addends stay valid; check it.
-                        if placement.map_inclusive(0) != Some(0) {
-                            return Err(format!(
-                                "section {} was copied in parts but is referenced without a symbol",
-                                patched.section(section).name
-                            ));
-                        }
-                        (out.section_symbol(out_target), section_addend)
+                        // A section copied whole keeps its offsets, even for addends outside
+                        // it (`lea .LC0-4(%rip)`); one copied in parts (replacement code of
+                        // kept alternatives) maps the referenced address.
+                        let whole = placement.ranges.len() == 1
+                            && placement.ranges[0] == (0, patched.section(section).size, 0);
+                        let addend = if whole {
+                            section_addend
+                        } else {
+                            // Table fields (`.long 6641f - .`) point at their address
+                            // directly; instructions point 4 bytes before it.
+                            let bias = pc_relative_bias(relocation.r_type);
+                            let direct = u64::try_from(section_addend)
+                                .ok()
+                                .and_then(|a| placement.map_inclusive(a))
+                                .map(|mapped| mapped as i64);
+                            let biased = || {
+                                u64::try_from(section_addend.saturating_add(bias))
+                                    .ok()
+                                    .and_then(|a| placement.map_inclusive(a))
+                                    .map(|mapped| mapped as i64 - bias)
+                            };
+                            match direct.or_else(biased) {
+                                Some(mapped) => mapped,
+                                None => {
+                                    return Err(format!(
+                                        "relocation at {}+{:#x} refers to {}+{:#x}, which was not copied",
+                                        patched.section(section_id).name,
+                                        relocation.offset,
+                                        patched.section(section).name,
+                                        section_addend
+                                    ))
+                                }
+                            }
+                        };
+                        (out.section_symbol(out_target), addend)
                     }
                 };
                 out.add_relocation(

@@ -21,6 +21,9 @@ pub struct Table {
     /// For `.orc_unwind_ip`: the section whose entries run in parallel with this one's
     /// (`.orc_unwind`, entry size given) and carry no relocations of their own.
     pub parallel: Option<(&'static str, u64)>,
+    /// For `.altinstructions`: the field that points at replacement code and the offset of
+    /// the byte holding its length, so only the kept entries' replacements are copied.
+    pub replacement: Option<(u64, u64)>,
 }
 
 const fn table(name: &'static str, entry_size: u64) -> Table {
@@ -29,6 +32,7 @@ const fn table(name: &'static str, entry_size: u64) -> Table {
         entry_size,
         code_field: 0,
         parallel: None,
+        replacement: None,
     }
 }
 
@@ -40,7 +44,13 @@ pub const TABLES: &[Table] = &[
     // struct jump_entry: code, target (s32 each), key (long).
     table("__jump_table", 16),
     // struct alt_instr (packed): instr_offset, repl_offset, ft_flags, instrlen, replacementlen.
-    table(".altinstructions", 14),
+    Table {
+        name: ".altinstructions",
+        entry_size: 14,
+        code_field: 0,
+        parallel: None,
+        replacement: Some((4, 13)),
+    },
     // struct exception_table_entry: insn, fixup, data (int each).
     table("__ex_table", 12),
     // struct static_call_site: addr, key (s32 each).
@@ -62,6 +72,7 @@ pub const TABLES: &[Table] = &[
         entry_size: 4,
         code_field: 0,
         parallel: Some((".orc_unwind", 6)),
+        replacement: None,
     },
 ];
 

@@ -34,8 +34,13 @@ const NOTHING: Expect = Expect {
 };
 
 fn check(name: &str, expect: Expect) {
+    checked_diff(name, expect);
+}
+
+/// Like [`check`], returning the diff for further assertions (`None` when gcc is missing).
+fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_rs::diff::DiffOutput> {
     if !common::have_tool("gcc") {
-        return;
+        return None;
     }
     let orig = common::compile_fixture(name, "orig");
     let patched = common::compile_fixture(name, "patched");
@@ -91,6 +96,7 @@ fn check(name: &str, expect: Expect) {
         (Some(_), _) => panic!("{name}: output object without a change"),
         (None, _) => {}
     }
+    Some(result)
 }
 
 #[test]
@@ -187,7 +193,7 @@ fn strings_compare_by_content() {
 #[test]
 fn special_section_entries_follow_their_code() {
     // Both functions have one entry in each table; only the changed one's are kept.
-    check(
+    let result = checked_diff(
         "special",
         Expect {
             changed: &["checked"],
@@ -203,6 +209,17 @@ fn special_section_entries_follow_their_code() {
             ..NOTHING
         },
     );
+    // Only the kept alternative's replacement (one 3-byte lfence of two) is copied.
+    let Some(object) = result.and_then(|r| r.object) else {
+        return;
+    };
+    let object = kpatch_rs::elf::Object::parse("output", &object).expect("output reads back");
+    let replacement = object
+        .sections
+        .iter()
+        .find(|s| s.name == ".altinstr_replacement")
+        .expect("replacement code copied");
+    assert_eq!(replacement.data, [0x0f, 0xae, 0xe8]);
 }
 
 #[test]
