@@ -161,10 +161,10 @@ impl Comparer<'_> {
                 })
     }
 
-    /// Compares the extents of two twin symbols.
+    /// Compares the bodies of two twin symbols: (same, differs only in `__LINE__` values).
     fn compare_extents(&self, orig: SymbolId, patched: SymbolId) -> (bool, bool) {
-        let (os, oe) = self.orig.extent(orig);
-        let (ps, pe) = self.patched.extent(patched);
+        let (os, oe) = body(self.orig, orig);
+        let (ps, pe) = body(self.patched, patched);
         let (Some(osec), Some(psec)) = (
             self.orig.symbol(orig).section(),
             self.patched.symbol(patched).section(),
@@ -197,6 +197,18 @@ impl Comparer<'_> {
             );
         (false, line_only)
     }
+}
+
+/// The bytes a symbol's contents are judged by: `[value, value + size)`. The padding in front
+/// (alignment and patchable-entry NOPs) belongs to the symbol's extent but is not compared,
+/// since alignment padding grows or shrinks when the previous function in a shared section
+/// (`.sched.text`) changes size. Symbols without a size are judged by their whole extent.
+fn body(object: &Object, symbol: SymbolId) -> (u64, u64) {
+    let sym = object.symbol(symbol);
+    if sym.size == 0 {
+        return object.extent(symbol);
+    }
+    (sym.value, sym.value + sym.size)
 }
 
 /// Whether every byte that differs lies in the 32-bit immediate of a `mov $imm32, %r32`

@@ -590,15 +590,26 @@ impl Object {
             })
         };
         let list = self.symbols_in(section_id);
-        let found = covering(location).or_else(|| covering(addend)).or({
-            // With -ffunction-sections there is one symbol per section; an address just past
-            // it (an array end) or just before it still refers to it.
-            if list.len() == 1 {
-                Some(list[0])
-            } else {
-                None
-            }
-        });
+        // An address in the padding before a function (the patchable-entry NOPs that
+        // `__patchable_function_entries` points at) belongs to the function that follows.
+        let owning = |address: i64| {
+            list.iter().copied().find(|&id| {
+                let (start, end) = self.extent(id);
+                address >= start as i64 && address < end as i64
+            })
+        };
+        let found = covering(location)
+            .or_else(|| covering(addend))
+            .or_else(|| owning(addend))
+            .or({
+                // With -ffunction-sections there is one symbol per section; an address just past
+                // it (an array end) or just before it still refers to it.
+                if list.len() == 1 {
+                    Some(list[0])
+                } else {
+                    None
+                }
+            });
         match found {
             Some(id) => Target::Symbol {
                 symbol: id,

@@ -283,3 +283,71 @@ fn symbol_moved_between_sections_is_refused() {
         },
     );
 }
+
+/// The names of the functions and objects an output object defines.
+fn defined_symbols(output: Option<kpatch_rs::diff::DiffOutput>) -> Option<Vec<String>> {
+    let bytes = output?.object?;
+    let object = kpatch_rs::elf::Object::parse("output", &bytes).expect("output reads back");
+    Some(
+        object
+            .symbols
+            .iter()
+            .filter(|s| s.section().is_some() && !s.name.is_empty())
+            .filter(|s| {
+                matches!(
+                    s.kind,
+                    kpatch_rs::elf::SymbolKind::Func | kpatch_rs::elf::SymbolKind::Object
+                )
+            })
+            .map(|s| s.name.clone())
+            .collect(),
+    )
+}
+
+#[test]
+fn changed_read_only_data_is_copied_with_its_users() {
+    // `limits` is const: its users get a new copy; `first_limit` does not use it.
+    check(
+        "rodata_changed",
+        Expect {
+            changed: &["limit_for"],
+            data: &["limits"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn one_function_of_a_shared_section_is_cut_out() {
+    // wait_a, wait_b and wait_c share .sched.text; wait_b shrinks, which moves wait_c, yet
+    // only wait_b is changed and only it is copied (with its own ftrace entries).
+    let result = checked_diff(
+        "shared_section",
+        Expect {
+            changed: &["wait_b"],
+            entries: &[("__mcount_loc", 1), ("__patchable_function_entries", 1)],
+            ..NOTHING
+        },
+    );
+    if let Some(defined) = defined_symbols(result) {
+        assert_eq!(defined, ["wait_b"]);
+    }
+}
+
+#[test]
+fn dynamic_debug_descriptors_are_copied_for_included_code() {
+    // probe's pr_debug format changed; its descriptor (and the function name it points at)
+    // is copied so the module registers its own, and only probe's jump entry is kept.
+    let result = checked_diff(
+        "dyndbg",
+        Expect {
+            changed: &["probe"],
+            data: &["descriptor.3", "__func__.1"],
+            entries: &[("__jump_table", 1)],
+            ..NOTHING
+        },
+    );
+    if let Some(defined) = defined_symbols(result) {
+        assert_eq!(defined, ["descriptor.3", "__func__.1", "probe"]);
+    }
+}

@@ -125,6 +125,20 @@ fn check_variant(
         "{object}{variant}"
     );
 
+    // Same inputs, same bytes (hash maps inside are seeded differently on each call).
+    let again = diff(&Pair {
+        name: object,
+        orig: &orig,
+        patched: &patched,
+        target: "vmlinux",
+    })
+    .unwrap_or_else(|e| panic!("{object}: {e}"));
+    assert_eq!(
+        again.object.as_ref(),
+        Some(bytes),
+        "{object}{variant}: output not reproducible"
+    );
+
     // The original against itself differs in nothing, big as it is.
     let same = diff(&Pair {
         name: object,
