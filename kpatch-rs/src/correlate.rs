@@ -63,13 +63,25 @@ pub struct NameKey {
 /// `foo.cold` stays, and a static local `count.12` becomes `count` marked as a static local.
 pub fn name_key(name: &str) -> NameKey {
     if name.starts_with('.') || !name.contains('.') {
+        let base = if name.starts_with("__UNIQUE_ID_") {
+            name.trim_end_matches(|c: char| c.is_ascii_digit())
+        } else {
+            name
+        };
         return NameKey {
-            base: name.to_string(),
+            base: base.to_string(),
             static_local: false,
         };
     }
     let parts: Vec<&str> = name.split('.').collect();
-    let mut kept: Vec<&str> = vec![parts[0]];
+    // The kernel's __UNIQUE_ID(prefix) appends __COUNTER__, which any macro use above
+    // changes: `__UNIQUE_ID_ddebug345.12` is the same static as `__UNIQUE_ID_ddebug351.12`.
+    let first = if parts[0].starts_with("__UNIQUE_ID_") {
+        parts[0].trim_end_matches(|c: char| c.is_ascii_digit())
+    } else {
+        parts[0]
+    };
+    let mut kept: Vec<&str> = vec![first];
     let mut clone_suffix_seen = false;
     for (i, part) in parts.iter().enumerate().skip(1) {
         let is_number = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
@@ -113,9 +125,17 @@ fn is_pairable(object: &Object, id: SymbolId) -> bool {
         )
 }
 
+/// Who uses a data symbol: the functions whose code refers to it, and the offset (from its
+/// function's start) of the earliest such reference.
+#[derive(Debug, Default)]
+struct Users {
+    functions: BTreeSet<SymbolId>,
+    first_use: u64,
+}
+
 /// For each data symbol, the functions whose code refers to it.
-fn data_users(object: &Object) -> HashMap<SymbolId, BTreeSet<SymbolId>> {
-    let mut users: HashMap<SymbolId, BTreeSet<SymbolId>> = HashMap::new();
+fn data_users(object: &Object) -> HashMap<SymbolId, Users> {
+    let mut users: HashMap<SymbolId, Users> = HashMap::new();
     for function in object
         .symbols
         .iter()
@@ -128,7 +148,13 @@ fn data_users(object: &Object) -> HashMap<SymbolId, BTreeSet<SymbolId>> {
         for relocation in object.relocations_in(section, start, end) {
             if let Target::Symbol { symbol, .. } = object.resolve(relocation) {
                 if object.symbol(symbol).kind == SymbolKind::Object {
-                    users.entry(symbol).or_default().insert(function.id);
+                    let offset = relocation.offset.saturating_sub(function.value);
+                    let entry = users.entry(symbol).or_insert(Users {
+                        functions: BTreeSet::new(),
+                        first_use: offset,
+                    });
+                    entry.functions.insert(function.id);
+                    entry.first_use = entry.first_use.min(offset);
                 }
             }
         }
@@ -257,20 +283,32 @@ fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bo
         }
         // The users of a static local, named as in the original object.
         let orig_signature = |o: SymbolId| -> Option<BTreeSet<String>> {
-            orig_users
-                .get(&o)
-                .map(|set| set.iter().map(|&f| orig.symbol(f).name.clone()).collect())
+            orig_users.get(&o).map(|users| {
+                users
+                    .functions
+                    .iter()
+                    .map(|&f| orig.symbol(f).name.clone())
+                    .collect()
+            })
         };
-        let patched_signature = |p: SymbolId| -> Option<BTreeSet<String>> {
-            patched_users.get(&p).map(|set| {
-                set.iter()
+        // Computed before any pairing below, which only pairs data and so cannot change
+        // the function twins these names come from.
+        let patched_signatures: HashMap<SymbolId, BTreeSet<String>> = patched_left
+            .iter()
+            .filter_map(|&p| {
+                let users = patched_users.get(&p)?;
+                let names = users
+                    .functions
+                    .iter()
                     .map(|&f| match twins.symbol(f) {
                         Some(o) => orig.symbol(o).name.clone(),
                         None => format!("\0new {}", patched.symbol(f).name),
                     })
-                    .collect()
+                    .collect();
+                Some((p, names))
             })
-        };
+            .collect();
+        let patched_signature = |p: SymbolId| patched_signatures.get(&p).cloned();
         let mut pairs = Vec::new();
         for &p in &patched_left {
             let Some(signature) = patched_signature(p) else {
@@ -289,8 +327,52 @@ fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bo
                 pairs.push((*o, p));
             }
         }
-        for (o, p) in pairs {
+        for &(o, p) in &pairs {
             twins.pair(o, p);
+        }
+        // Statics that share their users (the four pr_debug descriptors of one function)
+        // pair in the order the code first uses them, when both sides have as many.
+        let orig_rest: Vec<SymbolId> = orig_left
+            .iter()
+            .copied()
+            .filter(|&o| twins.patched_symbol(o).is_none())
+            .collect();
+        let patched_rest: Vec<SymbolId> = patched_left
+            .iter()
+            .copied()
+            .filter(|&p| twins.symbol(p).is_none())
+            .collect();
+        let mut signatures: Vec<BTreeSet<String>> = patched_rest
+            .iter()
+            .filter_map(|&p| patched_signature(p))
+            .collect();
+        signatures.sort();
+        signatures.dedup();
+        for signature in signatures {
+            let by_first_use =
+                |ids: &[SymbolId],
+                 users: &HashMap<SymbolId, Users>,
+                 signature_of: &dyn Fn(SymbolId) -> Option<BTreeSet<String>>| {
+                    let mut same: Vec<(u64, SymbolId)> = ids
+                        .iter()
+                        .copied()
+                        .filter(|&id| signature_of(id).as_ref() == Some(&signature))
+                        .filter_map(|id| users.get(&id).map(|u| (u.first_use, id)))
+                        .collect();
+                    same.sort();
+                    same
+                };
+            let orig_same = by_first_use(&orig_rest, &orig_users, &orig_signature);
+            let patched_same = by_first_use(&patched_rest, &patched_users, &patched_signature);
+            let distinct = |list: &[(u64, SymbolId)]| list.windows(2).all(|w| w[0].0 != w[1].0);
+            if orig_same.len() == patched_same.len()
+                && distinct(&orig_same)
+                && distinct(&patched_same)
+            {
+                for (&(_, o), &(_, p)) in orig_same.iter().zip(&patched_same) {
+                    twins.pair(o, p);
+                }
+            }
         }
     }
 }
@@ -322,6 +404,8 @@ mod tests {
         check("__already_done.17", "__already_done", true);
         check(".LC0", ".LC0", false);
         check("__func__.0", "__func__", true);
+        check("__UNIQUE_ID_ddebug345.12", "__UNIQUE_ID_ddebug", true);
+        check("__UNIQUE_ID_ddebug345", "__UNIQUE_ID_ddebug", false);
     }
 
     #[test]

@@ -223,3 +223,20 @@ fn sched_patch_keeps_bug_and_jump_entries_of_set_task_cpu() {
         },
     );
 }
+
+#[test]
+fn transition_patch_copies_the_dynamic_debug_descriptor_of_its_pr_debug() {
+    // klp_try_switch_task has four pr_debug descriptors with the same user; they pair by
+    // order of use, so it stays the same while klp_cancel_transition's message changed.
+    check(
+        "kernel/livepatch/transition.o",
+        Expect {
+            changed: &["klp_cancel_transition"],
+            new: &[],
+            data: &["__UNIQUE_ID_ddebug297.11", "__func__.4"],
+            tables: &["__bug_table", "__jump_table", "__mcount_loc"],
+            objtool_tables: &[".return_sites", ".call_sites", ".orc_unwind_ip"],
+            livepatch_references: &["klp_complete_transition"],
+        },
+    );
+}
