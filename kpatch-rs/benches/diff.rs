@@ -1,5 +1,6 @@
 //! `cargo bench -p kpatch-rs --bench diff`: time per object pair of the diff engine on the
-//! kernel fixtures of `cargo xtask fixtures` (best and median of many runs, in one thread),
+//! kernel fixtures of `cargo xtask fixtures`, plain and objtool-processed (best and median of
+//! many runs, in one thread),
 //! and the time to diff all pairs at once in parallel.
 
 use std::path::PathBuf;
@@ -35,9 +36,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let Some((_, object)) = line.split_once(' ') else {
             continue;
         };
-        let orig = std::fs::read(dir.join("orig").join(object))?;
-        let patched = std::fs::read(dir.join("patched").join(object))?;
-        inputs.push((object.to_string(), orig, patched));
+        for variant in ["", "-objtool"] {
+            let orig = std::fs::read(dir.join(format!("orig{variant}")).join(object))?;
+            let patched = std::fs::read(dir.join(format!("patched{variant}")).join(object))?;
+            let label = if variant.is_empty() {
+                object.to_string()
+            } else {
+                format!("{object} (objtool)")
+            };
+            inputs.push((label, orig, patched));
+        }
     }
     let pairs: Vec<Pair<'_>> = inputs
         .iter()
@@ -50,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     println!(
-        "{:<24} {:>10} {:>10} {:>10}",
+        "{:<40} {:>9} {:>9} {:>10}",
         "object", "size KiB", "best ms", "median ms"
     );
     for pair in &pairs {
@@ -63,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         times.sort();
         println!(
-            "{:<24} {:>10} {:>10.3} {:>10.3}",
+            "{:<40} {:>9} {:>9.3} {:>10.3}",
             pair.name,
             pair.patched.len() / 1024,
             millis(times[0]),

@@ -479,14 +479,6 @@ impl Object {
         &self.symbols_by_section[section.0]
     }
 
-    /// The section's symbol (`STT_SECTION`), if the object has one.
-    pub fn section_symbol(&self, section: SectionId) -> Option<SymbolId> {
-        self.symbols
-            .iter()
-            .find(|s| s.kind == SymbolKind::Section && s.section() == Some(section))
-            .map(|s| s.id)
-    }
-
     /// The byte range `[start, end)` a function or object owns in its section. With
     /// `-fpatchable-function-entry=16,16` the 16 padding bytes sit before the symbol, so a
     /// function owns everything from the end of the previous symbol in the section (or the
