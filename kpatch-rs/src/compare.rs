@@ -301,7 +301,11 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             continue;
         };
         let section = patched.section(section_id);
-        let Some(orig_id) = twins.symbol(symbol.id) else {
+        // A twin that the original only declared (`extern`) is no twin for contents.
+        let defined_twin = twins
+            .symbol(symbol.id)
+            .filter(|&o| orig.symbol(o).section().is_some());
+        let Some(orig_id) = defined_twin else {
             status.insert(symbol.id, Status::New);
             continue;
         };
@@ -367,7 +371,11 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             continue;
         };
         let section = patched.section(section_id);
-        let Some(orig_id) = twins.symbol(symbol.id) else {
+        // A twin that the original only declared (`extern`) is no twin for contents.
+        let defined_twin = twins
+            .symbol(symbol.id)
+            .filter(|&o| orig.symbol(o).section().is_some());
+        let Some(orig_id) = defined_twin else {
             functions.push(FunctionVerdict {
                 patched: symbol.id,
                 orig: None,

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::compare::{self, Status};
 use crate::correlate;
-use crate::elf::{Binding, ElfError, Object, SymbolKind};
+use crate::elf::{Binding, ElfError, Object, SymbolId, SymbolKind};
 use crate::include;
 use crate::output;
 use crate::report::{FunctionReport, Outcome, Reference, Replaced, Report, Resolution};
@@ -71,6 +71,7 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         }
         functions.push(FunctionReport {
             name: symbol.name.clone(),
+            symbol: output::function_alias(pair.name, &symbol.name),
             status: verdict.status,
             section,
             replaces: verdict.orig.map(|o| Replaced {
@@ -149,12 +150,21 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         object: pair.name.to_string(),
         message: e.to_string(),
     })?;
-    let object = output::write_object(&orig, &patched, &twins, &inclusion, &metadata).map_err(
-        |message| DiffError::Write {
+    let aliases: Vec<(SymbolId, String)> = comparison
+        .functions
+        .iter()
+        .filter(|v| v.status != Status::Same)
+        .filter(|v| correlate::cold_parent(&patched.symbol(v.patched).name).is_none())
+        .map(|v| {
+            let name = &patched.symbol(v.patched).name;
+            (v.patched, output::function_alias(pair.name, name))
+        })
+        .collect();
+    let object = output::write_object(&orig, &patched, &twins, &inclusion, &aliases, &metadata)
+        .map_err(|message| DiffError::Write {
             object: pair.name.to_string(),
             message,
-        },
-    )?;
+        })?;
     Ok(DiffOutput {
         report,
         object: Some(object),

@@ -21,6 +21,16 @@ use crate::elf::{pc_relative_bias, Binding, Object, SectionId, SymbolId, SymbolK
 use crate::include::Inclusion;
 use crate::special_sections;
 
+/// Prefix of the global alias every changed or new function gets in the output:
+/// `kpatch_rs.<object>.<function>`, e.g. `kpatch_rs.fs/proc/cmdline.o.cmdline_proc_show`.
+/// C reaches it with `extern int f(...) __asm__("kpatch_rs.fs/proc/cmdline.o.f");`.
+pub const FUNCTION_ALIAS_PREFIX: &str = "kpatch_rs.";
+
+/// The alias of `function` from `object`.
+pub fn function_alias(object: &str, function: &str) -> String {
+    format!("{FUNCTION_ALIAS_PREFIX}{object}.{function}")
+}
+
 /// Name of the section that carries the diff metadata (one NUL-terminated JSON document per
 /// diffed object; `ld -r` concatenates them).
 pub const METADATA_SECTION: &str = ".kpatch.diff";
@@ -58,6 +68,7 @@ pub fn write_object(
     patched: &Object,
     twins: &Twins,
     inclusion: &Inclusion,
+    aliases: &[(SymbolId, String)],
     metadata: &[u8],
 ) -> Result<Vec<u8>, String> {
     let mut out = write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
@@ -174,6 +185,26 @@ pub fn write_object(
             flags: SymbolFlags::None,
         });
         out_symbols.insert(symbol_id, id);
+    }
+
+    // A global alias per changed or new function, so the module generator can name a static
+    // function of any object without clashes (see FUNCTION_ALIAS_PREFIX).
+    for (symbol_id, alias) in aliases {
+        let Some(&defined) = out_symbols.get(symbol_id) else {
+            return Err(format!("function {alias} was not copied"));
+        };
+        let original = out.symbol(defined);
+        let symbol = WriteSymbol {
+            name: alias.as_bytes().to_vec(),
+            value: original.value,
+            size: original.size,
+            kind: original.kind,
+            scope: SymbolScope::Dynamic,
+            weak: false,
+            section: original.section,
+            flags: SymbolFlags::None,
+        };
+        out.add_symbol(symbol);
     }
 
     // Relocations of every copied range.
@@ -331,7 +362,46 @@ pub fn write_object(
         sh_type: elf::SHT_PROGBITS,
         sh_flags: elf::SectionFlags(0),
     };
-    out.write().map_err(|e| format!("cannot write ELF: {e}"))
+    let mut bytes = out.write().map_err(|e| format!("cannot write ELF: {e}"))?;
+    link_ordered_sections(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Sets `sh_link` of `SHF_LINK_ORDER` sections (`__patchable_function_entries`), which
+/// `object::write` leaves 0, to the section their entries point into, as gas does. Without
+/// it `ld` refuses to link the object with any other that has ordered entries ("has both
+/// ordered and unordered sections").
+fn link_ordered_sections(bytes: &mut [u8]) -> Result<(), String> {
+    let object = Object::parse("output", bytes).map_err(|e| e.to_string())?;
+    let mut links = Vec::new();
+    for section in &object.sections {
+        if section.flags & elf::SHF_LINK_ORDER.0 == 0 {
+            continue;
+        }
+        let target = section
+            .relocations
+            .first()
+            .and_then(|r| object.symbol(r.symbol).section());
+        if let Some(target) = target {
+            links.push((section.id.0, target.0 as u32));
+        }
+    }
+    // The ELF64 header keeps e_shoff at offset 40; each 64-byte section header keeps
+    // sh_link at offset 40.
+    let section_headers = u64::from_le_bytes(
+        bytes
+            .get(40..48)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("output has no ELF header")?,
+    ) as usize;
+    for (index, link) in links {
+        let at = section_headers + index * 64 + 40;
+        let field = bytes
+            .get_mut(at..at + 4)
+            .ok_or("output section header out of range")?;
+        field.copy_from_slice(&link.to_le_bytes());
+    }
+    Ok(())
 }
 
 /// Padding between copied code ranges is `int3`, so that stray execution traps.

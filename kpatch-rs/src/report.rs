@@ -27,6 +27,9 @@ pub enum Outcome {
 pub struct FunctionReport {
     /// The function's name in the output object.
     pub name: String,
+    /// Its global alias in the output object (`kpatch_rs.<object>.<name>`), which the module
+    /// generator uses as `new_func` even when the function itself is static.
+    pub symbol: String,
     pub status: Status,
     pub section: String,
     /// For a changed function: the function it replaces, named as in the original object.

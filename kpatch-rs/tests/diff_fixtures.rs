@@ -330,7 +330,7 @@ fn one_function_of_a_shared_section_is_cut_out() {
         },
     );
     if let Some(defined) = defined_symbols(result) {
-        assert_eq!(defined, ["wait_b"]);
+        assert_eq!(defined, ["wait_b", "kpatch_rs.shared_section.o.wait_b"]);
     }
 }
 
@@ -348,6 +348,14 @@ fn dynamic_debug_descriptors_are_copied_for_included_code() {
         },
     );
     if let Some(defined) = defined_symbols(result) {
-        assert_eq!(defined, ["descriptor.3", "__func__.1", "probe"]);
+        assert_eq!(
+            defined,
+            [
+                "descriptor.3",
+                "__func__.1",
+                "probe",
+                "kpatch_rs.dyndbg.o.probe"
+            ]
+        );
     }
 }

@@ -150,6 +150,20 @@ pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
             function.name
         );
     }
+    for function in &report.functions {
+        let alias = object
+            .symbols
+            .iter()
+            .find(|s| s.name == function.symbol)
+            .unwrap_or_else(|| panic!("{name}: output lacks alias {}", function.symbol));
+        assert_eq!(alias.kind, SymbolKind::Func, "{name}: {}", function.symbol);
+        assert_eq!(
+            alias.binding,
+            kpatch_rs::elf::Binding::Global,
+            "{name}: {}",
+            function.symbol
+        );
+    }
     for reference in &report.references {
         let symbol = object
             .symbols
@@ -184,18 +198,25 @@ pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
     binutils_clean("readelf", &["-aW"], &path);
     let disassembly = binutils_clean("objdump", &["-dr"], &path);
     for function in &report.functions {
+        // objdump labels an address with one of its names; the alias is global and wins.
         assert!(
-            disassembly.contains(&format!("<{}>:", function.name)),
+            disassembly.contains(&format!("<{}>:", function.name))
+                || disassembly.contains(&format!("<{}>:", function.symbol)),
             "{name}: objdump shows no {}",
             function.name
         );
     }
+    // Linked with an ordinary object of the same flags, as the module generator will, so
+    // that ordered sections (`__patchable_function_entries`) must agree.
+    let other = dir.path().join("other.o");
+    std::fs::write(&other, compile_fixture("same", "orig")).expect("write other object");
     let linked = dir.path().join("linked.o");
     let output = std::process::Command::new("ld")
         .arg("-r")
         .arg("-o")
         .arg(&linked)
         .arg(&path)
+        .arg(&other)
         .output()
         .expect("run ld");
     assert!(
