@@ -1,6 +1,6 @@
 //! `cargo bench -p kpatch-rs --bench diff`: time per object pair of the diff engine on the
-//! kernel fixtures of `cargo xtask fixtures`, plain and objtool-processed (best and median of
-//! many runs, in one thread),
+//! kernel fixtures of `cargo xtask fixtures`, in all three variants (best and median of many
+//! runs, in one thread),
 //! and the time to diff all pairs at once in parallel.
 
 use std::path::PathBuf;
@@ -36,14 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let Some((_, object)) = line.split_once(' ') else {
             continue;
         };
-        for variant in ["", "-objtool"] {
+        for variant in ["", "-objtool", "-debug"] {
             let orig = std::fs::read(dir.join(format!("orig{variant}")).join(object))?;
             let patched = std::fs::read(dir.join(format!("patched{variant}")).join(object))?;
-            let label = if variant.is_empty() {
-                object.to_string()
-            } else {
-                format!("{object} (objtool)")
-            };
+            let label = format!("{object}{variant}");
             inputs.push((label, orig, patched));
         }
     }

@@ -28,6 +28,8 @@ pub struct FunctionVerdict {
     pub status: Status,
     /// Equal except for `__LINE__` immediates passed to a line-taking function.
     pub line_only: bool,
+    /// For a changed function: where it first differs from its twin.
+    pub difference: String,
 }
 
 /// A change that cannot be live patched, with the object, section and symbol it concerns.
@@ -57,23 +59,31 @@ pub struct Comparison {
 /// Functions that take a `__LINE__` argument: a changed immediate passed to them after an edit
 /// above the function is not a change of the function's behaviour that matters.
 const LINE_TAKING_FUNCTIONS: &[&str] = &[
+    // `(const char *file, int line, ...)` in Linux 6.12.
     "__might_sleep",
     "__might_resched",
     "__might_fault",
     "__cant_sleep",
     "__cant_migrate",
+    "__warn",
+    "warn_slowpath_fmt",
+    "lockdep_rcu_suspicious",
+    "__kunit_fail_current_test_impl",
+    // Printing functions, which messages such as `pr_err("%s:%d", __FILE__, __LINE__)` reach.
     "_printk",
     "printk",
     "__warn_printk",
-    "warn_slowpath_fmt",
     "__dynamic_pr_debug",
-    "lockdep_init_map_type",
-    "__mutex_init",
-    "__raw_spin_lock_init",
-    "__rwlock_init",
-    "__init_rwsem",
-    "__init_waitqueue_head",
-    "rcu_read_lock_held_common",
+    "__dynamic_dev_dbg",
+    "_dev_printk",
+    "_dev_emerg",
+    "_dev_alert",
+    "_dev_crit",
+    "_dev_err",
+    "_dev_warn",
+    "_dev_notice",
+    "_dev_info",
+    "panic",
 ];
 
 struct Comparer<'a> {
@@ -123,7 +133,10 @@ impl Comparer<'_> {
                 },
             ) => {
                 ooff == poff
-                    && self.orig.string_at(os, ostart) == self.patched.string_at(ps, pstart)
+                    && same_string_but_line(
+                        self.orig.string_at(os, ostart),
+                        self.patched.string_at(ps, pstart),
+                    )
             }
             (
                 Target::Section {
@@ -161,6 +174,56 @@ impl Comparer<'_> {
                 })
     }
 
+    /// Says where two twin bodies first differ, for the report: the first byte, relocation
+    /// or size that differs.
+    fn explain(&self, orig: SymbolId, patched: SymbolId) -> String {
+        let (os, oe) = body(self.orig, orig);
+        let (ps, pe) = body(self.patched, patched);
+        let (Some(osec), Some(psec)) = (
+            self.orig.symbol(orig).section(),
+            self.patched.symbol(patched).section(),
+        ) else {
+            return String::new();
+        };
+        let orig_relocations = self.orig.relocations_in(osec, os, oe);
+        let patched_relocations = self.patched.relocations_in(psec, ps, pe);
+        for (o, p) in orig_relocations.iter().zip(patched_relocations) {
+            let (ot, pt) = (self.orig.resolve(o), self.patched.resolve(p));
+            if o.offset - os != p.offset - ps || o.r_type != p.r_type || !self.same_target(ot, pt) {
+                return format!(
+                    "relocation at +{:#x}: {} became {} at +{:#x}",
+                    o.offset - os,
+                    describe(self.orig, ot),
+                    describe(self.patched, pt),
+                    p.offset - ps
+                );
+            }
+        }
+        if orig_relocations.len() != patched_relocations.len() {
+            return format!(
+                "{} relocations became {}",
+                orig_relocations.len(),
+                patched_relocations.len()
+            );
+        }
+        if oe - os != pe - ps {
+            return format!("size changed ({} -> {} bytes)", oe - os, pe - ps);
+        }
+        let orig_bytes = self.orig.section(osec).data.get(os as usize..oe as usize);
+        let patched_bytes = self
+            .patched
+            .section(psec)
+            .data
+            .get(ps as usize..pe as usize);
+        match (orig_bytes, patched_bytes) {
+            (Some(a), Some(b)) => match a.iter().zip(b).position(|(x, y)| x != y) {
+                Some(at) => format!("code differs from +{at:#x}"),
+                None => String::new(),
+            },
+            _ => String::new(),
+        }
+    }
+
     /// Compares the bodies of two twin symbols: (same, differs only in `__LINE__` values).
     fn compare_extents(&self, orig: SymbolId, patched: SymbolId) -> (bool, bool) {
         let (os, oe) = body(self.orig, orig);
@@ -196,6 +259,56 @@ impl Comparer<'_> {
                 ps,
             );
         (false, line_only)
+    }
+}
+
+/// Whether two strings are equal, or equal but for a trailing line number: lockdep names
+/// such as `__FILE__ ":" __stringify(__LINE__)` (timers, srcu) read
+/// `kernel/printk/printk.c:99` before an edit above them and `kernel/printk/printk.c:102`
+/// after, which changes neither the code nor the data that points at them in a way that
+/// matters.
+fn same_string_but_line(orig: &[u8], patched: &[u8]) -> bool {
+    if orig == patched {
+        return true;
+    }
+    let split = |s: &'_ [u8]| -> Option<usize> {
+        let digits = s.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let colon = s.len().checked_sub(digits + 1)?;
+        (digits > 0 && s[colon] == b':').then_some(colon)
+    };
+    match (split(orig), split(patched)) {
+        (Some(a), Some(b)) => orig[..a] == patched[..b],
+        _ => false,
+    }
+}
+
+/// A relocation target for messages: `name+0x10`, a string, or `section+0x10`.
+fn describe(object: &Object, target: Target) -> String {
+    match target {
+        Target::Symbol { symbol, offset } => {
+            format!("{}{}", object.symbol(symbol).name, signed_hex(offset))
+        }
+        Target::String {
+            section,
+            string_start,
+            offset,
+        } => format!(
+            "string {:?}{}",
+            String::from_utf8_lossy(object.string_at(section, string_start)),
+            signed_hex(offset)
+        ),
+        Target::Section { section, addend } => {
+            format!("{}{}", object.section(section).name, signed_hex(addend))
+        }
+    }
+}
+
+/// `+0x10`, `-0x4`, or nothing for 0, as objdump writes addends.
+fn signed_hex(value: i64) -> String {
+    match value {
+        0 => String::new(),
+        v if v < 0 => format!("-{:#x}", v.unsigned_abs()),
+        v => format!("+{v:#x}"),
     }
 }
 
@@ -381,6 +494,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
                 orig: None,
                 status: Status::New,
                 line_only: false,
+                difference: String::new(),
             });
             continue;
         };
@@ -418,11 +532,17 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
                 ),
             );
         }
+        let difference = if verdict_status == Status::Changed {
+            comparer.explain(orig_id, symbol.id)
+        } else {
+            String::new()
+        };
         functions.push(FunctionVerdict {
             patched: symbol.id,
             orig: Some(orig_id),
             status: verdict_status,
             line_only,
+            difference,
         });
     }
 
@@ -439,6 +559,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
         {
             verdict.status = Status::Changed;
             verdict.line_only = false;
+            verdict.difference = "its .cold part changed".to_string();
         }
     }
     for verdict in &functions {
@@ -501,6 +622,20 @@ pub fn section_name_of(object: &Object, symbol: SymbolId) -> &str {
 #[cfg(test)]
 mod tests {
     use super::section_class;
+
+    #[test]
+    fn strings_differing_in_a_trailing_line_number_are_the_same() {
+        use super::same_string_but_line as same;
+        assert!(same(
+            b"kernel/printk/printk.c:99",
+            b"kernel/printk/printk.c:102"
+        ));
+        assert!(same(b"hello", b"hello"));
+        assert!(!same(b"hello", b"hello!"));
+        assert!(!same(b"a.c:1", b"b.c:1"));
+        assert!(!same(b"count 1", b"count 2"));
+        assert!(!same(b":1", b":"));
+    }
 
     #[test]
     fn section_classes_drop_the_symbol_name() {

@@ -78,6 +78,7 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
                 name: orig.symbol(o).name.clone(),
                 object: pair.target.to_string(),
             }),
+            difference: verdict.difference.clone(),
         });
     }
 

@@ -72,6 +72,13 @@ fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_rs::diff::DiffOutpu
         context()
     );
     assert_eq!(report.line_only, expect.line_only, "{name} line-only");
+    for function in &report.functions {
+        assert_eq!(
+            function.difference.is_empty(),
+            function.status == Status::New,
+            "{name}: a changed function says where it differs, a new one does not: {function:?}"
+        );
+    }
     let refusals: Vec<String> = report.refusals.iter().map(ToString::to_string).collect();
     assert_eq!(refusals, expect.refusals, "{name} refusals");
     assert_eq!(report.data, expect.data, "{name} data:\n{}", context());

@@ -11,10 +11,14 @@
 //! only objtool writes `.orc_unwind*`, `.return_sites`, `.static_call_sites`, `.call_sites`,
 //! `.retpoline_sites` and `.ibt_endbr_seal`, and the diff must meet those too.
 //!
+//! A third variant, `-debug`, is built with `fixtures/kernel/debug.config` merged over the
+//! configuration: debug options that put `__LINE__` into code (`might_sleep()`, RCU lockdep
+//! checks) and into data (lockdep names of timers), so that the `__LINE__` rule meets them.
+//!
 //! Output, cached by (source, config, compiler, patches):
-//! `${XDG_CACHE_HOME:-~/.cache}/kpatch-rs/fixtures/<key>/{orig,patched}/<path>.o` and
-//! `.../{orig,patched}-objtool/<path>.o`, with `fixtures/latest` pointing at the newest
-//! complete entry and `<key>/manifest` listing `patch object` lines.
+//! `${XDG_CACHE_HOME:-~/.cache}/kpatch-rs/fixtures/<key>/{orig,patched}{,-objtool,-debug}/
+//! <path>.o`, with `fixtures/latest` pointing at the newest complete entry and
+//! `<key>/manifest` listing `patch object` lines.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +32,7 @@ Without --source/--config, uses the test kernel of `cargo xtask kernel` (its sou
 .config), building it first if needed.";
 
 /// Bump when the layout of a cache entry changes.
-const FORMAT: &str = "kpatch-rs kernel fixtures v2";
+const FORMAT: &str = "kpatch-rs kernel fixtures v3";
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut source = None;
@@ -197,10 +201,33 @@ fn make(source: &Path, build: &Path, targets: &[&str], kcflags: bool) -> Result<
     )
 }
 
-fn prepare_build_dir(source: &Path, build: &Path, config: &Path) -> Result<()> {
+fn prepare_build_dir(
+    source: &Path,
+    build: &Path,
+    config: &Path,
+    fragment: Option<&Path>,
+) -> Result<()> {
     std::fs::create_dir_all(build)?;
     std::fs::copy(config, build.join(".config"))
         .with_context(|| format!("cannot copy {}", config.display()))?;
+    if let Some(fragment) = fragment {
+        let text = std::fs::read_to_string(fragment)
+            .with_context(|| format!("cannot read {}", fragment.display()))?;
+        let mut command = Command::new(source.join("scripts/config"));
+        command.arg("--file").arg(build.join(".config"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some(name) = line
+                .strip_prefix("CONFIG_")
+                .and_then(|l| l.strip_suffix("=y"))
+            {
+                command.arg("--enable").arg(name);
+            }
+        }
+        run_command(
+            &mut command,
+            &format!("scripts/config with {}", fragment.display()),
+        )?;
+    }
     make(source, build, &["olddefconfig"], false)?;
     make(source, build, &["modules_prepare"], false)
 }
@@ -245,6 +272,11 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
         );
         material.push(std::fs::read(&patch.path)?);
     }
+    let debug_fragment = crate::project_root().join("fixtures/kernel/debug.config");
+    material.push(
+        std::fs::read(&debug_fragment)
+            .with_context(|| format!("cannot read {}", debug_fragment.display()))?,
+    );
     let parts: Vec<&[u8]> = material.iter().map(Vec::as_slice).collect();
     let key = format!("{:016x}", fnv1a(&parts));
     let base = cache_base()?.join("fixtures");
@@ -266,7 +298,7 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
     );
 
     eprintln!("fixtures: preparing {}", orig_build.display());
-    prepare_build_dir(&source, &orig_build, config)?;
+    prepare_build_dir(&source, &orig_build, config, None)?;
 
     eprintln!(
         "fixtures: hard-link copy of the source in {}",
@@ -293,7 +325,7 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
         )?;
     }
     eprintln!("fixtures: preparing {}", patched_build.display());
-    prepare_build_dir(&patched_source, &patched_build, config)?;
+    prepare_build_dir(&patched_source, &patched_build, config, None)?;
 
     let objects: Vec<String> = patches
         .iter()
@@ -304,6 +336,18 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
     eprintln!("fixtures: building {}", targets.join(" "));
     make(&source, &orig_build, &targets, true)?;
     make(&patched_source, &patched_build, &targets, true)?;
+
+    let fragment = crate::project_root().join("fixtures/kernel/debug.config");
+    for (tree, variant) in [(&source, "orig-debug"), (&patched_source, "patched-debug")] {
+        let build = root.join(variant);
+        eprintln!(
+            "fixtures: preparing {} with {}",
+            build.display(),
+            fragment.display()
+        );
+        prepare_build_dir(tree, &build, config, Some(&fragment))?;
+        make(tree, &build, &targets, true)?;
+    }
 
     let objtool_args = objtool_args(&std::fs::read_to_string(config)?);
     for (build, variant) in [(&orig_build, "orig"), (&patched_build, "patched")] {
