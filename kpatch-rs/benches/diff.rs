@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|(name, orig, patched)| Pair {
             name,
+            orig_name: name,
             orig,
             patched,
             target: "vmlinux",

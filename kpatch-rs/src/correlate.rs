@@ -125,38 +125,41 @@ fn is_pairable(object: &Object, id: SymbolId) -> bool {
         )
 }
 
-/// Who uses a data symbol: the functions whose code refers to it, and the offset (from its
-/// function's start) of the earliest such reference.
+/// Who uses a static local: the functions (and, in the second round, the data objects)
+/// whose contents refer to it, and the offset of the earliest such reference from the start
+/// of its referrer.
 #[derive(Debug, Default)]
 struct Users {
-    functions: BTreeSet<SymbolId>,
+    referrers: BTreeSet<SymbolId>,
     first_use: u64,
 }
 
-/// For each data symbol, the functions whose code refers to it.
-fn data_users(object: &Object) -> HashMap<SymbolId, Users> {
+/// For each data symbol, who refers to it.
+fn data_users(object: &Object, with_data_referrers: bool) -> HashMap<SymbolId, Users> {
     let mut users: HashMap<SymbolId, Users> = HashMap::new();
-    for function in object
-        .symbols
-        .iter()
-        .filter(|s| s.kind == SymbolKind::Func && !s.is_prefix())
-    {
-        let Some(section) = function.section() else {
+    let referrers = object.symbols.iter().filter(|s| {
+        (s.kind == SymbolKind::Func && !s.is_prefix())
+            || (with_data_referrers && s.kind == SymbolKind::Object)
+    });
+    for referrer in referrers {
+        let Some(section) = referrer.section() else {
             continue;
         };
-        let (start, end) = object.extent(function.id);
+        let (start, end) = object.extent(referrer.id);
         for relocation in object.relocations_in(section, start, end) {
-            if let Target::Symbol { symbol, .. } = object.resolve(relocation) {
-                if object.symbol(symbol).kind == SymbolKind::Object {
-                    let offset = relocation.offset.saturating_sub(function.value);
-                    let entry = users.entry(symbol).or_insert(Users {
-                        functions: BTreeSet::new(),
-                        first_use: offset,
-                    });
-                    entry.functions.insert(function.id);
-                    entry.first_use = entry.first_use.min(offset);
-                }
+            let Target::Symbol { symbol, .. } = object.resolve(relocation) else {
+                continue;
+            };
+            if object.symbol(symbol).kind != SymbolKind::Object || symbol == referrer.id {
+                continue;
             }
+            let offset = relocation.offset.saturating_sub(referrer.value);
+            let entry = users.entry(symbol).or_insert(Users {
+                referrers: BTreeSet::new(),
+                first_use: offset,
+            });
+            entry.referrers.insert(referrer.id);
+            entry.first_use = entry.first_use.min(offset);
         }
     }
     users
@@ -250,11 +253,7 @@ fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bo
                 .push(symbol.id);
         }
     }
-    let (orig_users, patched_users) = if functions {
-        (HashMap::new(), HashMap::new())
-    } else {
-        (data_users(orig), data_users(patched))
-    };
+    let mut static_groups: Vec<(Vec<SymbolId>, Vec<SymbolId>)> = Vec::new();
     // Sorting the keys keeps the pairing independent of hash order.
     let mut keys: Vec<&NameKey> = groups.keys().collect();
     keys.sort();
@@ -278,100 +277,113 @@ fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bo
                 _ => patched_left.push(p),
             }
         }
-        if !key.static_local {
-            continue;
+        if key.static_local {
+            static_groups.push((orig_left, patched_left));
         }
-        // The users of a static local, named as in the original object.
-        let orig_signature = |o: SymbolId| -> Option<BTreeSet<String>> {
-            orig_users.get(&o).map(|users| {
-                users
-                    .functions
-                    .iter()
-                    .map(|&f| orig.symbol(f).name.clone())
-                    .collect()
-            })
-        };
-        // Computed before any pairing below, which only pairs data and so cannot change
-        // the function twins these names come from.
-        let patched_signatures: HashMap<SymbolId, BTreeSet<String>> = patched_left
-            .iter()
-            .filter_map(|&p| {
-                let users = patched_users.get(&p)?;
-                let names = users
-                    .functions
-                    .iter()
-                    .map(|&f| match twins.symbol(f) {
-                        Some(o) => orig.symbol(o).name.clone(),
-                        None => format!("\0new {}", patched.symbol(f).name),
-                    })
-                    .collect();
-                Some((p, names))
-            })
-            .collect();
-        let patched_signature = |p: SymbolId| patched_signatures.get(&p).cloned();
-        let mut pairs = Vec::new();
-        for &p in &patched_left {
-            let Some(signature) = patched_signature(p) else {
-                continue;
-            };
-            let candidates: Vec<SymbolId> = orig_left
+    }
+    if !functions {
+        pair_static_locals(orig, patched, twins, &static_groups);
+    }
+}
+
+/// Pairs static locals that share a name (`count.1`, `count.2`) by use: first by the
+/// functions that refer to them, then also by the data that does (a `pr_debug` descriptor
+/// refers to its `__func__.N`), then, among those sharing their users, by the order of first
+/// use. What is left pairs by exact name, so that an object always pairs fully with itself.
+fn pair_static_locals(
+    orig: &Object,
+    patched: &Object,
+    twins: &mut Twins,
+    groups: &[(Vec<SymbolId>, Vec<SymbolId>)],
+) {
+    for with_data_referrers in [false, true] {
+        let orig_users = data_users(orig, with_data_referrers);
+        let patched_users = data_users(patched, with_data_referrers);
+        for (orig_ids, patched_ids) in groups {
+            let orig_left: Vec<SymbolId> = orig_ids
                 .iter()
                 .copied()
-                .filter(|&o| orig_signature(o).as_ref() == Some(&signature))
+                .filter(|&o| twins.patched_symbol(o).is_none())
                 .collect();
-            let rivals = patched_left
+            let patched_left: Vec<SymbolId> = patched_ids
                 .iter()
-                .filter(|&&q| patched_signature(q).as_ref() == Some(&signature))
-                .count();
-            if let ([o], 1) = (candidates.as_slice(), rivals) {
-                pairs.push((*o, p));
+                .copied()
+                .filter(|&p| twins.symbol(p).is_none())
+                .collect();
+            if orig_left.is_empty() || patched_left.is_empty() {
+                continue;
             }
-        }
-        for &(o, p) in &pairs {
-            twins.pair(o, p);
-        }
-        // Statics that share their users (the four pr_debug descriptors of one function)
-        // pair in the order the code first uses them, when both sides have as many.
-        let orig_rest: Vec<SymbolId> = orig_left
-            .iter()
-            .copied()
-            .filter(|&o| twins.patched_symbol(o).is_none())
-            .collect();
-        let patched_rest: Vec<SymbolId> = patched_left
-            .iter()
-            .copied()
-            .filter(|&p| twins.symbol(p).is_none())
-            .collect();
-        let mut signatures: Vec<BTreeSet<String>> = patched_rest
-            .iter()
-            .filter_map(|&p| patched_signature(p))
-            .collect();
-        signatures.sort();
-        signatures.dedup();
-        for signature in signatures {
-            let by_first_use =
-                |ids: &[SymbolId],
-                 users: &HashMap<SymbolId, Users>,
-                 signature_of: &dyn Fn(SymbolId) -> Option<BTreeSet<String>>| {
-                    let mut same: Vec<(u64, SymbolId)> = ids
+            // Who uses each static, named as in the original object; computed before this
+            // group pairs anything, since pairing changes twins.
+            let signature_in =
+                |object: &Object, users: &HashMap<SymbolId, Users>, id, patched_side| {
+                    users.get(&id).map(|u| {
+                        let names: BTreeSet<String> = u
+                            .referrers
+                            .iter()
+                            .map(|&r| match (patched_side, twins.symbol(r)) {
+                                (false, _) => object.symbol(r).name.clone(),
+                                (true, Some(o)) => orig.symbol(o).name.clone(),
+                                (true, None) => format!("\0new {}", object.symbol(r).name),
+                            })
+                            .collect();
+                        (names, u.first_use)
+                    })
+                };
+            let orig_signatures: Vec<(SymbolId, BTreeSet<String>, u64)> = orig_left
+                .iter()
+                .filter_map(|&o| signature_in(orig, &orig_users, o, false).map(|(n, f)| (o, n, f)))
+                .collect();
+            let patched_signatures: Vec<(SymbolId, BTreeSet<String>, u64)> = patched_left
+                .iter()
+                .filter_map(|&p| {
+                    signature_in(patched, &patched_users, p, true).map(|(n, f)| (p, n, f))
+                })
+                .collect();
+            let mut signatures: Vec<&BTreeSet<String>> =
+                patched_signatures.iter().map(|(_, n, _)| n).collect();
+            signatures.sort();
+            signatures.dedup();
+            let mut pairs = Vec::new();
+            for signature in signatures {
+                let by_first_use = |list: &[(SymbolId, BTreeSet<String>, u64)]| {
+                    let mut same: Vec<(u64, SymbolId)> = list
                         .iter()
-                        .copied()
-                        .filter(|&id| signature_of(id).as_ref() == Some(&signature))
-                        .filter_map(|id| users.get(&id).map(|u| (u.first_use, id)))
+                        .filter(|(_, n, _)| n == signature)
+                        .map(|(id, _, first)| (*first, *id))
                         .collect();
                     same.sort();
                     same
                 };
-            let orig_same = by_first_use(&orig_rest, &orig_users, &orig_signature);
-            let patched_same = by_first_use(&patched_rest, &patched_users, &patched_signature);
-            let distinct = |list: &[(u64, SymbolId)]| list.windows(2).all(|w| w[0].0 != w[1].0);
-            if orig_same.len() == patched_same.len()
-                && distinct(&orig_same)
-                && distinct(&patched_same)
-            {
-                for (&(_, o), &(_, p)) in orig_same.iter().zip(&patched_same) {
-                    twins.pair(o, p);
+                let orig_same = by_first_use(&orig_signatures);
+                let patched_same = by_first_use(&patched_signatures);
+                let distinct = |l: &[(u64, SymbolId)]| l.windows(2).all(|w| w[0].0 != w[1].0);
+                // One each: the users say it all. Several each, as many on both sides, used at
+                // distinct places: the order of first use says it.
+                if orig_same.len() == patched_same.len()
+                    && (orig_same.len() == 1 || (distinct(&orig_same) && distinct(&patched_same)))
+                {
+                    for (&(_, o), &(_, p)) in orig_same.iter().zip(&patched_same) {
+                        pairs.push((o, p));
+                    }
                 }
+            }
+            for (o, p) in pairs {
+                twins.pair(o, p);
+            }
+        }
+    }
+    for (orig_ids, patched_ids) in groups {
+        for &p in patched_ids {
+            if twins.symbol(p).is_some() {
+                continue;
+            }
+            let name = &patched.symbol(p).name;
+            if let Some(&o) = orig_ids
+                .iter()
+                .find(|&&o| twins.patched_symbol(o).is_none() && &orig.symbol(o).name == name)
+            {
+                twins.pair(o, p);
             }
         }
     }

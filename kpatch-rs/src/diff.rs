@@ -32,6 +32,8 @@ pub enum DiffError {
 pub struct Pair<'a> {
     /// How messages name the object (usually its path relative to the kernel tree).
     pub name: &'a str,
+    /// How errors about the original file name it (its path, say).
+    pub orig_name: &'a str,
     pub orig: &'a [u8],
     pub patched: &'a [u8],
     /// The binary the object belongs to: `vmlinux` or a module name.
@@ -47,7 +49,7 @@ pub struct DiffOutput {
 
 /// Diffs one pair.
 pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
-    let orig = Object::parse(&format!("{} (original)", pair.name), pair.orig)?;
+    let orig = Object::parse(pair.orig_name, pair.orig)?;
     let mut patched = Object::parse(pair.name, pair.patched)?;
     patched.name = pair.name.to_string();
     let twins = correlate::correlate(&orig, &patched);

@@ -384,7 +384,18 @@ impl Object {
             });
         }
         if symbols.is_empty() {
-            return Err(fail("object has no symbol table".into()));
+            // An object without a symbol table (a bare note, say) is valid and defines nothing;
+            // keep the null symbol that index 0 always means.
+            symbols.push(Symbol {
+                id: SymbolId(0),
+                name: String::new(),
+                kind: SymbolKind::NoType,
+                binding: Binding::Local,
+                placement: Placement::Undefined,
+                value: 0,
+                size: 0,
+                other: 0,
+            });
         }
 
         for (index, raw) in section_table.enumerate() {

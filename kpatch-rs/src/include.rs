@@ -2,8 +2,8 @@
 //! output, and which symbols the output refers to in the original binary instead.
 //!
 //! Changed and new functions are the roots. Each of their relocations is followed: a changed or
-//! new function, a function's `.cold` part, new data, changed read-only data, dynamic debug
-//! descriptors, strings and anonymous constants are copied; everything else that exists in the
+//! new function, a function's `.cold` part, new data, local or changed read-only data, dynamic
+//! debug descriptors, strings and anonymous constants are copied; everything else that exists in the
 //! original (unchanged functions, all existing writable data, which holds live state) stays
 //! where it is and is referenced by name. Special section entries follow their code.
 
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compare::{Comparison, Status};
 use crate::correlate::cold_parent;
-use crate::elf::{Object, Placement, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{Binding, Object, Placement, SectionId, SymbolId, SymbolKind, Target};
 use crate::special_sections;
 
 /// What goes into the output object.
@@ -99,10 +99,15 @@ impl Closure<'_> {
             SymbolKind::Func if sym.is_prefix() => false,
             SymbolKind::Func => status != Some(Status::Same) || cold_parent(&sym.name).is_some(),
             SymbolKind::Object => {
+                let read_only = !self.patched.section(section).is_write()
+                    && !self.patched.section(section).is_nobits();
+                // Local read-only data (a `__func__` string, a const table) holds no state, so
+                // a copy is as good as the original and needs no livepatch relocation, which
+                // matters in sections the kernel reads before those are applied (`__dyndbg`).
                 status == Some(Status::New)
                     || special_sections::is_dyndbg(&self.patched.section(section).name)
-                    || (status == Some(Status::Changed)
-                        && !self.patched.section(section).is_write())
+                    || (read_only
+                        && (status == Some(Status::Changed) || sym.binding == Binding::Local))
             }
             _ => true,
         }

@@ -78,8 +78,10 @@ fn run_diff(args: &DiffArgs) -> anyhow::Result<u8> {
         .name
         .clone()
         .unwrap_or_else(|| args.patched.display().to_string());
+    let orig_name = args.orig.display().to_string();
     let result = kpatch_rs::diff::diff(&kpatch_rs::diff::Pair {
         name: &name,
+        orig_name: &orig_name,
         orig: &orig,
         patched: &patched,
         target: &args.target,

@@ -47,6 +47,7 @@ fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_rs::diff::DiffOutpu
     let object_name = format!("{name}.o");
     let result = diff(&Pair {
         name: &object_name,
+        orig_name: "original",
         orig: &orig,
         patched: &patched,
         target: "vmlinux",

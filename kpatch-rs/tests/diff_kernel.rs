@@ -76,6 +76,7 @@ fn check_variant(
     let patched = read(&dir.join(format!("patched{variant}")).join(object));
     let result = diff(&Pair {
         name: object,
+        orig_name: "original",
         orig: &orig,
         patched: &patched,
         target: "vmlinux",
@@ -133,6 +134,7 @@ fn check_variant(
     // Same inputs, same bytes (hash maps inside are seeded differently on each call).
     let again = diff(&Pair {
         name: object,
+        orig_name: "original",
         orig: &orig,
         patched: &patched,
         target: "vmlinux",
@@ -147,6 +149,7 @@ fn check_variant(
     // The original against itself differs in nothing, big as it is.
     let same = diff(&Pair {
         name: object,
+        orig_name: "original",
         orig: &orig,
         patched: &orig,
         target: "vmlinux",
@@ -252,6 +255,7 @@ fn report_of(dir: &std::path::Path, variant: &str, object: &str) -> kpatch_rs::r
     let patched = read(&dir.join(format!("patched{variant}")).join(object));
     diff(&Pair {
         name: object,
+        orig_name: "original",
         orig: &orig,
         patched: &patched,
         target: "vmlinux",

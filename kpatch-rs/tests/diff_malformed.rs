@@ -119,6 +119,30 @@ fn an_executable_is_rejected() {
 }
 
 #[test]
+fn a_malformed_original_is_named_by_its_own_path() {
+    let Some(good) = compiled() else { return };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (bad_path, good_path) = (dir.path().join("orig.o"), dir.path().join("patched.o"));
+    std::fs::write(&bad_path, b"garbage").expect("write");
+    std::fs::write(&good_path, &good).expect("write");
+    let output = kpatch_rs()
+        .arg("diff")
+        .arg(&bad_path)
+        .arg(&good_path)
+        .output()
+        .expect("run kpatch-rs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot read {}: not an ELF file",
+            bad_path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_missing_file_is_an_error() {
     let output = kpatch_rs()
         .args(["diff", "/nonexistent/a.o", "/nonexistent/b.o"])
@@ -140,6 +164,7 @@ fn no_corruption_panics() {
     let run = |orig: &[u8], patched: &[u8]| {
         let _ = diff(&Pair {
             name: "corrupt.o",
+            orig_name: "original",
             orig,
             patched,
             target: "vmlinux",
