@@ -206,7 +206,14 @@ impl Closure<'_> {
                 else {
                     continue;
                 };
-                if !self.inclusion.covers(code_section, address) {
+                // objtool ends each section's ORC with an entry at the section's end address;
+                // it belongs to the code before it.
+                let section_end = self.patched.section(code_section).size;
+                let covered = self.inclusion.covers(code_section, address)
+                    || (address > 0
+                        && address == section_end
+                        && self.inclusion.covers(code_section, address - 1));
+                if !covered {
                     continue;
                 }
                 self.inclusion

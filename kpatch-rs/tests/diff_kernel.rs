@@ -130,6 +130,37 @@ fn check_variant(
         size(".orc_unwind"),
         "{object}{variant}"
     );
+    if variant == "-objtool" {
+        // Every ORC entry of the changed functions' sections is kept, the one objtool puts at
+        // each section's end included; counted here straight from the relocations.
+        let input = kpatch_rs::elf::Object::parse("patched", &patched).expect("input reads back");
+        let sections: Vec<&str> = report
+            .functions
+            .iter()
+            .map(|f| f.section.as_str())
+            .collect();
+        let expected = input
+            .sections
+            .iter()
+            .filter(|s| s.name == ".orc_unwind_ip")
+            .flat_map(|s| s.relocations.iter())
+            .filter(|r| {
+                let symbol = input.symbol(r.symbol);
+                symbol
+                    .section()
+                    .is_some_and(|t| sections.contains(&input.section(t).name.as_str()))
+            })
+            .count();
+        assert_eq!(
+            report
+                .special_entries
+                .get(".orc_unwind_ip")
+                .copied()
+                .unwrap_or(0),
+            expected,
+            "{object}{variant}: ORC entries"
+        );
+    }
 
     // Same inputs, same bytes (hash maps inside are seeded differently on each call).
     let again = diff(&Pair {
