@@ -222,7 +222,39 @@ pub fn write_object(
                         symbol,
                         offset: delta,
                     } => {
-                        if let Some(&out_symbol) = out_symbols.get(&symbol) {
+                        // A reference the assembler wrote through a section symbol (or a local
+                        // label) stays one: objtool reads `jmp .text.foo+0x40b` in replacement
+                        // code as a jump inside foo but `jmp foo+0x3fb` as a sibling call, and
+                        // requires section symbols in its annotations.
+                        let written = patched.symbol(relocation.symbol);
+                        let section_relative = written.kind == SymbolKind::Section
+                            || (written.kind == SymbolKind::NoType
+                                && written.binding == Binding::Local
+                                && written.section().is_some());
+                        let through_section = section_relative
+                            .then(|| {
+                                let section = written.section()?;
+                                let raw = (written.value as i64).checked_add(relocation.addend)?;
+                                let placement = placements.get(&section)?;
+                                let bias = pc_relative_bias(relocation.r_type);
+                                let mapped = u64::try_from(raw)
+                                    .ok()
+                                    .and_then(|a| placement.map_inclusive(a))
+                                    .map(|m| m as i64)
+                                    .or_else(|| {
+                                        u64::try_from(raw.checked_add(bias)?)
+                                            .ok()
+                                            .and_then(|a| placement.map_inclusive(a))
+                                            .map(|m| m as i64 - bias)
+                                    })?;
+                                Some((*out_sections.get(&section)?, mapped))
+                            })
+                            .flatten();
+                        if let (Some(&_), Some((out_target, mapped))) =
+                            (out_symbols.get(&symbol), through_section)
+                        {
+                            (out.section_symbol(out_target), mapped)
+                        } else if let Some(&out_symbol) = out_symbols.get(&symbol) {
                             (out_symbol, delta)
                         } else {
                             let sym = patched.symbol(symbol);

@@ -65,6 +65,22 @@ pub const TABLES: &[Table] = &[
     table(".ibt_endbr_seal", 4),
     // LOCK_PREFIX sites: s32 relative addresses of lock prefixes.
     table(".smp_locks", 4),
+    // objtool's annotations (include/linux/objtool.h, instrumentation.h, nospec-branch.h):
+    // one `.long` per annotated instruction. Kbuild runs objtool on the livepatch module, which
+    // needs them for the copied code as much as vmlinux did (a WARN's ud2 is followed by an
+    // instruction `.discard.reachable` marks as reachable).
+    table(".discard.reachable", 4),
+    table(".discard.unreachable", 4),
+    table(".discard.noendbr", 4),
+    table(".discard.retpoline_safe", 4),
+    table(".discard.instr_begin", 4),
+    table(".discard.instr_end", 4),
+    table(".discard.intra_function_calls", 4),
+    table(".discard.validate_unret", 4),
+    // struct unwind_hint: ip (s32), sp_offset (s16), sp_reg, type, signal (u8), padded to 4.
+    table(".discard.unwind_hints", 12),
+    // STACK_FRAME_NON_STANDARD: a pointer to the function.
+    table(".discard.func_stack_frame_non_standard", 8),
     // ORC: s32 relative instruction addresses, and in `.orc_unwind` the parallel 6-byte
     // struct orc_entry (sp_offset, bp_offset s16, then 16 bits of flags).
     Table {

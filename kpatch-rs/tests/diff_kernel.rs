@@ -162,6 +162,10 @@ fn check_variant(
         );
     }
 
+    if variant.is_empty() {
+        objtool_finds_nothing_new(dir, object, &patched, bytes);
+    }
+
     // Same inputs, same bytes (hash maps inside are seeded differently on each call).
     let again = diff(&Pair {
         name: object,
@@ -330,5 +334,50 @@ fn lines_added_at_the_top_change_nothing() {
     assert!(
         line_only >= 10,
         "only {line_only} line-only functions in the debug variant"
+    );
+}
+
+/// Runs the kernel build's objtool, with the options Kbuild uses for a module of this
+/// configuration, on the patched object and on the diff output: every warning about the
+/// output must also be one about the input (same function and offset), so the livepatch
+/// module passes objtool as well as the kernel did.
+fn objtool_finds_nothing_new(dir: &std::path::Path, object: &str, patched: &[u8], output: &[u8]) {
+    let objtool = dir.join("orig/tools/objtool/objtool");
+    let Ok(args) = std::fs::read_to_string(dir.join("objtool-args")) else {
+        panic!(
+            "{}: no objtool-args; rebuild with `cargo xtask fixtures`",
+            dir.display()
+        );
+    };
+    let args: Vec<&str> = args.lines().filter(|l| !l.is_empty()).collect();
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let warnings = |name: &str, bytes: &[u8]| -> Vec<String> {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, bytes).expect("write object");
+        let run = std::process::Command::new(&objtool)
+            .args(&args)
+            .arg(&path)
+            .output()
+            .expect("run objtool");
+        assert!(
+            run.status.success(),
+            "{object}: objtool failed on {name}:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        // "<path>: warning: objtool: <function>+<offset>: <message>"
+        String::from_utf8_lossy(&run.stderr)
+            .lines()
+            .filter_map(|l| {
+                l.split_once(": warning: objtool: ")
+                    .map(|(_, w)| w.to_string())
+            })
+            .collect()
+    };
+    let before = warnings("input.o", patched);
+    let after = warnings("output.o", output);
+    let new: Vec<&String> = after.iter().filter(|w| !before.contains(w)).collect();
+    assert!(
+        new.is_empty(),
+        "{object}: objtool warns about the output only: {new:#?}"
     );
 }

@@ -32,7 +32,7 @@ Without --source/--config, uses the test kernel of `cargo xtask kernel` (its sou
 .config), building it first if needed.";
 
 /// Bump when the layout of a cache entry changes.
-const FORMAT: &str = "kpatch-rs kernel fixtures v3";
+const FORMAT: &str = "kpatch-rs kernel fixtures v4";
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut source = None;
@@ -350,6 +350,8 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
     }
 
     let objtool_args = objtool_args(&std::fs::read_to_string(config)?);
+    // The tests run the same objtool on the diff output, as Kbuild will on the module.
+    std::fs::write(root.join("objtool-args"), objtool_args.join("\n") + "\n")?;
     for (build, variant) in [(&orig_build, "orig"), (&patched_build, "patched")] {
         let objtool = build.join("tools/objtool/objtool");
         for object in &objects {
