@@ -500,28 +500,18 @@ impl Object {
             return (0, 0);
         };
         let list = self.symbols_in(section);
-        let position = list.iter().position(|&id| id == symbol);
-        let start = match position {
-            Some(0) | None => 0,
-            Some(i) => {
-                // Aliases at the same value share one extent, starting after the previous
-                // distinct symbol.
-                let mut j = i;
-                while j > 0 && self.symbol(list[j - 1]).value == sym.value {
-                    j -= 1;
-                }
-                if j == 0 {
-                    0
-                } else {
-                    let previous = self.symbol(list[j - 1]);
-                    (previous.value + previous.size).min(sym.value)
-                }
+        // Symbols are sorted by value: those before `first_at` lie before this one, those from
+        // `first_after` on after it (aliases at the same value share one extent).
+        let first_at = list.partition_point(|&id| self.symbol(id).value < sym.value);
+        let first_after = list.partition_point(|&id| self.symbol(id).value <= sym.value);
+        let start = match first_at.checked_sub(1) {
+            None => 0,
+            Some(previous) => {
+                let previous = self.symbol(list[previous]);
+                (previous.value + previous.size).min(sym.value)
             }
         };
-        let is_last = list
-            .iter()
-            .all(|&id| self.symbol(id).value <= sym.value || id == symbol);
-        let end = if is_last {
+        let end = if first_after >= list.len() {
             self.section(section).size
         } else {
             sym.value + sym.size

@@ -381,3 +381,38 @@ fn objtool_finds_nothing_new(dir: &std::path::Path, object: &str, patched: &[u8]
         "{object}: objtool warns about the output only: {new:#?}"
     );
 }
+
+#[test]
+fn diffing_all_pairs_in_parallel_gives_the_same_results_as_one_by_one() {
+    let Some(dir) = fixtures_dir() else { return };
+    let manifest = std::fs::read_to_string(dir.join("manifest")).expect("manifest");
+    let inputs: Vec<(String, Vec<u8>, Vec<u8>)> = manifest
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(_, object)| {
+            (
+                object.to_string(),
+                read(&dir.join("orig").join(object)),
+                read(&dir.join("patched").join(object)),
+            )
+        })
+        .collect();
+    let pairs: Vec<Pair<'_>> = inputs
+        .iter()
+        .map(|(name, orig, patched)| Pair {
+            name,
+            orig_name: name,
+            orig,
+            patched,
+            target: "vmlinux",
+        })
+        .collect();
+    assert!(pairs.len() >= 5, "manifest lists {} objects", pairs.len());
+    let parallel = kpatch_rs::diff::diff_all(&pairs);
+    for (pair, result) in pairs.iter().zip(parallel) {
+        let result = result.unwrap_or_else(|e| panic!("{}: {e}", pair.name));
+        let single = diff(pair).unwrap_or_else(|e| panic!("{}: {e}", pair.name));
+        assert_eq!(result.report, single.report, "{}", pair.name);
+        assert_eq!(result.object, single.object, "{}", pair.name);
+    }
+}
