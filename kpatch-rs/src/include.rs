@@ -76,6 +76,13 @@ impl Closure<'_> {
         if self.inclusion.add_piece(section, start, end) {
             self.pending.push((section, start, end));
         }
+        // Aliases at the same address come along, so references to them reach the copy.
+        let value = self.patched.symbol(symbol).value;
+        for &alias in self.patched.symbols_in(section) {
+            if self.patched.symbol(alias).value == value {
+                self.inclusion.symbols.insert(alias);
+            }
+        }
     }
 
     fn include_whole_section(&mut self, section: SectionId) {

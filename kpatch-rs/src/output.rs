@@ -37,12 +37,12 @@ pub const METADATA_SECTION: &str = ".kpatch.diff";
 
 /// Where an old section offset went in the output.
 #[derive(Debug, Default)]
-struct Placement {
+struct Layout {
     /// `(old_start, old_end, new_start)` for each copied range.
     ranges: Vec<(u64, u64, u64)>,
 }
 
-impl Placement {
+impl Layout {
     fn map(&self, offset: u64) -> Option<u64> {
         self.ranges
             .iter()
@@ -50,7 +50,7 @@ impl Placement {
             .map(|&(start, _, new_start)| new_start + (offset - start))
     }
 
-    /// Like [`Placement::map`], also accepting the end of a range (a symbol or label placed
+    /// Like [`Layout::map`], also accepting the end of a range (a symbol or label placed
     /// right after the copied bytes).
     fn map_inclusive(&self, offset: u64) -> Option<u64> {
         self.map(offset).or_else(|| {
@@ -73,7 +73,7 @@ pub fn write_object(
 ) -> Result<Vec<u8>, String> {
     let mut out = write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
     let mut out_sections: HashMap<SectionId, write::SectionId> = HashMap::new();
-    let mut placements: HashMap<SectionId, Placement> = HashMap::new();
+    let mut layouts: HashMap<SectionId, Layout> = HashMap::new();
 
     // Sections in the patched object's order, so the output does not depend on hash order.
     let mut copied: BTreeMap<SectionId, Vec<(u64, u64)>> = inclusion.pieces.clone();
@@ -114,6 +114,8 @@ pub fn write_object(
         };
         let out_id = out.add_section(Vec::new(), section.name.as_bytes().to_vec(), kind);
         let mut sh_flags = section.flags;
+        // Section groups are not written, so no section may claim to be in one.
+        sh_flags &= !elf::SHF_GROUP.0;
         if section.is_merge() && !section.is_string_merge() {
             // The writer records entry sizes only for strings; without one, merging is invalid,
             // and copies of constants need no merging.
@@ -124,7 +126,7 @@ pub fn write_object(
             sh_flags: elf::SectionFlags(sh_flags),
         };
         let align = section.align.max(1);
-        let mut placement = Placement::default();
+        let mut layout = Layout::default();
         let mut data: Vec<u8> = Vec::new();
         let mut size: u64 = 0;
         for &(start, end) in ranges {
@@ -139,7 +141,7 @@ pub fn write_object(
                 data.extend_from_slice(&section.data[start as usize..end as usize]);
             }
             size = new_start + (end - start);
-            placement.ranges.push((start, end, new_start));
+            layout.ranges.push((start, end, new_start));
         }
         if section.is_nobits() {
             out.append_section_bss(out_id, size, align);
@@ -147,7 +149,7 @@ pub fn write_object(
             out.set_section_data(out_id, data, align);
         }
         out_sections.insert(section_id, out_id);
-        placements.insert(section_id, placement);
+        layouts.insert(section_id, layout);
     }
 
     // Defined symbols: every function and object in copied bytes.
@@ -157,12 +159,12 @@ pub fn write_object(
         let Some(section) = symbol.section() else {
             continue;
         };
-        let (Some(&out_section), Some(placement)) =
-            (out_sections.get(&section), placements.get(&section))
+        let (Some(&out_section), Some(layout)) =
+            (out_sections.get(&section), layouts.get(&section))
         else {
             continue;
         };
-        let Some(value) = placement.map_inclusive(symbol.value) else {
+        let Some(value) = layout.map_inclusive(symbol.value) else {
             continue;
         };
         let id = out.add_symbol(WriteSymbol {
@@ -211,10 +213,10 @@ pub fn write_object(
     let mut undefined: HashMap<String, write::SymbolId> = HashMap::new();
     for (&section_id, ranges) in &copied {
         let out_section = out_sections[&section_id];
-        let placement = &placements[&section_id];
+        let layout = &layouts[&section_id];
         for &(start, end) in ranges {
             for relocation in patched.relocations_in(section_id, start, end) {
-                let Some(offset) = placement.map(relocation.offset) else {
+                let Some(offset) = layout.map(relocation.offset) else {
                     continue;
                 };
                 let (symbol, addend) = match patched.resolve(relocation) {
@@ -235,16 +237,16 @@ pub fn write_object(
                             .then(|| {
                                 let section = written.section()?;
                                 let raw = (written.value as i64).checked_add(relocation.addend)?;
-                                let placement = placements.get(&section)?;
+                                let layout = layouts.get(&section)?;
                                 let bias = pc_relative_bias(relocation.r_type);
                                 let mapped = u64::try_from(raw)
                                     .ok()
-                                    .and_then(|a| placement.map_inclusive(a))
+                                    .and_then(|a| layout.map_inclusive(a))
                                     .map(|m| m as i64)
                                     .or_else(|| {
                                         u64::try_from(raw.checked_add(bias)?)
                                             .ok()
-                                            .and_then(|a| placement.map_inclusive(a))
+                                            .and_then(|a| layout.map_inclusive(a))
                                             .map(|m| m as i64 - bias)
                                     })?;
                                 Some((*out_sections.get(&section)?, mapped))
@@ -263,7 +265,7 @@ pub fn write_object(
                             {
                                 // A label in a copied section: point at the copy.
                                 let address = sym.value as i64 + delta;
-                                let mapped = placements.get(&section).and_then(|p| {
+                                let mapped = layouts.get(&section).and_then(|p| {
                                     p.map_inclusive(u64::try_from(address.max(0)).unwrap_or(0))
                                 });
                                 match (out_sections.get(&section), mapped) {
@@ -313,8 +315,8 @@ pub fn write_object(
                             Target::Section { addend, .. } => addend,
                             Target::Symbol { offset, .. } => offset,
                         };
-                        let (Some(&out_target), Some(placement)) =
-                            (out_sections.get(&section), placements.get(&section))
+                        let (Some(&out_target), Some(layout)) =
+                            (out_sections.get(&section), layouts.get(&section))
                         else {
                             return Err(format!(
                                 "relocation at {}+{:#x} refers to section {}, which was not copied",
@@ -326,8 +328,8 @@ pub fn write_object(
                         // A section copied whole keeps its offsets, even for addends outside
                         // it (`lea .LC0-4(%rip)`); one copied in parts (replacement code of
                         // kept alternatives) maps the referenced address.
-                        let whole = placement.ranges.len() == 1
-                            && placement.ranges[0] == (0, patched.section(section).size, 0);
+                        let whole = layout.ranges.len() == 1
+                            && layout.ranges[0] == (0, patched.section(section).size, 0);
                         let addend = if whole {
                             section_addend
                         } else {
@@ -336,12 +338,12 @@ pub fn write_object(
                             let bias = pc_relative_bias(relocation.r_type);
                             let direct = u64::try_from(section_addend)
                                 .ok()
-                                .and_then(|a| placement.map_inclusive(a))
+                                .and_then(|a| layout.map_inclusive(a))
                                 .map(|mapped| mapped as i64);
                             let biased = || {
                                 u64::try_from(section_addend.saturating_add(bias))
                                     .ok()
-                                    .and_then(|a| placement.map_inclusive(a))
+                                    .and_then(|a| layout.map_inclusive(a))
                                     .map(|mapped| mapped as i64 - bias)
                             };
                             match direct.or_else(biased) {
