@@ -385,7 +385,26 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
         format!("source {}\nconfig {}\n", source.display(), config.display()),
     )?;
     point_latest(&latest, &key)?;
+    prune_other_entries(&base, &key);
     Ok(root)
+}
+
+/// Removes the cache entries of earlier fixture sets (other keys): each holds a patched
+/// source tree and three builds, and only the newest is used.
+fn prune_other_entries(base: &Path, key: &str) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_key = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_key && name != key {
+            eprintln!("fixtures: removing the outdated {}", entry.path().display());
+            // A failed removal only costs disk space.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn point_latest(latest: &Path, key: &str) -> Result<()> {
