@@ -367,3 +367,16 @@ fn dynamic_debug_descriptors_are_copied_for_included_code() {
         );
     }
 }
+
+#[test]
+fn data_moved_between_sections_is_refused() {
+    // Giving a zero-initialised static a value moves it from .bss to .data.
+    check(
+        "data_moved",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            refusals: &["cannot patch data_moved.o: data symbol mode moved from section .bss.mode to section .data.mode"],
+            ..NOTHING
+        },
+    );
+}
