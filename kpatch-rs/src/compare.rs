@@ -7,7 +7,7 @@
 //! relocation offsets into sections are never compared, since they move whenever anything
 //! before them in the section changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::correlate::{cold_parent, Twins};
 use crate::elf::{Object, Relocation, SectionId, SymbolId, SymbolKind, Target};
@@ -56,10 +56,9 @@ pub struct Comparison {
     pub refusals: Vec<Refusal>,
 }
 
-/// Functions that take a `__LINE__` argument: a changed immediate passed to them after an edit
-/// above the function is not a change of the function's behaviour that matters.
-const LINE_TAKING_FUNCTIONS: &[&str] = &[
-    // `(const char *file, int line, ...)` in Linux 6.12.
+/// Functions that take `(const char *file, int line, ...)`: a changed immediate passed to
+/// them after an edit above the function is a moved line, nothing else.
+const FILE_LINE_FUNCTIONS: &[&str] = &[
     "__might_sleep",
     "__might_resched",
     "__might_fault",
@@ -69,7 +68,13 @@ const LINE_TAKING_FUNCTIONS: &[&str] = &[
     "warn_slowpath_fmt",
     "lockdep_rcu_suspicious",
     "__kunit_fail_current_test_impl",
-    // Printing functions, which messages such as `pr_err("%s:%d", __FILE__, __LINE__)` reach.
+];
+
+/// Printing functions, which `pr_err("%s:%d", __FILE__, __LINE__)` reaches. An immediate
+/// passed to them may be a line or a real constant, so a changed one counts as a moved line
+/// only when the same object shows lines moving by the same amount elsewhere (a WARN's
+/// `__bug_table` line, a `__might_sleep()` argument); otherwise the function is changed.
+const PRINTING_FUNCTIONS: &[&str] = &[
     "_printk",
     "printk",
     "__warn_printk",
@@ -85,6 +90,16 @@ const LINE_TAKING_FUNCTIONS: &[&str] = &[
     "_dev_info",
     "panic",
 ];
+
+/// One `mov $line, %reg` whose immediate changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineShift {
+    /// New value minus old value.
+    pub delta: i64,
+    /// Whether it is passed to a file-and-line function (certain) or a printing one (to be
+    /// confirmed by other evidence).
+    pub certain: bool,
+}
 
 struct Comparer<'a> {
     orig: &'a Object,
@@ -224,15 +239,16 @@ impl Comparer<'_> {
         }
     }
 
-    /// Compares the bodies of two twin symbols: (same, differs only in `__LINE__` values).
-    fn compare_extents(&self, orig: SymbolId, patched: SymbolId) -> (bool, bool) {
+    /// Compares the bodies of two twin symbols: whether they are the same, and if they differ
+    /// only in `__LINE__` immediates, those.
+    fn compare_extents(&self, orig: SymbolId, patched: SymbolId) -> (bool, Option<Vec<LineShift>>) {
         let (os, oe) = body(self.orig, orig);
         let (ps, pe) = body(self.patched, patched);
         let (Some(osec), Some(psec)) = (
             self.orig.symbol(orig).section(),
             self.patched.symbol(patched).section(),
         ) else {
-            return (true, false);
+            return (true, None);
         };
         let orig_section = self.orig.section(osec);
         let patched_section = self.patched.section(psec);
@@ -242,23 +258,24 @@ impl Comparer<'_> {
         if orig_section.is_nobits() || patched_section.is_nobits() {
             let same =
                 orig_section.is_nobits() == patched_section.is_nobits() && oe - os == pe - ps;
-            return (same && relocations_same, false);
+            return (same && relocations_same, None);
         }
         let orig_bytes = &orig_section.data[os as usize..oe as usize];
         let patched_bytes = &patched_section.data[ps as usize..pe as usize];
         if orig_bytes == patched_bytes {
-            return (relocations_same, false);
+            return (relocations_same, None);
         }
-        let line_only = relocations_same
-            && orig_bytes.len() == patched_bytes.len()
-            && only_line_numbers_differ(
-                self.patched,
-                orig_bytes,
-                patched_bytes,
-                patched_relocations,
-                ps,
-            );
-        (false, line_only)
+        if !relocations_same || orig_bytes.len() != patched_bytes.len() {
+            return (false, None);
+        }
+        let shifts = line_shifts(
+            self.patched,
+            orig_bytes,
+            patched_bytes,
+            patched_relocations,
+            ps,
+        );
+        (false, shifts)
     }
 }
 
@@ -324,22 +341,33 @@ fn body(object: &Object, symbol: SymbolId) -> (u64, u64) {
     (sym.value, sym.value + sym.size)
 }
 
-/// Whether every byte that differs lies in the 32-bit immediate of a `mov $imm32, %r32`
-/// (opcode `b8+r`) holding a plausible line number, in a function that calls a function taking
-/// `__LINE__` after that instruction. This is how `might_sleep()` and `printk("%d", __LINE__)`
-/// show up when lines are added above a function: `be 2a 00 00 00` becomes `be 2b 00 00 00`.
-fn only_line_numbers_differ(
+/// The `__LINE__` immediates in which two equally long bodies differ, if every differing
+/// byte lies in the 32-bit immediate of a `mov $imm32, %r32` (opcode `b8+r`) holding a
+/// plausible line number, followed in the code by a call to a function taking a line. This is
+/// how `might_sleep()` and `printk("%d", __LINE__)` show up when lines are added above a
+/// function: `be 2a 00 00 00` becomes `be 2d 00 00 00`.
+fn line_shifts(
     patched: &Object,
     orig_bytes: &[u8],
     patched_bytes: &[u8],
     relocations: &[Relocation],
     base: u64,
-) -> bool {
-    let calls_after = |position: usize| {
-        relocations.iter().any(|r| {
-            r.offset - base > position as u64
-                && LINE_TAKING_FUNCTIONS.contains(&patched.symbol(r.symbol).name.as_str())
-        })
+) -> Option<Vec<LineShift>> {
+    // The first call after `position` to a function known to take a line, if any.
+    let next_line_call = |position: usize| {
+        relocations
+            .iter()
+            .filter(|r| r.offset - base > position as u64)
+            .find_map(|r| {
+                let name = patched.symbol(r.symbol).name.as_str();
+                if FILE_LINE_FUNCTIONS.contains(&name) {
+                    Some(true)
+                } else if PRINTING_FUNCTIONS.contains(&name) {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
     };
     let covered_by_relocation = |start: usize, end: usize| {
         relocations.iter().any(|r| {
@@ -352,6 +380,7 @@ fn only_line_numbers_differ(
             .get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
+    let mut shifts = Vec::new();
     let mut index = 0;
     while index < orig_bytes.len() {
         if orig_bytes[index] == patched_bytes[index] {
@@ -363,26 +392,58 @@ fn only_line_numbers_differ(
                 && orig_bytes[p] == patched_bytes[p]
                 && p + 5 > index
                 && p + 5 <= orig_bytes.len()
-        });
-        let Some(opcode) = opcode else {
-            return false;
-        };
-        let (Some(old), Some(new)) = (
-            immediate(orig_bytes, opcode + 1),
-            immediate(patched_bytes, opcode + 1),
-        ) else {
-            return false;
-        };
-        if old >= 1 << 20
-            || new >= 1 << 20
-            || covered_by_relocation(opcode + 1, opcode + 5)
-            || !calls_after(opcode)
-        {
-            return false;
+        })?;
+        let old = immediate(orig_bytes, opcode + 1)?;
+        let new = immediate(patched_bytes, opcode + 1)?;
+        if old >= 1 << 20 || new >= 1 << 20 || covered_by_relocation(opcode + 1, opcode + 5) {
+            return None;
         }
+        let certain = next_line_call(opcode)?;
+        shifts.push(LineShift {
+            delta: i64::from(new) - i64::from(old),
+            certain,
+        });
         index = opcode + 5;
     }
-    true
+    Some(shifts)
+}
+
+/// How far lines moved according to the bug tables: for each WARN/BUG site in a function
+/// present in both objects, at the same offset in it, the new line minus the old one.
+fn bug_table_line_deltas(orig: &Object, patched: &Object, twins: &Twins) -> BTreeSet<i64> {
+    // struct bug_entry (see special_sections): the line is the u16 at offset 8 of 12.
+    const ENTRY: u64 = 12;
+    const LINE: usize = 8;
+    let sites = |object: &Object, name_of: &dyn Fn(SymbolId) -> Option<String>| {
+        let mut lines: HashMap<(String, i64), u16> = HashMap::new();
+        for section in object.sections.iter().filter(|s| s.name == "__bug_table") {
+            for relocation in section.relocations.iter().filter(|r| r.offset % ENTRY == 0) {
+                let Target::Symbol { symbol, offset } = object.resolve(relocation) else {
+                    continue;
+                };
+                let at = (relocation.offset as usize).saturating_add(LINE);
+                let (Some(name), Some(bytes)) = (name_of(symbol), section.data.get(at..at + 2))
+                else {
+                    continue;
+                };
+                lines.insert((name, offset), u16::from_le_bytes([bytes[0], bytes[1]]));
+            }
+        }
+        lines
+    };
+    let orig_sites = sites(orig, &|s| Some(orig.symbol(s).name.clone()));
+    let patched_sites = sites(patched, &|s| {
+        twins.symbol(s).map(|o| orig.symbol(o).name.clone())
+    });
+    patched_sites
+        .iter()
+        .filter_map(|(site, &new)| {
+            orig_sites
+                .get(site)
+                .map(|&old| i64::from(new) - i64::from(old))
+        })
+        .filter(|&delta| delta != 0)
+        .collect()
 }
 
 /// Judges every function and data object of `patched` against its twin in `orig`.
@@ -475,6 +536,8 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
     }
 
     let mut functions = Vec::new();
+    let mut line_evidence: BTreeSet<i64> = BTreeSet::new();
+    let mut unconfirmed: Vec<(usize, Vec<i64>)> = Vec::new();
     for symbol in patched
         .symbols
         .iter()
@@ -503,7 +566,20 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             .section()
             .map(|s| orig.section(s).name.as_str())
             .unwrap_or("");
-        let (same, line_only) = comparer.compare_extents(orig_id, symbol.id);
+        let (same, shifts) = comparer.compare_extents(orig_id, symbol.id);
+        // Printing-only shifts are confirmed below, once all evidence is in.
+        let line_only = shifts.as_ref().is_some_and(|s| !s.is_empty());
+        if let Some(shifts) = shifts {
+            line_evidence.extend(shifts.iter().filter(|s| s.certain).map(|s| s.delta));
+            let uncertain: Vec<i64> = shifts
+                .iter()
+                .filter(|s| !s.certain)
+                .map(|s| s.delta)
+                .collect();
+            if !uncertain.is_empty() {
+                unconfirmed.push((functions.len(), uncertain));
+            }
+        }
         let verdict_status = if same || line_only {
             Status::Same
         } else {
@@ -544,6 +620,21 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             line_only,
             difference,
         });
+    }
+
+    // A printing call's changed immediate is a moved line only if lines moved by as much
+    // elsewhere in the object.
+    line_evidence.extend(bug_table_line_deltas(orig, patched, twins));
+    for (index, deltas) in unconfirmed {
+        let Some(delta) = deltas.iter().find(|d| !line_evidence.contains(d)) else {
+            continue;
+        };
+        let verdict = &mut functions[index];
+        verdict.status = Status::Changed;
+        verdict.line_only = false;
+        verdict.difference = format!(
+            "an immediate passed to a printing function changed by {delta}, and no line in the object moved by as much"
+        );
     }
 
     // A `.cold` part is not a function of its own: it is entered only by jumps from its parent,

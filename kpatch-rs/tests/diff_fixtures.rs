@@ -380,3 +380,14 @@ fn data_moved_between_sections_is_refused() {
         },
     );
 }
+
+#[test]
+fn a_changed_constant_passed_to_printk_is_a_change() {
+    check(
+        "printk_constant",
+        Expect {
+            changed: &["report_retries"],
+            ..NOTHING
+        },
+    );
+}
