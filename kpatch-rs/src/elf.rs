@@ -85,6 +85,8 @@ impl Symbol {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Relocation {
+    /// The section the relocation applies to.
+    pub section: SectionId,
     /// Offset of the relocated field inside the section it applies to.
     pub offset: u64,
     pub r_type: u32,
@@ -447,6 +449,7 @@ impl Object {
                     )));
                 }
                 relocations.push(Relocation {
+                    section: SectionId(target),
                     offset,
                     r_type,
                     symbol: SymbolId(symbol),
@@ -558,7 +561,13 @@ impl Object {
             };
         };
         let section = self.section(section_id);
-        let bias = pc_relative_bias(relocation.r_type);
+        // Only instructions end after their displacement; a table's `.long 1b - .` points
+        // straight at its target.
+        let bias = if self.section(relocation.section).is_exec() {
+            pc_relative_bias(relocation.r_type)
+        } else {
+            0
+        };
         let location = addend.saturating_add(bias);
         if section.is_string_merge() {
             let at = u64::try_from(location.max(0))

@@ -214,8 +214,18 @@ pub fn write_object(
     for (&section_id, ranges) in &copied {
         let out_section = out_sections[&section_id];
         let layout = &layouts[&section_id];
+        // Instructions refer to their target minus the bytes after the displacement; table
+        // fields (`.long 6641f - .`) refer to it directly.
+        let bias_for = |r_type: u32| {
+            if patched.section(section_id).is_exec() {
+                pc_relative_bias(r_type)
+            } else {
+                0
+            }
+        };
         for &(start, end) in ranges {
             for relocation in patched.relocations_in(section_id, start, end) {
+                let bias = bias_for(relocation.r_type);
                 let Some(offset) = layout.map(relocation.offset) else {
                     continue;
                 };
@@ -238,17 +248,7 @@ pub fn write_object(
                                 let section = written.section()?;
                                 let raw = (written.value as i64).checked_add(relocation.addend)?;
                                 let layout = layouts.get(&section)?;
-                                let bias = pc_relative_bias(relocation.r_type);
-                                let mapped = u64::try_from(raw)
-                                    .ok()
-                                    .and_then(|a| layout.map_inclusive(a))
-                                    .map(|m| m as i64)
-                                    .or_else(|| {
-                                        u64::try_from(raw.checked_add(bias)?)
-                                            .ok()
-                                            .and_then(|a| layout.map_inclusive(a))
-                                            .map(|m| m as i64 - bias)
-                                    })?;
+                                let mapped = mapped_addend(layout, raw, bias)?;
                                 Some((*out_sections.get(&section)?, mapped))
                             })
                             .flatten();
@@ -333,20 +333,7 @@ pub fn write_object(
                         let addend = if whole {
                             section_addend
                         } else {
-                            // Table fields (`.long 6641f - .`) point at their address
-                            // directly; instructions point 4 bytes before it.
-                            let bias = pc_relative_bias(relocation.r_type);
-                            let direct = u64::try_from(section_addend)
-                                .ok()
-                                .and_then(|a| layout.map_inclusive(a))
-                                .map(|mapped| mapped as i64);
-                            let biased = || {
-                                u64::try_from(section_addend.saturating_add(bias))
-                                    .ok()
-                                    .and_then(|a| layout.map_inclusive(a))
-                                    .map(|mapped| mapped as i64 - bias)
-                            };
-                            match direct.or_else(biased) {
+                            match mapped_addend(layout, section_addend, bias) {
                                 Some(mapped) => mapped,
                                 None => {
                                     return Err(format!(
@@ -436,6 +423,18 @@ fn link_ordered_sections(bytes: &mut [u8]) -> Result<(), String> {
         field.copy_from_slice(&link.to_le_bytes());
     }
     Ok(())
+}
+
+/// The addend that makes a relocation reach, in the output, the copy of what `addend` (plus
+/// `bias`, the bytes after an instruction's displacement) reached in the input.
+fn mapped_addend(layout: &Layout, addend: i64, bias: i64) -> Option<i64> {
+    let with = |b: i64| {
+        let address = u64::try_from(addend.checked_add(b)?).ok()?;
+        layout
+            .map_inclusive(address)
+            .map(|mapped| mapped as i64 - b)
+    };
+    with(bias).or_else(|| with(0))
 }
 
 /// Padding between copied code ranges is `int3`, so that stray execution traps.

@@ -99,7 +99,10 @@ fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_rs::diff::DiffOutpu
         );
     }
     match (&result.object, report.outcome) {
-        (Some(object), Outcome::Changed) => common::check_output(name, object, report),
+        (Some(object), Outcome::Changed) => {
+            common::check_output(name, object, report);
+            common::check_relocations_preserved(name, &patched, object, report);
+        }
         (None, Outcome::Changed) => panic!("{name}: changed but no output object"),
         (Some(_), _) => panic!("{name}: output object without a change"),
         (None, _) => {}

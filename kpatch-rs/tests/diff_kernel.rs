@@ -116,6 +116,7 @@ fn check_variant(
         panic!("{object}{variant}: no output object");
     };
     common::check_output(object, bytes, report);
+    common::check_relocations_preserved(object, &patched, bytes, report);
     // ORC's two tables run in parallel: one 6-byte entry per 4-byte instruction address.
     let output = kpatch_rs::elf::Object::parse("output", bytes).expect("output reads back");
     let size = |name: &str| {

@@ -225,3 +225,58 @@ pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The relocations of one function's body, each as (offset in the function, type, target),
+/// the target named independently of layout: `symbol+offset` (static locals without their
+/// counter), a string's contents, or `section+addend`.
+fn body_relocations(object: &Object, function: &str) -> Vec<(u64, u32, String)> {
+    let Some(symbol) = object
+        .symbols
+        .iter()
+        .find(|s| s.name == function && s.kind == SymbolKind::Func && s.section().is_some())
+    else {
+        panic!("no function {function}");
+    };
+    let Some(section) = symbol.section() else {
+        return Vec::new();
+    };
+    object
+        .relocations_in(section, symbol.value, symbol.value + symbol.size)
+        .iter()
+        .map(|r| {
+            let target = match object.resolve(r) {
+                kpatch_rs::elf::Target::Symbol { symbol, offset } => {
+                    let name = &object.symbol(symbol).name;
+                    format!("{}{offset:+}", kpatch_rs::correlate::name_key(name).base)
+                }
+                kpatch_rs::elf::Target::String {
+                    section,
+                    string_start,
+                    offset,
+                } => format!(
+                    "{:?}{offset:+}",
+                    String::from_utf8_lossy(object.string_at(section, string_start))
+                ),
+                kpatch_rs::elf::Target::Section { section, addend } => {
+                    format!("{}{addend:+}", object.section(section).name)
+                }
+            };
+            (r.offset - symbol.value, r.r_type, target)
+        })
+        .collect()
+}
+
+/// Every relocation of every changed or new function reaches in the output what it reached in
+/// the patched object: the same function or object at the same offset, the same string.
+pub fn check_relocations_preserved(name: &str, patched: &[u8], output: &[u8], report: &Report) {
+    let input = Object::parse("patched", patched).expect("patched object reads");
+    let output = Object::parse("output", output).expect("output reads back");
+    for function in &report.functions {
+        assert_eq!(
+            body_relocations(&output, &function.name),
+            body_relocations(&input, &function.name),
+            "{name}: relocations of {} differ between input and output",
+            function.name
+        );
+    }
+}
