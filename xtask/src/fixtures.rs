@@ -82,8 +82,12 @@ fn cache_base() -> Result<PathBuf> {
 /// (which builds it when missing), else takes the newest complete entry of its cache.
 fn test_kernel() -> Result<(PathBuf, PathBuf)> {
     let exe = std::env::current_exe().context("cannot find the xtask executable")?;
+    // Its progress (a first build takes minutes) goes to the terminal; the dirs come on stdout.
     let output = Command::new(exe)
         .args(["kernel", "--print-dirs"])
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .stderr(std::process::Stdio::inherit())
         .output()
         .context("cannot run `cargo xtask kernel --print-dirs`")?;
     if output.status.success() {
@@ -97,6 +101,9 @@ fn test_kernel() -> Result<(PathBuf, PathBuf)> {
             return Ok((source, build.join(".config")));
         }
     }
+    eprintln!(
+        "fixtures: `cargo xtask kernel --print-dirs` gave no kernel; using the newest cached one"
+    );
     let kernels = cache_base()?.join("kernel");
     let mut complete: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&kernels)
         .into_iter()
