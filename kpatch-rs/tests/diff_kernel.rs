@@ -301,6 +301,24 @@ fn report_of(dir: &std::path::Path, variant: &str, object: &str) -> kpatch_rs::r
 }
 
 #[test]
+fn readdir_patch_keeps_the_exception_table_of_the_user_copies() {
+    // filldir64 writes to user memory with unsafe_put_user(): __ex_table entries and stac/clac
+    // alternatives. At -Os, GCC then stops keeping signal_pending() out of line, so filldir
+    // calls a new out-of-line task_sigpending(): the object really changed in both.
+    check(
+        "fs/readdir.o",
+        Expect {
+            changed: &["filldir64", "filldir"],
+            new: &["task_sigpending"],
+            data: &[],
+            tables: &["__ex_table", ".altinstructions", "__mcount_loc"],
+            objtool_tables: &[".return_sites", ".call_sites", ".orc_unwind_ip"],
+            livepatch_references: &["verify_dirent_name"],
+        },
+    );
+}
+
+#[test]
 fn lines_added_at_the_top_change_nothing() {
     // Three lines added at the top of each file move every __LINE__: in the bug table of
     // every WARN, and, in the debug variant, in the immediates passed to __might_sleep() and
