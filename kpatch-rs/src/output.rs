@@ -212,8 +212,14 @@ pub fn write_object(
     // Relocations of every copied range.
     let mut undefined: HashMap<String, write::SymbolId> = HashMap::new();
     for (&section_id, ranges) in &copied {
-        let out_section = out_sections[&section_id];
-        let layout = &layouts[&section_id];
+        let (Some(&out_section), Some(layout)) =
+            (out_sections.get(&section_id), layouts.get(&section_id))
+        else {
+            return Err(format!(
+                "section {} was not laid out",
+                patched.section(section_id).name
+            ));
+        };
         // Instructions refer to their target minus the bytes after the displacement; table
         // fields (`.long 6641f - .`) refer to it directly.
         let bias_for = |r_type: u32| {
