@@ -7,7 +7,7 @@
 //! relocation offsets into sections are never compared, since they move whenever anything
 //! before them in the section changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::correlate::{cold_parent, Twins};
 use crate::elf::{Object, Relocation, SectionId, SymbolId, SymbolKind, Target};
@@ -28,6 +28,8 @@ pub struct FunctionVerdict {
     pub status: Status,
     /// Equal except for `__LINE__` immediates passed to a line-taking function.
     pub line_only: bool,
+    /// For a changed function: where it first differs from its twin.
+    pub difference: String,
 }
 
 /// A change that cannot be live patched, with the object, section and symbol it concerns.
@@ -54,27 +56,50 @@ pub struct Comparison {
     pub refusals: Vec<Refusal>,
 }
 
-/// Functions that take a `__LINE__` argument: a changed immediate passed to them after an edit
-/// above the function is not a change of the function's behaviour that matters.
-const LINE_TAKING_FUNCTIONS: &[&str] = &[
+/// Functions that take `(const char *file, int line, ...)`: a changed immediate passed to
+/// them after an edit above the function is a moved line, nothing else.
+const FILE_LINE_FUNCTIONS: &[&str] = &[
     "__might_sleep",
     "__might_resched",
     "__might_fault",
     "__cant_sleep",
     "__cant_migrate",
+    "__warn",
+    "warn_slowpath_fmt",
+    "lockdep_rcu_suspicious",
+    "__kunit_fail_current_test_impl",
+];
+
+/// Printing functions, which `pr_err("%s:%d", __FILE__, __LINE__)` reaches. An immediate
+/// passed to them may be a line or a real constant, so a changed one counts as a moved line
+/// only when the same object shows lines moving by the same amount elsewhere (a WARN's
+/// `__bug_table` line, a `__might_sleep()` argument); otherwise the function is changed.
+const PRINTING_FUNCTIONS: &[&str] = &[
     "_printk",
     "printk",
     "__warn_printk",
-    "warn_slowpath_fmt",
     "__dynamic_pr_debug",
-    "lockdep_init_map_type",
-    "__mutex_init",
-    "__raw_spin_lock_init",
-    "__rwlock_init",
-    "__init_rwsem",
-    "__init_waitqueue_head",
-    "rcu_read_lock_held_common",
+    "__dynamic_dev_dbg",
+    "_dev_printk",
+    "_dev_emerg",
+    "_dev_alert",
+    "_dev_crit",
+    "_dev_err",
+    "_dev_warn",
+    "_dev_notice",
+    "_dev_info",
+    "panic",
 ];
+
+/// One `mov $line, %reg` whose immediate changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineShift {
+    /// New value minus old value.
+    pub delta: i64,
+    /// Whether it is passed to a file-and-line function (certain) or a printing one (to be
+    /// confirmed by other evidence).
+    pub certain: bool,
+}
 
 struct Comparer<'a> {
     orig: &'a Object,
@@ -123,7 +148,10 @@ impl Comparer<'_> {
                 },
             ) => {
                 ooff == poff
-                    && self.orig.string_at(os, ostart) == self.patched.string_at(ps, pstart)
+                    && same_string_but_line(
+                        self.orig.string_at(os, ostart),
+                        self.patched.string_at(ps, pstart),
+                    )
             }
             (
                 Target::Section {
@@ -161,15 +189,66 @@ impl Comparer<'_> {
                 })
     }
 
-    /// Compares the extents of two twin symbols.
-    fn compare_extents(&self, orig: SymbolId, patched: SymbolId) -> (bool, bool) {
-        let (os, oe) = self.orig.extent(orig);
-        let (ps, pe) = self.patched.extent(patched);
+    /// Says where two twin bodies first differ, for the report: the first byte, relocation
+    /// or size that differs.
+    fn explain(&self, orig: SymbolId, patched: SymbolId) -> String {
+        let (os, oe) = body(self.orig, orig);
+        let (ps, pe) = body(self.patched, patched);
         let (Some(osec), Some(psec)) = (
             self.orig.symbol(orig).section(),
             self.patched.symbol(patched).section(),
         ) else {
-            return (true, false);
+            return String::new();
+        };
+        let orig_relocations = self.orig.relocations_in(osec, os, oe);
+        let patched_relocations = self.patched.relocations_in(psec, ps, pe);
+        for (o, p) in orig_relocations.iter().zip(patched_relocations) {
+            let (ot, pt) = (self.orig.resolve(o), self.patched.resolve(p));
+            if o.offset - os != p.offset - ps || o.r_type != p.r_type || !self.same_target(ot, pt) {
+                return format!(
+                    "relocation at +{:#x}: {} became {} at +{:#x}",
+                    o.offset - os,
+                    describe(self.orig, ot),
+                    describe(self.patched, pt),
+                    p.offset - ps
+                );
+            }
+        }
+        if orig_relocations.len() != patched_relocations.len() {
+            return format!(
+                "{} relocations became {}",
+                orig_relocations.len(),
+                patched_relocations.len()
+            );
+        }
+        if oe - os != pe - ps {
+            return format!("size changed ({} -> {} bytes)", oe - os, pe - ps);
+        }
+        let orig_bytes = self.orig.section(osec).data.get(os as usize..oe as usize);
+        let patched_bytes = self
+            .patched
+            .section(psec)
+            .data
+            .get(ps as usize..pe as usize);
+        match (orig_bytes, patched_bytes) {
+            (Some(a), Some(b)) => match a.iter().zip(b).position(|(x, y)| x != y) {
+                Some(at) => format!("code differs from +{at:#x}"),
+                None => String::new(),
+            },
+            _ => String::new(),
+        }
+    }
+
+    /// Compares the bodies of two twin symbols: whether they are the same, and if they differ
+    /// only in `__LINE__` immediates, those.
+    fn compare_extents(&self, orig: SymbolId, patched: SymbolId) -> (bool, Option<Vec<LineShift>>) {
+        let (os, oe) = body(self.orig, orig);
+        let (ps, pe) = body(self.patched, patched);
+        let (Some(osec), Some(psec)) = (
+            self.orig.symbol(orig).section(),
+            self.patched.symbol(patched).section(),
+        ) else {
+            return (true, None);
         };
         let orig_section = self.orig.section(osec);
         let patched_section = self.patched.section(psec);
@@ -179,42 +258,116 @@ impl Comparer<'_> {
         if orig_section.is_nobits() || patched_section.is_nobits() {
             let same =
                 orig_section.is_nobits() == patched_section.is_nobits() && oe - os == pe - ps;
-            return (same && relocations_same, false);
+            return (same && relocations_same, None);
         }
         let orig_bytes = &orig_section.data[os as usize..oe as usize];
         let patched_bytes = &patched_section.data[ps as usize..pe as usize];
         if orig_bytes == patched_bytes {
-            return (relocations_same, false);
+            return (relocations_same, None);
         }
-        let line_only = relocations_same
-            && orig_bytes.len() == patched_bytes.len()
-            && only_line_numbers_differ(
-                self.patched,
-                orig_bytes,
-                patched_bytes,
-                patched_relocations,
-                ps,
-            );
-        (false, line_only)
+        if !relocations_same || orig_bytes.len() != patched_bytes.len() {
+            return (false, None);
+        }
+        let shifts = line_shifts(
+            self.patched,
+            orig_bytes,
+            patched_bytes,
+            patched_relocations,
+            ps,
+        );
+        (false, shifts)
     }
 }
 
-/// Whether every byte that differs lies in the 32-bit immediate of a `mov $imm32, %r32`
-/// (opcode `b8+r`) holding a plausible line number, in a function that calls a function taking
-/// `__LINE__` after that instruction. This is how `might_sleep()` and `printk("%d", __LINE__)`
-/// show up when lines are added above a function: `be 2a 00 00 00` becomes `be 2b 00 00 00`.
-fn only_line_numbers_differ(
+/// Whether two strings are equal, or equal but for a trailing line number: lockdep names
+/// such as `__FILE__ ":" __stringify(__LINE__)` (timers, srcu) read
+/// `kernel/printk/printk.c:99` before an edit above them and `kernel/printk/printk.c:102`
+/// after, which changes neither the code nor the data that points at them in a way that
+/// matters.
+fn same_string_but_line(orig: &[u8], patched: &[u8]) -> bool {
+    if orig == patched {
+        return true;
+    }
+    let split = |s: &'_ [u8]| -> Option<usize> {
+        let digits = s.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let colon = s.len().checked_sub(digits + 1)?;
+        (digits > 0 && s[colon] == b':').then_some(colon)
+    };
+    match (split(orig), split(patched)) {
+        (Some(a), Some(b)) => orig[..a] == patched[..b],
+        _ => false,
+    }
+}
+
+/// A relocation target for messages: `name+0x10`, a string, or `section+0x10`.
+fn describe(object: &Object, target: Target) -> String {
+    match target {
+        Target::Symbol { symbol, offset } => {
+            format!("{}{}", object.symbol(symbol).name, signed_hex(offset))
+        }
+        Target::String {
+            section,
+            string_start,
+            offset,
+        } => format!(
+            "string {:?}{}",
+            String::from_utf8_lossy(object.string_at(section, string_start)),
+            signed_hex(offset)
+        ),
+        Target::Section { section, addend } => {
+            format!("{}{}", object.section(section).name, signed_hex(addend))
+        }
+    }
+}
+
+/// `+0x10`, `-0x4`, or nothing for 0, as objdump writes addends.
+fn signed_hex(value: i64) -> String {
+    match value {
+        0 => String::new(),
+        v if v < 0 => format!("-{:#x}", v.unsigned_abs()),
+        v => format!("+{v:#x}"),
+    }
+}
+
+/// The bytes a symbol's contents are judged by: `[value, value + size)`. The padding in front
+/// (alignment and patchable-entry NOPs) belongs to the symbol's extent but is not compared,
+/// since alignment padding grows or shrinks when the previous function in a shared section
+/// (`.sched.text`) changes size. Symbols without a size are judged by their whole extent.
+fn body(object: &Object, symbol: SymbolId) -> (u64, u64) {
+    let sym = object.symbol(symbol);
+    if sym.size == 0 {
+        return object.extent(symbol);
+    }
+    (sym.value, sym.value + sym.size)
+}
+
+/// The `__LINE__` immediates in which two equally long bodies differ, if every differing
+/// byte lies in the 32-bit immediate of a `mov $imm32, %r32` (opcode `b8+r`) holding a
+/// plausible line number, followed in the code by a call to a function taking a line. This is
+/// how `might_sleep()` and `printk("%d", __LINE__)` show up when lines are added above a
+/// function: `be 2a 00 00 00` becomes `be 2d 00 00 00`.
+fn line_shifts(
     patched: &Object,
     orig_bytes: &[u8],
     patched_bytes: &[u8],
     relocations: &[Relocation],
     base: u64,
-) -> bool {
-    let calls_after = |position: usize| {
-        relocations.iter().any(|r| {
-            r.offset - base > position as u64
-                && LINE_TAKING_FUNCTIONS.contains(&patched.symbol(r.symbol).name.as_str())
-        })
+) -> Option<Vec<LineShift>> {
+    // The first call after `position` to a function known to take a line, if any.
+    let next_line_call = |position: usize| {
+        relocations
+            .iter()
+            .filter(|r| r.offset - base > position as u64)
+            .find_map(|r| {
+                let name = patched.symbol(r.symbol).name.as_str();
+                if FILE_LINE_FUNCTIONS.contains(&name) {
+                    Some(true)
+                } else if PRINTING_FUNCTIONS.contains(&name) {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
     };
     let covered_by_relocation = |start: usize, end: usize| {
         relocations.iter().any(|r| {
@@ -227,6 +380,7 @@ fn only_line_numbers_differ(
             .get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
+    let mut shifts = Vec::new();
     let mut index = 0;
     while index < orig_bytes.len() {
         if orig_bytes[index] == patched_bytes[index] {
@@ -238,26 +392,58 @@ fn only_line_numbers_differ(
                 && orig_bytes[p] == patched_bytes[p]
                 && p + 5 > index
                 && p + 5 <= orig_bytes.len()
-        });
-        let Some(opcode) = opcode else {
-            return false;
-        };
-        let (Some(old), Some(new)) = (
-            immediate(orig_bytes, opcode + 1),
-            immediate(patched_bytes, opcode + 1),
-        ) else {
-            return false;
-        };
-        if old >= 1 << 20
-            || new >= 1 << 20
-            || covered_by_relocation(opcode + 1, opcode + 5)
-            || !calls_after(opcode)
-        {
-            return false;
+        })?;
+        let old = immediate(orig_bytes, opcode + 1)?;
+        let new = immediate(patched_bytes, opcode + 1)?;
+        if old >= 1 << 20 || new >= 1 << 20 || covered_by_relocation(opcode + 1, opcode + 5) {
+            return None;
         }
+        let certain = next_line_call(opcode)?;
+        shifts.push(LineShift {
+            delta: i64::from(new) - i64::from(old),
+            certain,
+        });
         index = opcode + 5;
     }
-    true
+    Some(shifts)
+}
+
+/// How far lines moved according to the bug tables: for each WARN/BUG site in a function
+/// present in both objects, at the same offset in it, the new line minus the old one.
+fn bug_table_line_deltas(orig: &Object, patched: &Object, twins: &Twins) -> BTreeSet<i64> {
+    // struct bug_entry (see special_sections): the line is the u16 at offset 8 of 12.
+    const ENTRY: u64 = 12;
+    const LINE: usize = 8;
+    let sites = |object: &Object, name_of: &dyn Fn(SymbolId) -> Option<String>| {
+        let mut lines: HashMap<(String, i64), u16> = HashMap::new();
+        for section in object.sections.iter().filter(|s| s.name == "__bug_table") {
+            for relocation in section.relocations.iter().filter(|r| r.offset % ENTRY == 0) {
+                let Target::Symbol { symbol, offset } = object.resolve(relocation) else {
+                    continue;
+                };
+                let at = (relocation.offset as usize).saturating_add(LINE);
+                let (Some(name), Some(bytes)) = (name_of(symbol), section.data.get(at..at + 2))
+                else {
+                    continue;
+                };
+                lines.insert((name, offset), u16::from_le_bytes([bytes[0], bytes[1]]));
+            }
+        }
+        lines
+    };
+    let orig_sites = sites(orig, &|s| Some(orig.symbol(s).name.clone()));
+    let patched_sites = sites(patched, &|s| {
+        twins.symbol(s).map(|o| orig.symbol(o).name.clone())
+    });
+    patched_sites
+        .iter()
+        .filter_map(|(site, &new)| {
+            orig_sites
+                .get(site)
+                .map(|&old| i64::from(new) - i64::from(old))
+        })
+        .filter(|&delta| delta != 0)
+        .collect()
 }
 
 /// Judges every function and data object of `patched` against its twin in `orig`.
@@ -289,7 +475,11 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             continue;
         };
         let section = patched.section(section_id);
-        let Some(orig_id) = twins.symbol(symbol.id) else {
+        // A twin that the original only declared (`extern`) is no twin for contents.
+        let defined_twin = twins
+            .symbol(symbol.id)
+            .filter(|&o| orig.symbol(o).section().is_some());
+        let Some(orig_id) = defined_twin else {
             status.insert(symbol.id, Status::New);
             continue;
         };
@@ -346,21 +536,28 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
     }
 
     let mut functions = Vec::new();
+    let mut line_evidence: BTreeSet<i64> = BTreeSet::new();
+    let mut unconfirmed: Vec<(usize, Vec<i64>)> = Vec::new();
     for symbol in patched
         .symbols
         .iter()
-        .filter(|s| s.kind == SymbolKind::Func)
+        .filter(|s| s.kind == SymbolKind::Func && !s.is_prefix())
     {
         let Some(section_id) = symbol.section() else {
             continue;
         };
         let section = patched.section(section_id);
-        let Some(orig_id) = twins.symbol(symbol.id) else {
+        // A twin that the original only declared (`extern`) is no twin for contents.
+        let defined_twin = twins
+            .symbol(symbol.id)
+            .filter(|&o| orig.symbol(o).section().is_some());
+        let Some(orig_id) = defined_twin else {
             functions.push(FunctionVerdict {
                 patched: symbol.id,
                 orig: None,
                 status: Status::New,
                 line_only: false,
+                difference: String::new(),
             });
             continue;
         };
@@ -369,7 +566,20 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             .section()
             .map(|s| orig.section(s).name.as_str())
             .unwrap_or("");
-        let (same, line_only) = comparer.compare_extents(orig_id, symbol.id);
+        let (same, shifts) = comparer.compare_extents(orig_id, symbol.id);
+        // Printing-only shifts are confirmed below, once all evidence is in.
+        let line_only = shifts.as_ref().is_some_and(|s| !s.is_empty());
+        if let Some(shifts) = shifts {
+            line_evidence.extend(shifts.iter().filter(|s| s.certain).map(|s| s.delta));
+            let uncertain: Vec<i64> = shifts
+                .iter()
+                .filter(|s| !s.certain)
+                .map(|s| s.delta)
+                .collect();
+            if !uncertain.is_empty() {
+                unconfirmed.push((functions.len(), uncertain));
+            }
+        }
         let verdict_status = if same || line_only {
             Status::Same
         } else {
@@ -398,12 +608,33 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
                 ),
             );
         }
+        let difference = if verdict_status == Status::Changed {
+            comparer.explain(orig_id, symbol.id)
+        } else {
+            String::new()
+        };
         functions.push(FunctionVerdict {
             patched: symbol.id,
             orig: Some(orig_id),
             status: verdict_status,
             line_only,
+            difference,
         });
+    }
+
+    // A printing call's changed immediate is a moved line only if lines moved by as much
+    // elsewhere in the object.
+    line_evidence.extend(bug_table_line_deltas(orig, patched, twins));
+    for (index, deltas) in unconfirmed {
+        let Some(delta) = deltas.iter().find(|d| !line_evidence.contains(d)) else {
+            continue;
+        };
+        let verdict = &mut functions[index];
+        verdict.status = Status::Changed;
+        verdict.line_only = false;
+        verdict.difference = format!(
+            "an immediate passed to a printing function changed by {delta}, and no line in the object moved by as much"
+        );
     }
 
     // A `.cold` part is not a function of its own: it is entered only by jumps from its parent,
@@ -419,6 +650,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
         {
             verdict.status = Status::Changed;
             verdict.line_only = false;
+            verdict.difference = "its .cold part changed".to_string();
         }
     }
     for verdict in &functions {
@@ -481,6 +713,20 @@ pub fn section_name_of(object: &Object, symbol: SymbolId) -> &str {
 #[cfg(test)]
 mod tests {
     use super::section_class;
+
+    #[test]
+    fn strings_differing_in_a_trailing_line_number_are_the_same() {
+        use super::same_string_but_line as same;
+        assert!(same(
+            b"kernel/printk/printk.c:99",
+            b"kernel/printk/printk.c:102"
+        ));
+        assert!(same(b"hello", b"hello"));
+        assert!(!same(b"hello", b"hello!"));
+        assert!(!same(b"a.c:1", b"b.c:1"));
+        assert!(!same(b"count 1", b"count 2"));
+        assert!(!same(b":1", b":"));
+    }
 
     #[test]
     fn section_classes_drop_the_symbol_name() {

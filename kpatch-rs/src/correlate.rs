@@ -63,13 +63,25 @@ pub struct NameKey {
 /// `foo.cold` stays, and a static local `count.12` becomes `count` marked as a static local.
 pub fn name_key(name: &str) -> NameKey {
     if name.starts_with('.') || !name.contains('.') {
+        let base = if name.starts_with("__UNIQUE_ID_") {
+            name.trim_end_matches(|c: char| c.is_ascii_digit())
+        } else {
+            name
+        };
         return NameKey {
-            base: name.to_string(),
+            base: base.to_string(),
             static_local: false,
         };
     }
     let parts: Vec<&str> = name.split('.').collect();
-    let mut kept: Vec<&str> = vec![parts[0]];
+    // The kernel's __UNIQUE_ID(prefix) appends __COUNTER__, which any macro use above
+    // changes: `__UNIQUE_ID_ddebug345.12` is the same static as `__UNIQUE_ID_ddebug351.12`.
+    let first = if parts[0].starts_with("__UNIQUE_ID_") {
+        parts[0].trim_end_matches(|c: char| c.is_ascii_digit())
+    } else {
+        parts[0]
+    };
+    let mut kept: Vec<&str> = vec![first];
     let mut clone_suffix_seen = false;
     for (i, part) in parts.iter().enumerate().skip(1) {
         let is_number = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
@@ -113,20 +125,41 @@ fn is_pairable(object: &Object, id: SymbolId) -> bool {
         )
 }
 
-/// For each data symbol, the functions whose code refers to it.
-fn data_users(object: &Object) -> HashMap<SymbolId, BTreeSet<SymbolId>> {
-    let mut users: HashMap<SymbolId, BTreeSet<SymbolId>> = HashMap::new();
-    for function in object.symbols.iter().filter(|s| s.kind == SymbolKind::Func) {
-        let Some(section) = function.section() else {
+/// Who uses a static local: the functions (and, in the second round, the data objects)
+/// whose contents refer to it, and the offset of the earliest such reference from the start
+/// of its referrer.
+#[derive(Debug, Default)]
+struct Users {
+    referrers: BTreeSet<SymbolId>,
+    first_use: u64,
+}
+
+/// For each data symbol, who refers to it.
+fn data_users(object: &Object, with_data_referrers: bool) -> HashMap<SymbolId, Users> {
+    let mut users: HashMap<SymbolId, Users> = HashMap::new();
+    let referrers = object.symbols.iter().filter(|s| {
+        (s.kind == SymbolKind::Func && !s.is_prefix())
+            || (with_data_referrers && s.kind == SymbolKind::Object)
+    });
+    for referrer in referrers {
+        let Some(section) = referrer.section() else {
             continue;
         };
-        let (start, end) = object.extent(function.id);
+        let (start, end) = object.extent(referrer.id);
         for relocation in object.relocations_in(section, start, end) {
-            if let Target::Symbol { symbol, .. } = object.resolve(relocation) {
-                if object.symbol(symbol).kind == SymbolKind::Object {
-                    users.entry(symbol).or_default().insert(function.id);
-                }
+            let Target::Symbol { symbol, .. } = object.resolve(relocation) else {
+                continue;
+            };
+            if object.symbol(symbol).kind != SymbolKind::Object || symbol == referrer.id {
+                continue;
             }
+            let offset = relocation.offset.saturating_sub(referrer.value);
+            let entry = users.entry(symbol).or_insert(Users {
+                referrers: BTreeSet::new(),
+                first_use: offset,
+            });
+            entry.referrers.insert(referrer.id);
+            entry.first_use = entry.first_use.min(offset);
         }
     }
     users
@@ -220,11 +253,7 @@ fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bo
                 .push(symbol.id);
         }
     }
-    let (orig_users, patched_users) = if functions {
-        (HashMap::new(), HashMap::new())
-    } else {
-        (data_users(orig), data_users(patched))
-    };
+    let mut static_groups: Vec<(Vec<SymbolId>, Vec<SymbolId>)> = Vec::new();
     // Sorting the keys keeps the pairing independent of hash order.
     let mut keys: Vec<&NameKey> = groups.keys().collect();
     keys.sort();
@@ -248,45 +277,114 @@ fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bo
                 _ => patched_left.push(p),
             }
         }
-        if !key.static_local {
-            continue;
+        if key.static_local {
+            static_groups.push((orig_left, patched_left));
         }
-        // The users of a static local, named as in the original object.
-        let orig_signature = |o: SymbolId| -> Option<BTreeSet<String>> {
-            orig_users
-                .get(&o)
-                .map(|set| set.iter().map(|&f| orig.symbol(f).name.clone()).collect())
-        };
-        let patched_signature = |p: SymbolId| -> Option<BTreeSet<String>> {
-            patched_users.get(&p).map(|set| {
-                set.iter()
-                    .map(|&f| match twins.symbol(f) {
-                        Some(o) => orig.symbol(o).name.clone(),
-                        None => format!("\0new {}", patched.symbol(f).name),
-                    })
-                    .collect()
-            })
-        };
-        let mut pairs = Vec::new();
-        for &p in &patched_left {
-            let Some(signature) = patched_signature(p) else {
-                continue;
-            };
-            let candidates: Vec<SymbolId> = orig_left
+    }
+    if !functions {
+        pair_static_locals(orig, patched, twins, &static_groups);
+    }
+}
+
+/// Pairs static locals that share a name (`count.1`, `count.2`) by use: first by the
+/// functions that refer to them, then also by the data that does (a `pr_debug` descriptor
+/// refers to its `__func__.N`), then, among those sharing their users, by the order of first
+/// use. What is left pairs by exact name, so that an object always pairs fully with itself.
+fn pair_static_locals(
+    orig: &Object,
+    patched: &Object,
+    twins: &mut Twins,
+    groups: &[(Vec<SymbolId>, Vec<SymbolId>)],
+) {
+    for with_data_referrers in [false, true] {
+        let orig_users = data_users(orig, with_data_referrers);
+        let patched_users = data_users(patched, with_data_referrers);
+        for (orig_ids, patched_ids) in groups {
+            let orig_left: Vec<SymbolId> = orig_ids
                 .iter()
                 .copied()
-                .filter(|&o| orig_signature(o).as_ref() == Some(&signature))
+                .filter(|&o| twins.patched_symbol(o).is_none())
                 .collect();
-            let rivals = patched_left
+            let patched_left: Vec<SymbolId> = patched_ids
                 .iter()
-                .filter(|&&q| patched_signature(q).as_ref() == Some(&signature))
-                .count();
-            if let ([o], 1) = (candidates.as_slice(), rivals) {
-                pairs.push((*o, p));
+                .copied()
+                .filter(|&p| twins.symbol(p).is_none())
+                .collect();
+            if orig_left.is_empty() || patched_left.is_empty() {
+                continue;
+            }
+            // Who uses each static, named as in the original object; computed before this
+            // group pairs anything, since pairing changes twins.
+            let signature_in =
+                |object: &Object, users: &HashMap<SymbolId, Users>, id, patched_side| {
+                    users.get(&id).map(|u| {
+                        let names: BTreeSet<String> = u
+                            .referrers
+                            .iter()
+                            .map(|&r| match (patched_side, twins.symbol(r)) {
+                                (false, _) => object.symbol(r).name.clone(),
+                                (true, Some(o)) => orig.symbol(o).name.clone(),
+                                (true, None) => format!("\0new {}", object.symbol(r).name),
+                            })
+                            .collect();
+                        (names, u.first_use)
+                    })
+                };
+            let orig_signatures: Vec<(SymbolId, BTreeSet<String>, u64)> = orig_left
+                .iter()
+                .filter_map(|&o| signature_in(orig, &orig_users, o, false).map(|(n, f)| (o, n, f)))
+                .collect();
+            let patched_signatures: Vec<(SymbolId, BTreeSet<String>, u64)> = patched_left
+                .iter()
+                .filter_map(|&p| {
+                    signature_in(patched, &patched_users, p, true).map(|(n, f)| (p, n, f))
+                })
+                .collect();
+            let mut signatures: Vec<&BTreeSet<String>> =
+                patched_signatures.iter().map(|(_, n, _)| n).collect();
+            signatures.sort();
+            signatures.dedup();
+            let mut pairs = Vec::new();
+            for signature in signatures {
+                let by_first_use = |list: &[(SymbolId, BTreeSet<String>, u64)]| {
+                    let mut same: Vec<(u64, SymbolId)> = list
+                        .iter()
+                        .filter(|(_, n, _)| n == signature)
+                        .map(|(id, _, first)| (*first, *id))
+                        .collect();
+                    same.sort();
+                    same
+                };
+                let orig_same = by_first_use(&orig_signatures);
+                let patched_same = by_first_use(&patched_signatures);
+                let distinct = |l: &[(u64, SymbolId)]| l.windows(2).all(|w| w[0].0 != w[1].0);
+                // One each: the users say it all. Several each, as many on both sides, used at
+                // distinct places: the order of first use says it.
+                if orig_same.len() == patched_same.len()
+                    && (orig_same.len() == 1 || (distinct(&orig_same) && distinct(&patched_same)))
+                {
+                    for (&(_, o), &(_, p)) in orig_same.iter().zip(&patched_same) {
+                        pairs.push((o, p));
+                    }
+                }
+            }
+            for (o, p) in pairs {
+                twins.pair(o, p);
             }
         }
-        for (o, p) in pairs {
-            twins.pair(o, p);
+    }
+    for (orig_ids, patched_ids) in groups {
+        for &p in patched_ids {
+            if twins.symbol(p).is_some() {
+                continue;
+            }
+            let name = &patched.symbol(p).name;
+            if let Some(&o) = orig_ids
+                .iter()
+                .find(|&&o| twins.patched_symbol(o).is_none() && &orig.symbol(o).name == name)
+            {
+                twins.pair(o, p);
+            }
         }
     }
 }
@@ -318,6 +416,8 @@ mod tests {
         check("__already_done.17", "__already_done", true);
         check(".LC0", ".LC0", false);
         check("__func__.0", "__func__", true);
+        check("__UNIQUE_ID_ddebug345.12", "__UNIQUE_ID_ddebug", true);
+        check("__UNIQUE_ID_ddebug345", "__UNIQUE_ID_ddebug", false);
     }
 
     #[test]

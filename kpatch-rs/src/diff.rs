@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::compare::{self, Status};
 use crate::correlate;
-use crate::elf::{Binding, ElfError, Object, SymbolKind};
+use crate::elf::{Binding, ElfError, Object, SymbolId, SymbolKind};
 use crate::include;
 use crate::output;
 use crate::report::{FunctionReport, Outcome, Reference, Replaced, Report, Resolution};
@@ -32,6 +32,8 @@ pub enum DiffError {
 pub struct Pair<'a> {
     /// How messages name the object (usually its path relative to the kernel tree).
     pub name: &'a str,
+    /// How errors about the original file name it (its path, say).
+    pub orig_name: &'a str,
     pub orig: &'a [u8],
     pub patched: &'a [u8],
     /// The binary the object belongs to: `vmlinux` or a module name.
@@ -47,7 +49,7 @@ pub struct DiffOutput {
 
 /// Diffs one pair.
 pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
-    let orig = Object::parse(&format!("{} (original)", pair.name), pair.orig)?;
+    let orig = Object::parse(pair.orig_name, pair.orig)?;
     let mut patched = Object::parse(pair.name, pair.patched)?;
     patched.name = pair.name.to_string();
     let twins = correlate::correlate(&orig, &patched);
@@ -71,12 +73,14 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         }
         functions.push(FunctionReport {
             name: symbol.name.clone(),
+            symbol: output::function_alias(pair.name, &symbol.name),
             status: verdict.status,
             section,
             replaces: verdict.orig.map(|o| Replaced {
                 name: orig.symbol(o).name.clone(),
                 object: pair.target.to_string(),
             }),
+            difference: verdict.difference.clone(),
         });
     }
 
@@ -149,12 +153,21 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         object: pair.name.to_string(),
         message: e.to_string(),
     })?;
-    let object = output::write_object(&orig, &patched, &twins, &inclusion, &metadata).map_err(
-        |message| DiffError::Write {
+    let aliases: Vec<(SymbolId, String)> = comparison
+        .functions
+        .iter()
+        .filter(|v| v.status != Status::Same)
+        .filter(|v| correlate::cold_parent(&patched.symbol(v.patched).name).is_none())
+        .map(|v| {
+            let name = &patched.symbol(v.patched).name;
+            (v.patched, output::function_alias(pair.name, name))
+        })
+        .collect();
+    let object = output::write_object(&orig, &patched, &twins, &inclusion, &aliases, &metadata)
+        .map_err(|message| DiffError::Write {
             object: pair.name.to_string(),
             message,
-        },
-    )?;
+        })?;
     Ok(DiffOutput {
         report,
         object: Some(object),

@@ -67,6 +67,13 @@ pub struct Symbol {
 }
 
 impl Symbol {
+    /// objtool's `__pfx_foo` (and kCFI's `__cfi_foo`) name the padding in front of `foo`: part
+    /// of `foo`, not a function of their own.
+    pub fn is_prefix(&self) -> bool {
+        self.kind == SymbolKind::Func
+            && (self.name.starts_with("__pfx_") || self.name.starts_with("__cfi_"))
+    }
+
     /// The section this symbol is defined in, if any.
     pub fn section(&self) -> Option<SectionId> {
         match self.placement {
@@ -78,6 +85,8 @@ impl Symbol {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Relocation {
+    /// The section the relocation applies to.
+    pub section: SectionId,
     /// Offset of the relocated field inside the section it applies to.
     pub offset: u64,
     pub r_type: u32,
@@ -377,7 +386,18 @@ impl Object {
             });
         }
         if symbols.is_empty() {
-            return Err(fail("object has no symbol table".into()));
+            // An object without a symbol table (a bare note, say) is valid and defines nothing;
+            // keep the null symbol that index 0 always means.
+            symbols.push(Symbol {
+                id: SymbolId(0),
+                name: String::new(),
+                kind: SymbolKind::NoType,
+                binding: Binding::Local,
+                placement: Placement::Undefined,
+                value: 0,
+                size: 0,
+                other: 0,
+            });
         }
 
         for (index, raw) in section_table.enumerate() {
@@ -429,6 +449,7 @@ impl Object {
                     )));
                 }
                 relocations.push(Relocation {
+                    section: SectionId(target),
                     offset,
                     r_type,
                     symbol: SymbolId(symbol),
@@ -442,7 +463,7 @@ impl Object {
 
         let mut symbols_by_section = vec![Vec::new(); sections.len()];
         for symbol in &symbols {
-            if matches!(symbol.kind, SymbolKind::Func | SymbolKind::Object) {
+            if matches!(symbol.kind, SymbolKind::Func | SymbolKind::Object) && !symbol.is_prefix() {
                 if let Some(section) = symbol.section() {
                     symbols_by_section[section.0].push(symbol.id);
                 }
@@ -472,14 +493,6 @@ impl Object {
         &self.symbols_by_section[section.0]
     }
 
-    /// The section's symbol (`STT_SECTION`), if the object has one.
-    pub fn section_symbol(&self, section: SectionId) -> Option<SymbolId> {
-        self.symbols
-            .iter()
-            .find(|s| s.kind == SymbolKind::Section && s.section() == Some(section))
-            .map(|s| s.id)
-    }
-
     /// The byte range `[start, end)` a function or object owns in its section. With
     /// `-fpatchable-function-entry=16,16` the 16 padding bytes sit before the symbol, so a
     /// function owns everything from the end of the previous symbol in the section (or the
@@ -490,28 +503,18 @@ impl Object {
             return (0, 0);
         };
         let list = self.symbols_in(section);
-        let position = list.iter().position(|&id| id == symbol);
-        let start = match position {
-            Some(0) | None => 0,
-            Some(i) => {
-                // Aliases at the same value share one extent, starting after the previous
-                // distinct symbol.
-                let mut j = i;
-                while j > 0 && self.symbol(list[j - 1]).value == sym.value {
-                    j -= 1;
-                }
-                if j == 0 {
-                    0
-                } else {
-                    let previous = self.symbol(list[j - 1]);
-                    (previous.value + previous.size).min(sym.value)
-                }
+        // Symbols are sorted by value: those before `first_at` lie before this one, those from
+        // `first_after` on after it (aliases at the same value share one extent).
+        let first_at = list.partition_point(|&id| self.symbol(id).value < sym.value);
+        let first_after = list.partition_point(|&id| self.symbol(id).value <= sym.value);
+        let start = match first_at.checked_sub(1) {
+            None => 0,
+            Some(previous) => {
+                let previous = self.symbol(list[previous]);
+                (previous.value + previous.size).min(sym.value)
             }
         };
-        let is_last = list
-            .iter()
-            .all(|&id| self.symbol(id).value <= sym.value || id == symbol);
-        let end = if is_last {
+        let end = if first_after >= list.len() {
             self.section(section).size
         } else {
             sym.value + sym.size
@@ -534,8 +537,18 @@ impl Object {
     /// the covering function or object, and string references into string contents.
     pub fn resolve(&self, relocation: &Relocation) -> Target {
         let sym = self.symbol(relocation.symbol);
-        let addend = relocation.addend;
-        if sym.kind != SymbolKind::Section {
+        // A local label such as `.LC4` (gas keeps those that inline assembly names, as in
+        // the bug table's `.long .LC4 - .`) is renumbered between compilations just like an
+        // offset; resolve it like a section-relative reference.
+        let is_local_label = sym.kind == SymbolKind::NoType
+            && sym.binding == Binding::Local
+            && sym.section().is_some();
+        let addend = if is_local_label {
+            relocation.addend.saturating_add(sym.value as i64)
+        } else {
+            relocation.addend
+        };
+        if sym.kind != SymbolKind::Section && !is_local_label {
             return Target::Symbol {
                 symbol: sym.id,
                 offset: addend,
@@ -548,7 +561,13 @@ impl Object {
             };
         };
         let section = self.section(section_id);
-        let bias = pc_relative_bias(relocation.r_type);
+        // Only instructions end after their displacement; a table's `.long 1b - .` points
+        // straight at its target.
+        let bias = if self.section(relocation.section).is_exec() {
+            pc_relative_bias(relocation.r_type)
+        } else {
+            0
+        };
         let location = addend.saturating_add(bias);
         if section.is_string_merge() {
             let at = u64::try_from(location.max(0))
@@ -573,15 +592,26 @@ impl Object {
             })
         };
         let list = self.symbols_in(section_id);
-        let found = covering(location).or_else(|| covering(addend)).or({
-            // With -ffunction-sections there is one symbol per section; an address just past
-            // it (an array end) or just before it still refers to it.
-            if list.len() == 1 {
-                Some(list[0])
-            } else {
-                None
-            }
-        });
+        // An address in the padding before a function (the patchable-entry NOPs that
+        // `__patchable_function_entries` points at) belongs to the function that follows.
+        let owning = |address: i64| {
+            list.iter().copied().find(|&id| {
+                let (start, end) = self.extent(id);
+                address >= start as i64 && address < end as i64
+            })
+        };
+        let found = covering(location)
+            .or_else(|| covering(addend))
+            .or_else(|| owning(addend))
+            .or({
+                // With -ffunction-sections there is one symbol per section; an address just past
+                // it (an array end) or just before it still refers to it.
+                if list.len() == 1 {
+                    Some(list[0])
+                } else {
+                    None
+                }
+            });
         match found {
             Some(id) => Target::Symbol {
                 symbol: id,

@@ -2,8 +2,8 @@
 //! output, and which symbols the output refers to in the original binary instead.
 //!
 //! Changed and new functions are the roots. Each of their relocations is followed: a changed or
-//! new function, a function's `.cold` part, new data, changed read-only data, dynamic debug
-//! descriptors, strings and anonymous constants are copied; everything else that exists in the
+//! new function, a function's `.cold` part, new data, local or changed read-only data, dynamic
+//! debug descriptors, strings and anonymous constants are copied; everything else that exists in the
 //! original (unchanged functions, all existing writable data, which holds live state) stays
 //! where it is and is referenced by name. Special section entries follow their code.
 
@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compare::{Comparison, Status};
 use crate::correlate::cold_parent;
-use crate::elf::{Object, Placement, SectionId, SymbolId, SymbolKind, Target};
-use crate::special_sections::{self, Table};
+use crate::elf::{Binding, Object, Placement, SectionId, SymbolId, SymbolKind, Target};
+use crate::special_sections;
 
 /// What goes into the output object.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +76,13 @@ impl Closure<'_> {
         if self.inclusion.add_piece(section, start, end) {
             self.pending.push((section, start, end));
         }
+        // Aliases at the same address come along, so references to them reach the copy.
+        let value = self.patched.symbol(symbol).value;
+        for &alias in self.patched.symbols_in(section) {
+            if self.patched.symbol(alias).value == value {
+                self.inclusion.symbols.insert(alias);
+            }
+        }
     }
 
     fn include_whole_section(&mut self, section: SectionId) {
@@ -96,12 +103,18 @@ impl Closure<'_> {
         };
         let status = self.comparison.status.get(&symbol).copied();
         match sym.kind {
+            SymbolKind::Func if sym.is_prefix() => false,
             SymbolKind::Func => status != Some(Status::Same) || cold_parent(&sym.name).is_some(),
             SymbolKind::Object => {
+                let read_only = !self.patched.section(section).is_write()
+                    && !self.patched.section(section).is_nobits();
+                // Local read-only data (a `__func__` string, a const table) holds no state, so
+                // a copy is as good as the original and needs no livepatch relocation, which
+                // matters in sections the kernel reads before those are applied (`__dyndbg`).
                 status == Some(Status::New)
                     || special_sections::is_dyndbg(&self.patched.section(section).name)
-                    || (status == Some(Status::Changed)
-                        && !self.patched.section(section).is_write())
+                    || (read_only
+                        && (status == Some(Status::Changed) || sym.binding == Binding::Local))
             }
             _ => true,
         }
@@ -141,14 +154,9 @@ impl Closure<'_> {
         }
     }
 
-    /// The code address an entry's code field points at.
-    fn entry_code_address(
-        &self,
-        table: &Table,
-        section: SectionId,
-        index: u64,
-    ) -> Option<(SectionId, u64)> {
-        let field = index * table.entry_size + table.code_field;
+    /// The address the relocation of the field at `field` in `section` points at (data
+    /// fields such as `.long 1b - .` carry no PC bias).
+    fn field_address(&self, section: SectionId, field: u64) -> Option<(SectionId, u64)> {
         let relocation = self
             .patched
             .relocations_in(section, field, field + 1)
@@ -157,6 +165,28 @@ impl Closure<'_> {
         let target_section = symbol.section()?;
         let address = (symbol.value as i64).checked_add(relocation.addend)?;
         Some((target_section, u64::try_from(address).ok()?))
+    }
+
+    /// Copies the replacement code of one kept alternative: `length` bytes (read from the
+    /// entry) at the address its replacement field points at.
+    fn include_replacement(&mut self, table: SectionId, entry: u64, field: u64, length_byte: u64) {
+        let Some((section, address)) = self.field_address(table, entry + field) else {
+            return;
+        };
+        let length = self
+            .patched
+            .section(table)
+            .data
+            .get((entry + length_byte) as usize)
+            .copied()
+            .unwrap_or(0);
+        let end = address
+            .saturating_add(u64::from(length))
+            .min(self.patched.section(section).size);
+        let start = address.min(end);
+        if self.inclusion.add_piece(section, start, end) {
+            self.pending.push((section, start, end));
+        }
     }
 
     /// Keeps the entries of special tables whose code is copied, and follows what they need.
@@ -177,12 +207,20 @@ impl Closure<'_> {
                 {
                     continue;
                 }
+                let start = index * table.entry_size;
                 let Some((code_section, address)) =
-                    self.entry_code_address(table, section.id, index)
+                    self.field_address(section.id, start + table.code_field)
                 else {
                     continue;
                 };
-                if !self.inclusion.covers(code_section, address) {
+                // objtool ends each section's ORC with an entry at the section's end address;
+                // it belongs to the code before it.
+                let section_end = self.patched.section(code_section).size;
+                let covered = self.inclusion.covers(code_section, address)
+                    || (address > 0
+                        && address == section_end
+                        && self.inclusion.covers(code_section, address - 1));
+                if !covered {
                     continue;
                 }
                 self.inclusion
@@ -191,11 +229,16 @@ impl Closure<'_> {
                     .or_default()
                     .insert(index);
                 progress = true;
-                let start = index * table.entry_size;
                 for relocation in
                     self.patched
                         .relocations_in(section.id, start, start + table.entry_size)
                 {
+                    if let Some((field, length_byte)) = table.replacement {
+                        if relocation.offset == start + field {
+                            self.include_replacement(section.id, start, field, length_byte);
+                            continue;
+                        }
+                    }
                     let target = self.patched.resolve(relocation);
                     self.follow(target);
                 }

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod diff_command;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kpatch-rs",
@@ -19,7 +21,7 @@ struct Cli {
 enum Command {
     /// Diff an original and a patched object (create-diff-object): report changed and new
     /// functions and write an object holding them and what they need.
-    Diff(DiffArgs),
+    Diff(diff_command::DiffArgs),
     /// Build a livepatch module from patch files against a kernel source tree.
     Build(BuildArgs),
     /// Show a livepatch module's objects, functions, sympos and livepatch relocations.
@@ -90,26 +92,6 @@ struct BuildArgs {
     patches: Vec<std::path::PathBuf>,
 }
 
-#[derive(Debug, clap::Args)]
-struct DiffArgs {
-    /// The object built from the original source.
-    orig: std::path::PathBuf,
-    /// The same object built from the patched source.
-    patched: std::path::PathBuf,
-    /// Where to write the output object (nothing is written without it).
-    #[arg(short, long)]
-    output: Option<std::path::PathBuf>,
-    /// Print the report as one JSON document on stdout.
-    #[arg(long)]
-    json: bool,
-    /// The binary the object is linked into: `vmlinux` or a module name.
-    #[arg(long, default_value = "vmlinux")]
-    target: String,
-    /// How messages name the object (default: the patched path as given).
-    #[arg(long)]
-    name: Option<String>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -128,7 +110,7 @@ fn main() -> ExitCode {
                 ExitCode::from(kpatch_rs::exit::ERROR)
             }
         },
-        Some(Command::Diff(args)) => exit_code(run_diff(&args)),
+        Some(Command::Diff(args)) => exit_code(diff_command::run(&args)),
         Some(Command::Build(args)) => run_build(args),
         Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
     }
@@ -140,52 +122,6 @@ fn exit_code(result: anyhow::Result<u8>) -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(kpatch_rs::exit::ERROR)
-        }
-    }
-}
-
-fn run_diff(args: &DiffArgs) -> anyhow::Result<u8> {
-    use anyhow::Context;
-    use kpatch_rs::report::Outcome;
-
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let orig = read(&args.orig)?;
-    let patched = read(&args.patched)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| args.patched.display().to_string());
-    let result = kpatch_rs::diff::diff(&kpatch_rs::diff::Pair {
-        name: &name,
-        orig: &orig,
-        patched: &patched,
-        target: &args.target,
-    })?;
-    let stdout = &mut std::io::stdout().lock();
-    if args.json {
-        result.report.write_json(stdout)?;
-    } else {
-        result.report.write_human(stdout)?;
-    }
-    match result.report.outcome {
-        Outcome::Changed => {
-            if let (Some(path), Some(bytes)) = (&args.output, &result.object) {
-                std::fs::write(path, bytes)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            Ok(kpatch_rs::exit::SUCCESS)
-        }
-        Outcome::NoChange => {
-            eprintln!("{name}: the objects differ in no function");
-            Ok(kpatch_rs::exit::NO_CHANGE)
-        }
-        Outcome::Unpatchable => {
-            for refusal in &result.report.refusals {
-                eprintln!("error: {refusal}");
-            }
-            Ok(kpatch_rs::exit::UNPATCHABLE)
         }
     }
 }

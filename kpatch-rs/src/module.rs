@@ -50,7 +50,7 @@ pub struct KlpFunction {
     pub old_name: String,
     /// Which of several same-named symbols in the target (0 when the name is unique).
     pub old_sympos: u64,
-    /// The global symbol of the replacement in the linked module.
+    /// The global symbol of the replacement in the linked module (the diff's alias).
     pub new_symbol: String,
 }
 
@@ -186,48 +186,44 @@ fn c_string(text: &str) -> String {
     out
 }
 
+/// An asm label for `symbol`, quoted for the assembler, which would otherwise read the `/` and
+/// `.` of `kpatch_rs.fs/proc/cmdline.o.f` as operators.
+fn asm_label(symbol: &str) -> String {
+    c_string(&format!("\"{symbol}\""))
+}
+
 /// Renders the module's C source.
 pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
     module.validate()?;
     let mut objects: Vec<&KlpObject> = module.objects.iter().collect();
     objects.sort_by(|a, b| a.target.cmp(&b.target));
 
+    // The replacements and callbacks are reached by their symbols in the linked objects,
+    // whose names (`kpatch_rs.fs/proc/cmdline.o.cmdline_proc_show`) are no C identifiers:
+    // each gets a plain C name bound to the symbol with an asm label.
     let mut declarations = String::new();
     let mut tables = String::new();
     let mut entries = String::new();
+    let mut next_function = 0usize;
+    let mut next_callback = 0usize;
     for object in objects {
         let ident = c_identifier(&object.target);
-        for function in &object.functions {
-            let _ = writeln!(declarations, "extern char {}[];", function.new_symbol);
-        }
-        let callbacks = &object.callbacks;
-        if let Some(symbol) = &callbacks.pre_patch {
-            let _ = writeln!(declarations, "extern int {symbol}(struct klp_object *obj);");
-        }
-        for symbol in [
-            &callbacks.post_patch,
-            &callbacks.pre_unpatch,
-            &callbacks.post_unpatch,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let _ = writeln!(
-                declarations,
-                "extern void {symbol}(struct klp_object *obj);"
-            );
-        }
-
         let _ = writeln!(
             tables,
             "\nstatic struct klp_func kpatch_funcs_{ident}[] = {{"
         );
         for function in &object.functions {
+            let c_name = format!("kpatch_new_{next_function}");
+            next_function += 1;
+            let _ = writeln!(
+                declarations,
+                "extern char {c_name}[] __asm__({});",
+                asm_label(&function.new_symbol)
+            );
             let _ = writeln!(
                 tables,
-                "\t{{\n\t\t.old_name = {},\n\t\t.new_func = {},\n\t\t.old_sympos = {},\n\t}},",
+                "\t{{\n\t\t.old_name = {},\n\t\t.new_func = {c_name},\n\t\t.old_sympos = {},\n\t}},",
                 c_string(&function.old_name),
-                function.new_symbol,
                 function.old_sympos
             );
         }
@@ -241,18 +237,28 @@ pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
             entries,
             "\t{{\n\t\t.name = {name},\n\t\t.funcs = kpatch_funcs_{ident},"
         );
+        let callbacks = &object.callbacks;
         let callback_fields = [
-            ("pre_patch", &callbacks.pre_patch),
-            ("post_patch", &callbacks.post_patch),
-            ("pre_unpatch", &callbacks.pre_unpatch),
-            ("post_unpatch", &callbacks.post_unpatch),
+            ("pre_patch", "int", &callbacks.pre_patch),
+            ("post_patch", "void", &callbacks.post_patch),
+            ("pre_unpatch", "void", &callbacks.pre_unpatch),
+            ("post_unpatch", "void", &callbacks.post_unpatch),
         ];
-        if callback_fields.iter().any(|(_, symbol)| symbol.is_some()) {
+        if callback_fields
+            .iter()
+            .any(|(_, _, symbol)| symbol.is_some())
+        {
             entries.push_str("\t\t.callbacks = {\n");
-            for (field, symbol) in callback_fields {
-                if let Some(symbol) = symbol {
-                    let _ = writeln!(entries, "\t\t\t.{field} = {symbol},");
-                }
+            for (field, returns, symbol) in callback_fields {
+                let Some(symbol) = symbol else { continue };
+                let c_name = format!("kpatch_callback_{next_callback}");
+                next_callback += 1;
+                let _ = writeln!(
+                    declarations,
+                    "extern {returns} {c_name}(struct klp_object *obj) __asm__({});",
+                    asm_label(symbol)
+                );
+                let _ = writeln!(entries, "\t\t\t.{field} = {c_name},");
             }
             entries.push_str("\t\t},\n");
         }
@@ -277,7 +283,7 @@ mod tests {
         KlpFunction {
             old_name: old_name.to_string(),
             old_sympos: sympos,
-            new_symbol: format!("__kpatch_new_{index}"),
+            new_symbol: format!("kpatch_rs.fs/proc/x.o.f{index}"),
         }
     }
 
@@ -292,8 +298,8 @@ mod tests {
                     target: Target::Module("kpatch_test_mod".to_string()),
                     functions: vec![function("test_mod_show", 0, 1)],
                     callbacks: Callbacks {
-                        pre_patch: Some("__kpatch_callback_0".to_string()),
-                        post_unpatch: Some("__kpatch_callback_1".to_string()),
+                        pre_patch: Some("kpatch_rs.m.o.pre".to_string()),
+                        post_unpatch: Some("kpatch_rs.m.o.post".to_string()),
                         ..Callbacks::default()
                     },
                 },
@@ -308,15 +314,15 @@ mod tests {
         let start = source.find("extern char").expect("declarations");
         let end = source.find("static struct klp_patch").expect("patch");
         expect![[r#"
-            extern char __kpatch_new_0[];
-            extern char __kpatch_new_1[];
-            extern int __kpatch_callback_0(struct klp_object *obj);
-            extern void __kpatch_callback_1(struct klp_object *obj);
+            extern char kpatch_new_0[] __asm__("\"kpatch_rs.fs/proc/x.o.f0\"");
+            extern char kpatch_new_1[] __asm__("\"kpatch_rs.fs/proc/x.o.f1\"");
+            extern int kpatch_callback_0(struct klp_object *obj) __asm__("\"kpatch_rs.m.o.pre\"");
+            extern void kpatch_callback_1(struct klp_object *obj) __asm__("\"kpatch_rs.m.o.post\"");
 
             static struct klp_func kpatch_funcs_vmlinux[] = {
             	{
             		.old_name = "cmdline_proc_show",
-            		.new_func = __kpatch_new_0,
+            		.new_func = kpatch_new_0,
             		.old_sympos = 2,
             	},
             	{ }
@@ -325,7 +331,7 @@ mod tests {
             static struct klp_func kpatch_funcs_kpatch_test_mod[] = {
             	{
             		.old_name = "test_mod_show",
-            		.new_func = __kpatch_new_1,
+            		.new_func = kpatch_new_1,
             		.old_sympos = 0,
             	},
             	{ }
@@ -340,8 +346,8 @@ mod tests {
             		.name = "kpatch_test_mod",
             		.funcs = kpatch_funcs_kpatch_test_mod,
             		.callbacks = {
-            			.pre_patch = __kpatch_callback_0,
-            			.post_unpatch = __kpatch_callback_1,
+            			.pre_patch = kpatch_callback_0,
+            			.post_unpatch = kpatch_callback_1,
             		},
             	},
             	{ }

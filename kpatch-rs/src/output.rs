@@ -17,9 +17,19 @@ use object::{
 };
 
 use crate::correlate::Twins;
-use crate::elf::{Binding, Object, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{pc_relative_bias, Binding, Object, SectionId, SymbolId, SymbolKind, Target};
 use crate::include::Inclusion;
 use crate::special_sections;
+
+/// Prefix of the global alias every changed or new function gets in the output:
+/// `kpatch_rs.<object>.<function>`, e.g. `kpatch_rs.fs/proc/cmdline.o.cmdline_proc_show`.
+/// C reaches it with `extern int f(...) __asm__("kpatch_rs.fs/proc/cmdline.o.f");`.
+pub const FUNCTION_ALIAS_PREFIX: &str = "kpatch_rs.";
+
+/// The alias of `function` from `object`.
+pub fn function_alias(object: &str, function: &str) -> String {
+    format!("{FUNCTION_ALIAS_PREFIX}{object}.{function}")
+}
 
 /// Name of the section that carries the diff metadata (one NUL-terminated JSON document per
 /// diffed object; `ld -r` concatenates them).
@@ -27,12 +37,12 @@ pub const METADATA_SECTION: &str = ".kpatch.diff";
 
 /// Where an old section offset went in the output.
 #[derive(Debug, Default)]
-struct Placement {
+struct Layout {
     /// `(old_start, old_end, new_start)` for each copied range.
     ranges: Vec<(u64, u64, u64)>,
 }
 
-impl Placement {
+impl Layout {
     fn map(&self, offset: u64) -> Option<u64> {
         self.ranges
             .iter()
@@ -40,13 +50,13 @@ impl Placement {
             .map(|&(start, _, new_start)| new_start + (offset - start))
     }
 
-    /// Like [`Placement::map`], also accepting the end of a range (a symbol or label placed
+    /// Like [`Layout::map`], also accepting the end of a range (a symbol or label placed
     /// right after the copied bytes).
     fn map_inclusive(&self, offset: u64) -> Option<u64> {
         self.map(offset).or_else(|| {
             self.ranges
                 .iter()
-                .find(|&&(start, end, _)| offset == end && end > start)
+                .find(|&&(_, end, _)| offset == end)
                 .map(|&(start, _, new_start)| new_start + (offset - start))
         })
     }
@@ -58,11 +68,12 @@ pub fn write_object(
     patched: &Object,
     twins: &Twins,
     inclusion: &Inclusion,
+    aliases: &[(SymbolId, String)],
     metadata: &[u8],
 ) -> Result<Vec<u8>, String> {
     let mut out = write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
     let mut out_sections: HashMap<SectionId, write::SectionId> = HashMap::new();
-    let mut placements: HashMap<SectionId, Placement> = HashMap::new();
+    let mut layouts: HashMap<SectionId, Layout> = HashMap::new();
 
     // Sections in the patched object's order, so the output does not depend on hash order.
     let mut copied: BTreeMap<SectionId, Vec<(u64, u64)>> = inclusion.pieces.clone();
@@ -103,6 +114,8 @@ pub fn write_object(
         };
         let out_id = out.add_section(Vec::new(), section.name.as_bytes().to_vec(), kind);
         let mut sh_flags = section.flags;
+        // Section groups are not written, so no section may claim to be in one.
+        sh_flags &= !elf::SHF_GROUP.0;
         if section.is_merge() && !section.is_string_merge() {
             // The writer records entry sizes only for strings; without one, merging is invalid,
             // and copies of constants need no merging.
@@ -113,7 +126,7 @@ pub fn write_object(
             sh_flags: elf::SectionFlags(sh_flags),
         };
         let align = section.align.max(1);
-        let mut placement = Placement::default();
+        let mut layout = Layout::default();
         let mut data: Vec<u8> = Vec::new();
         let mut size: u64 = 0;
         for &(start, end) in ranges {
@@ -128,7 +141,7 @@ pub fn write_object(
                 data.extend_from_slice(&section.data[start as usize..end as usize]);
             }
             size = new_start + (end - start);
-            placement.ranges.push((start, end, new_start));
+            layout.ranges.push((start, end, new_start));
         }
         if section.is_nobits() {
             out.append_section_bss(out_id, size, align);
@@ -136,7 +149,7 @@ pub fn write_object(
             out.set_section_data(out_id, data, align);
         }
         out_sections.insert(section_id, out_id);
-        placements.insert(section_id, placement);
+        layouts.insert(section_id, layout);
     }
 
     // Defined symbols: every function and object in copied bytes.
@@ -146,12 +159,12 @@ pub fn write_object(
         let Some(section) = symbol.section() else {
             continue;
         };
-        let (Some(&out_section), Some(placement)) =
-            (out_sections.get(&section), placements.get(&section))
+        let (Some(&out_section), Some(layout)) =
+            (out_sections.get(&section), layouts.get(&section))
         else {
             continue;
         };
-        let Some(value) = placement.map_inclusive(symbol.value) else {
+        let Some(value) = layout.map_inclusive(symbol.value) else {
             continue;
         };
         let id = out.add_symbol(WriteSymbol {
@@ -176,14 +189,50 @@ pub fn write_object(
         out_symbols.insert(symbol_id, id);
     }
 
+    // A global alias per changed or new function, so the module generator can name a static
+    // function of any object without clashes (see FUNCTION_ALIAS_PREFIX).
+    for (symbol_id, alias) in aliases {
+        let Some(&defined) = out_symbols.get(symbol_id) else {
+            return Err(format!("function {alias} was not copied"));
+        };
+        let original = out.symbol(defined);
+        let symbol = WriteSymbol {
+            name: alias.as_bytes().to_vec(),
+            value: original.value,
+            size: original.size,
+            kind: original.kind,
+            scope: SymbolScope::Dynamic,
+            weak: false,
+            section: original.section,
+            flags: SymbolFlags::None,
+        };
+        out.add_symbol(symbol);
+    }
+
     // Relocations of every copied range.
     let mut undefined: HashMap<String, write::SymbolId> = HashMap::new();
     for (&section_id, ranges) in &copied {
-        let out_section = out_sections[&section_id];
-        let placement = &placements[&section_id];
+        let (Some(&out_section), Some(layout)) =
+            (out_sections.get(&section_id), layouts.get(&section_id))
+        else {
+            return Err(format!(
+                "section {} was not laid out",
+                patched.section(section_id).name
+            ));
+        };
+        // Instructions refer to their target minus the bytes after the displacement; table
+        // fields (`.long 6641f - .`) refer to it directly.
+        let bias_for = |r_type: u32| {
+            if patched.section(section_id).is_exec() {
+                pc_relative_bias(r_type)
+            } else {
+                0
+            }
+        };
         for &(start, end) in ranges {
             for relocation in patched.relocations_in(section_id, start, end) {
-                let Some(offset) = placement.map(relocation.offset) else {
+                let bias = bias_for(relocation.r_type);
+                let Some(offset) = layout.map(relocation.offset) else {
                     continue;
                 };
                 let (symbol, addend) = match patched.resolve(relocation) {
@@ -191,7 +240,29 @@ pub fn write_object(
                         symbol,
                         offset: delta,
                     } => {
-                        if let Some(&out_symbol) = out_symbols.get(&symbol) {
+                        // A reference the assembler wrote through a section symbol (or a local
+                        // label) stays one: objtool reads `jmp .text.foo+0x40b` in replacement
+                        // code as a jump inside foo but `jmp foo+0x3fb` as a sibling call, and
+                        // requires section symbols in its annotations.
+                        let written = patched.symbol(relocation.symbol);
+                        let section_relative = written.kind == SymbolKind::Section
+                            || (written.kind == SymbolKind::NoType
+                                && written.binding == Binding::Local
+                                && written.section().is_some());
+                        let through_section = section_relative
+                            .then(|| {
+                                let section = written.section()?;
+                                let raw = (written.value as i64).checked_add(relocation.addend)?;
+                                let layout = layouts.get(&section)?;
+                                let mapped = mapped_addend(layout, raw, bias)?;
+                                Some((*out_sections.get(&section)?, mapped))
+                            })
+                            .flatten();
+                        if let (Some(&_), Some((out_target, mapped))) =
+                            (out_symbols.get(&symbol), through_section)
+                        {
+                            (out.section_symbol(out_target), mapped)
+                        } else if let Some(&out_symbol) = out_symbols.get(&symbol) {
                             (out_symbol, delta)
                         } else {
                             let sym = patched.symbol(symbol);
@@ -200,7 +271,7 @@ pub fn write_object(
                             {
                                 // A label in a copied section: point at the copy.
                                 let address = sym.value as i64 + delta;
-                                let mapped = placements.get(&section).and_then(|p| {
+                                let mapped = layouts.get(&section).and_then(|p| {
                                     p.map_inclusive(u64::try_from(address.max(0)).unwrap_or(0))
                                 });
                                 match (out_sections.get(&section), mapped) {
@@ -240,9 +311,18 @@ pub fn write_object(
                             }
                         }
                     }
-                    Target::String { section, .. } | Target::Section { section, .. } => {
-                        let (Some(&out_target), Some(placement)) =
-                            (out_sections.get(&section), placements.get(&section))
+                    target @ (Target::String { section, .. } | Target::Section { section, .. }) => {
+                        let section_addend = match target {
+                            Target::String {
+                                string_start,
+                                offset,
+                                ..
+                            } => string_start as i64 + offset,
+                            Target::Section { addend, .. } => addend,
+                            Target::Symbol { offset, .. } => offset,
+                        };
+                        let (Some(&out_target), Some(layout)) =
+                            (out_sections.get(&section), layouts.get(&section))
                         else {
                             return Err(format!(
                                 "relocation at {}+{:#x} refers to section {}, which was not copied",
@@ -251,14 +331,28 @@ pub fn write_object(
                                 patched.section(section).name
                             ));
                         };
-                        // Whole sections are copied at offset 0, so addends stay valid; check it.
-                        if placement.map_inclusive(0) != Some(0) {
-                            return Err(format!(
-                                "section {} was copied in parts but is referenced without a symbol",
-                                patched.section(section).name
-                            ));
-                        }
-                        (out.section_symbol(out_target), relocation.addend)
+                        // A section copied whole keeps its offsets, even for addends outside
+                        // it (`lea .LC0-4(%rip)`); one copied in parts (replacement code of
+                        // kept alternatives) maps the referenced address.
+                        let whole = layout.ranges.len() == 1
+                            && layout.ranges[0] == (0, patched.section(section).size, 0);
+                        let addend = if whole {
+                            section_addend
+                        } else {
+                            match mapped_addend(layout, section_addend, bias) {
+                                Some(mapped) => mapped,
+                                None => {
+                                    return Err(format!(
+                                        "relocation at {}+{:#x} refers to {}+{:#x}, which was not copied",
+                                        patched.section(section_id).name,
+                                        relocation.offset,
+                                        patched.section(section).name,
+                                        section_addend
+                                    ))
+                                }
+                            }
+                        };
+                        (out.section_symbol(out_target), addend)
                     }
                 };
                 out.add_relocation(
@@ -295,7 +389,58 @@ pub fn write_object(
         sh_type: elf::SHT_PROGBITS,
         sh_flags: elf::SectionFlags(0),
     };
-    out.write().map_err(|e| format!("cannot write ELF: {e}"))
+    let mut bytes = out.write().map_err(|e| format!("cannot write ELF: {e}"))?;
+    link_ordered_sections(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Sets `sh_link` of `SHF_LINK_ORDER` sections (`__patchable_function_entries`), which
+/// `object::write` leaves 0, to the section their entries point into, as gas does. Without
+/// it `ld` refuses to link the object with any other that has ordered entries ("has both
+/// ordered and unordered sections").
+fn link_ordered_sections(bytes: &mut [u8]) -> Result<(), String> {
+    let object = Object::parse("output", bytes).map_err(|e| e.to_string())?;
+    let mut links = Vec::new();
+    for section in &object.sections {
+        if section.flags & elf::SHF_LINK_ORDER.0 == 0 {
+            continue;
+        }
+        let target = section
+            .relocations
+            .first()
+            .and_then(|r| object.symbol(r.symbol).section());
+        if let Some(target) = target {
+            links.push((section.id.0, target.0 as u32));
+        }
+    }
+    // The ELF64 header keeps e_shoff at offset 40; each 64-byte section header keeps
+    // sh_link at offset 40.
+    let section_headers = u64::from_le_bytes(
+        bytes
+            .get(40..48)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("output has no ELF header")?,
+    ) as usize;
+    for (index, link) in links {
+        let at = section_headers + index * 64 + 40;
+        let field = bytes
+            .get_mut(at..at + 4)
+            .ok_or("output section header out of range")?;
+        field.copy_from_slice(&link.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// The addend that makes a relocation reach, in the output, the copy of what `addend` (plus
+/// `bias`, the bytes after an instruction's displacement) reached in the input.
+fn mapped_addend(layout: &Layout, addend: i64, bias: i64) -> Option<i64> {
+    let with = |b: i64| {
+        let address = u64::try_from(addend.checked_add(b)?).ok()?;
+        layout
+            .map_inclusive(address)
+            .map(|mapped| mapped as i64 - b)
+    };
+    with(bias).or_else(|| with(0))
 }
 
 /// Padding between copied code ranges is `int3`, so that stray execution traps.

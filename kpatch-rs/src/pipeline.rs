@@ -366,6 +366,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     // Read the object pairs and their targets.
     let mut inputs = Vec::new();
     for object in &objects {
+        let orig_name = format!("{} (original)", object.display());
         let cmd = fs::read_to_string(targets::cmd_file(&original_build.output, object))
             .unwrap_or_default();
         let target = targets::attribute(&cmd);
@@ -379,12 +380,19 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             "object",
             "see the build log",
         )?;
-        inputs.push((object.display().to_string(), target, orig, patched));
+        inputs.push((
+            object.display().to_string(),
+            orig_name,
+            target,
+            orig,
+            patched,
+        ));
     }
     let pairs: Vec<Pair<'_>> = inputs
         .iter()
-        .map(|(name, target, orig, patched)| Pair {
+        .map(|(name, orig_name, target, orig, patched)| Pair {
             name,
+            orig_name,
             orig,
             patched,
             target: target.klp_name(),
@@ -395,7 +403,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
 
     let mut refusals = Vec::new();
     let mut diffed = Vec::new();
-    for (result, (name, target, orig, _)) in results.into_iter().zip(&inputs) {
+    for (result, (name, _, target, orig, _)) in results.into_iter().zip(&inputs) {
         let output = result.map_err(|e| BuildError::Diff(e.to_string()))?;
         match output.report.outcome {
             Outcome::Unpatchable => {
@@ -437,7 +445,6 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let mut klp_objects: BTreeMap<Target, KlpObject> = BTreeMap::new();
     let mut linked_inputs = Vec::new();
     let mut summaries = Vec::new();
-    let mut next_alias = 0usize;
     for (index, (name, target, orig_bytes, output)) in diffed.into_iter().enumerate() {
         let Some(object_bytes) = output.object.clone() else {
             summaries.push(ObjectSummary {
@@ -524,9 +531,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             );
         }
 
-        let prepared = prepare::prepare_object(&name, &object_bytes, &output.report, next_alias)
+        let prepared = prepare::prepare_object(&name, &object_bytes, &output.report)
             .map_err(|e| BuildError::Module(e.to_string()))?;
-        next_alias += prepared.functions.len();
         let (linkable, _) = klp_records::convert_references(&name, &prepared.object, &klp_names)
             .map_err(|e| BuildError::Module(e.to_string()))?;
         let path = module_dir.join(format!("patched-{index}.o"));

@@ -1,10 +1,10 @@
 //! Prepare: make a diff output linkable into the livepatch module.
 //!
-//! A replacement function usually keeps the original's local name (`cmdline_proc_show`), which
-//! the generated module source cannot name, so each one gets a global alias
-//! `__kpatch_new_<n>` at the same place. Callbacks registered with `kpatch-macros.h` sit as
-//! pointers in `.kpatch.callbacks.<kind>` sections; each pointed-to function gets an alias
-//! `__kpatch_callback_<n>` for the module's `klp_callbacks`, and the sections are dropped.
+//! The diff gives every changed and new function a global alias (`kpatch_rs.<object>.<name>`)
+//! that the generated source can name; this step pairs each replacement with the function it
+//! replaces, and reads the callbacks registered with `kpatch-macros.h`: pointers in
+//! `.kpatch.callbacks.<kind>` sections, which become the `klp_object`'s callbacks (by the
+//! pointed-to function's alias). Those sections and the diff's metadata section are dropped.
 
 use object::build::elf::{Builder, SectionData, SymbolId};
 use object::elf;
@@ -27,19 +27,18 @@ pub enum PrepareError {
 pub struct Prepared {
     /// The object's new bytes.
     pub object: Vec<u8>,
-    /// For each replaced function: the original's name and the replacement's alias.
+    /// For each replaced function: the original's name and the replacement's symbol.
     pub functions: Vec<(String, String)>,
     /// The callbacks the object registers, by alias.
     pub callbacks: Callbacks,
 }
 
-/// Adds the aliases and drops the callback sections; aliases are numbered from
-/// `first_alias` so that several objects of one module do not collide.
+/// Reads the replacements and callbacks of one diff output and drops the sections that must
+/// not reach the module.
 pub fn prepare_object(
     name: &str,
     object: &[u8],
     report: &Report,
-    first_alias: usize,
 ) -> Result<Prepared, PrepareError> {
     let error = |reason: String| PrepareError::Object {
         object: name.to_string(),
@@ -47,26 +46,16 @@ pub fn prepare_object(
     };
     let mut builder = Builder::read(object).map_err(|e| error(e.to_string()))?;
 
-    link_ordered_sections(&mut builder);
-
-    let mut functions = Vec::new();
-    for function in &report.functions {
-        let Some(replaced) = &function.replaces else {
-            continue;
-        };
-        let symbol = find_function(&builder, &function.name).ok_or_else(|| {
-            error(format!(
-                "the replacement of {} has no function symbol",
-                replaced.name
-            ))
-        })?;
-        let alias = format!("__kpatch_new_{}", first_alias + functions.len());
-        add_alias(&mut builder, symbol, &alias);
-        functions.push((replaced.name.clone(), alias));
-    }
+    let functions: Vec<(String, String)> = report
+        .functions
+        .iter()
+        .filter_map(|function| {
+            let replaced = function.replaces.as_ref()?;
+            Some((replaced.name.clone(), function.symbol.clone()))
+        })
+        .collect();
 
     let mut callbacks = Callbacks::default();
-    let mut callback_count = 0usize;
     let callback_sections: Vec<_> = builder
         .sections
         .iter()
@@ -101,9 +90,18 @@ pub fn prepare_object(
                     "a {section_name} entry does not point at a function"
                 ))
             })?;
-            let alias = format!("__kpatch_callback_{}", first_alias + callback_count);
-            callback_count += 1;
-            add_alias(&mut builder, function, &alias);
+            let function_name =
+                String::from_utf8_lossy(builder.symbols.get(function).name.as_slice()).into_owned();
+            let alias = report
+                .functions
+                .iter()
+                .find(|f| f.name == function_name)
+                .map(|f| f.symbol.clone())
+                .ok_or_else(|| {
+                    error(format!(
+                        "callback {function_name} is not among the diff's functions"
+                    ))
+                })?;
             let slot = match kind {
                 "pre_patch" => &mut callbacks.pre_patch,
                 "post_patch" => &mut callbacks.post_patch,
@@ -147,45 +145,6 @@ pub fn prepare_object(
     })
 }
 
-/// Points each `SHF_LINK_ORDER` section (`__patchable_function_entries`) at the code section
-/// its entries describe, read from its relocations. The linker refuses to merge such sections
-/// with ordered ones from other objects unless every one names its linked section.
-fn link_ordered_sections(builder: &mut Builder<'_>) {
-    let mut links = Vec::new();
-    for section in builder.sections.iter() {
-        if section.sh_flags.0 & elf::SHF_LINK_ORDER.0 == 0 || section.sh_link_section.is_some() {
-            continue;
-        }
-        let target = builder
-            .sections
-            .iter()
-            .filter(|rela| rela.sh_info_section == Some(section.id()))
-            .filter_map(|rela| match &rela.data {
-                SectionData::Relocation(relocations) => relocations.first(),
-                _ => None,
-            })
-            .find_map(|relocation| builder.symbols.get(relocation.symbol?).section);
-        if let Some(target) = target {
-            links.push((section.id(), target));
-        }
-    }
-    for (section, target) in links {
-        builder.sections.get_mut(section).sh_link_section = Some(target);
-    }
-}
-
-fn find_function(builder: &Builder<'_>, name: &str) -> Option<SymbolId> {
-    builder
-        .symbols
-        .iter()
-        .find(|s| {
-            s.name.as_slice() == name.as_bytes()
-                && s.st_type() == elf::STT_FUNC
-                && s.section.is_some()
-        })
-        .map(|s| s.id())
-}
-
 /// The function a pointer relocation designates: the symbol itself, or for a section symbol
 /// (the assembler's way of referencing a local function) the function at `addend` in it.
 fn resolve_function(builder: &Builder<'_>, symbol: SymbolId, addend: i64) -> Option<SymbolId> {
@@ -205,17 +164,4 @@ fn resolve_function(builder: &Builder<'_>, symbol: SymbolId, addend: i64) -> Opt
             s.section == Some(section) && s.st_type() == elf::STT_FUNC && s.st_value == offset
         })
         .map(|s| s.id())
-}
-
-fn add_alias(builder: &mut Builder<'_>, target: SymbolId, alias: &str) {
-    let (section, value, size) = {
-        let symbol = builder.symbols.get(target);
-        (symbol.section, symbol.st_value, symbol.st_size)
-    };
-    let symbol = builder.symbols.add();
-    symbol.name = alias.as_bytes().to_vec().into();
-    symbol.set_st_info(elf::STB_GLOBAL, elf::STT_FUNC);
-    symbol.section = section;
-    symbol.st_value = value;
-    symbol.st_size = size;
 }

@@ -27,10 +27,15 @@ pub enum Outcome {
 pub struct FunctionReport {
     /// The function's name in the output object.
     pub name: String,
+    /// Its global alias in the output object (`kpatch_rs.<object>.<name>`), which the module
+    /// generator uses as `new_func` even when the function itself is static.
+    pub symbol: String,
     pub status: Status,
     pub section: String,
     /// For a changed function: the function it replaces, named as in the original object.
     pub replaces: Option<Replaced>,
+    /// For a changed function: where it first differs, e.g. `code differs from +0x1c`.
+    pub difference: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -119,7 +124,15 @@ impl Report {
                 Status::New => "new",
                 Status::Same => "same",
             };
-            writeln!(out, "  {status:8} {} ({})", function.name, function.section)?;
+            if function.difference.is_empty() {
+                writeln!(out, "  {status:8} {} ({})", function.name, function.section)?;
+            } else {
+                writeln!(
+                    out,
+                    "  {status:8} {} ({}): {}",
+                    function.name, function.section, function.difference
+                )?;
+            }
         }
         for name in &self.line_only {
             writeln!(out, "  same     {name} (only __LINE__ values differ)")?;

@@ -21,6 +21,9 @@ pub struct Table {
     /// For `.orc_unwind_ip`: the section whose entries run in parallel with this one's
     /// (`.orc_unwind`, entry size given) and carry no relocations of their own.
     pub parallel: Option<(&'static str, u64)>,
+    /// For `.altinstructions`: the field that points at replacement code and the offset of
+    /// the byte holding its length, so only the kept entries' replacements are copied.
+    pub replacement: Option<(u64, u64)>,
 }
 
 const fn table(name: &'static str, entry_size: u64) -> Table {
@@ -29,6 +32,7 @@ const fn table(name: &'static str, entry_size: u64) -> Table {
         entry_size,
         code_field: 0,
         parallel: None,
+        replacement: None,
     }
 }
 
@@ -40,7 +44,13 @@ pub const TABLES: &[Table] = &[
     // struct jump_entry: code, target (s32 each), key (long).
     table("__jump_table", 16),
     // struct alt_instr (packed): instr_offset, repl_offset, ft_flags, instrlen, replacementlen.
-    table(".altinstructions", 14),
+    Table {
+        name: ".altinstructions",
+        entry_size: 14,
+        code_field: 0,
+        parallel: None,
+        replacement: Some((4, 13)),
+    },
     // struct exception_table_entry: insn, fixup, data (int each).
     table("__ex_table", 12),
     // struct static_call_site: addr, key (s32 each).
@@ -61,6 +71,22 @@ pub const TABLES: &[Table] = &[
     table(".kpatch.callbacks.post_patch", 8),
     table(".kpatch.callbacks.pre_unpatch", 8),
     table(".kpatch.callbacks.post_unpatch", 8),
+    // objtool's annotations (include/linux/objtool.h, instrumentation.h, nospec-branch.h):
+    // one `.long` per annotated instruction. Kbuild runs objtool on the livepatch module, which
+    // needs them for the copied code as much as vmlinux did (a WARN's ud2 is followed by an
+    // instruction `.discard.reachable` marks as reachable).
+    table(".discard.reachable", 4),
+    table(".discard.unreachable", 4),
+    table(".discard.noendbr", 4),
+    table(".discard.retpoline_safe", 4),
+    table(".discard.instr_begin", 4),
+    table(".discard.instr_end", 4),
+    table(".discard.intra_function_calls", 4),
+    table(".discard.validate_unret", 4),
+    // struct unwind_hint: ip (s32), sp_offset (s16), sp_reg, type, signal (u8), padded to 4.
+    table(".discard.unwind_hints", 12),
+    // STACK_FRAME_NON_STANDARD: a pointer to the function.
+    table(".discard.func_stack_frame_non_standard", 8),
     // ORC: s32 relative instruction addresses, and in `.orc_unwind` the parallel 6-byte
     // struct orc_entry (sp_offset, bp_offset s16, then 16 bits of flags).
     Table {
@@ -68,6 +94,7 @@ pub const TABLES: &[Table] = &[
         entry_size: 4,
         code_field: 0,
         parallel: Some((".orc_unwind", 6)),
+        replacement: None,
     },
 ];
 

@@ -212,3 +212,33 @@ fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
         stderr(&result)
     );
 }
+
+#[test]
+fn a_kpatch_macros_callback_becomes_the_objects_callback() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let result = build(&kernel, dir.path(), &[], &[fixture("callback.patch")]);
+    assert!(result.status.success(), "build failed: {}", stderr(&result));
+    let inspect = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["inspect", "--json"])
+        .arg(dir.path().join("livepatch-callback.ko"))
+        .output()
+        .expect("run inspect");
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let object = &inspection["patch"]["objects"][0];
+    assert_eq!(object["target"], "vmlinux");
+    assert_eq!(
+        object["callbacks"]["post_patch"],
+        "kpatch_rs.fs/proc/cmdline.o.kpatch_demo_post_patch"
+    );
+    assert!(object["callbacks"]["pre_patch"].is_null());
+    // The callback is new code the module carries, not a function it replaces.
+    let replaced: Vec<&str> = object["functions"]
+        .as_array()
+        .expect("functions")
+        .iter()
+        .map(|f| f["old_name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(replaced, ["cmdline_proc_show"]);
+}

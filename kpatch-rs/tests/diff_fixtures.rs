@@ -5,8 +5,7 @@ mod common;
 
 use kpatch_rs::compare::Status;
 use kpatch_rs::diff::{diff, Pair};
-use kpatch_rs::elf::{Object, Placement, SymbolKind};
-use kpatch_rs::report::{Outcome, Report};
+use kpatch_rs::report::Outcome;
 
 /// What one fixture pair must produce.
 #[derive(Debug)]
@@ -35,14 +34,20 @@ const NOTHING: Expect = Expect {
 };
 
 fn check(name: &str, expect: Expect) {
+    checked_diff(name, expect);
+}
+
+/// Like [`check`], returning the diff for further assertions (`None` when gcc is missing).
+fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_rs::diff::DiffOutput> {
     if !common::have_tool("gcc") {
-        return;
+        return None;
     }
     let orig = common::compile_fixture(name, "orig");
     let patched = common::compile_fixture(name, "patched");
     let object_name = format!("{name}.o");
     let result = diff(&Pair {
         name: &object_name,
+        orig_name: "original",
         orig: &orig,
         patched: &patched,
         target: "vmlinux",
@@ -68,6 +73,13 @@ fn check(name: &str, expect: Expect) {
         context()
     );
     assert_eq!(report.line_only, expect.line_only, "{name} line-only");
+    for function in &report.functions {
+        assert_eq!(
+            function.difference.is_empty(),
+            function.status == Status::New,
+            "{name}: a changed function says where it differs, a new one does not: {function:?}"
+        );
+    }
     let refusals: Vec<String> = report.refusals.iter().map(ToString::to_string).collect();
     assert_eq!(refusals, expect.refusals, "{name} refusals");
     assert_eq!(report.data, expect.data, "{name} data:\n{}", context());
@@ -87,83 +99,15 @@ fn check(name: &str, expect: Expect) {
         );
     }
     match (&result.object, report.outcome) {
-        (Some(object), Outcome::Changed) => check_output(name, object, report),
+        (Some(object), Outcome::Changed) => {
+            common::check_output(name, object, report);
+            common::check_relocations_preserved(name, &patched, object, report);
+        }
         (None, Outcome::Changed) => panic!("{name}: changed but no output object"),
         (Some(_), _) => panic!("{name}: output object without a change"),
         (None, _) => {}
     }
-}
-
-/// The output object must read back, define every changed and new function, leave every
-/// reference undefined, carry the metadata, and satisfy readelf, objdump and `ld -r`.
-fn check_output(name: &str, bytes: &[u8], report: &Report) {
-    let object = Object::parse("output", bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-    for function in &report.functions {
-        let symbol = object
-            .symbols
-            .iter()
-            .find(|s| s.name == function.name)
-            .unwrap_or_else(|| panic!("{name}: output lacks {}", function.name));
-        assert_eq!(symbol.kind, SymbolKind::Func, "{name}: {}", function.name);
-        assert!(
-            matches!(symbol.placement, Placement::Section(_)),
-            "{name}: {} is not defined in the output",
-            function.name
-        );
-    }
-    for reference in &report.references {
-        let symbol = object
-            .symbols
-            .iter()
-            .find(|s| s.name == reference.name)
-            .unwrap_or_else(|| panic!("{name}: output lacks reference {}", reference.name));
-        assert_eq!(
-            symbol.placement,
-            Placement::Undefined,
-            "{name}: {}",
-            reference.name
-        );
-    }
-    let metadata = object
-        .sections
-        .iter()
-        .find(|s| s.name == kpatch_rs::output::METADATA_SECTION)
-        .unwrap_or_else(|| panic!("{name}: no metadata section"));
-    let json = metadata
-        .data
-        .strip_suffix(&[0])
-        .expect("metadata is NUL-terminated");
-    let parsed: serde_json::Value = serde_json::from_slice(json).expect("metadata is JSON");
-    assert_eq!(parsed["object"], format!("{name}.o"));
-
-    if !common::have_tool("ld") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("out.o");
-    std::fs::write(&path, bytes).expect("write output");
-    common::binutils_clean("readelf", &["-aW"], &path);
-    let disassembly = common::binutils_clean("objdump", &["-dr"], &path);
-    for function in &report.functions {
-        assert!(
-            disassembly.contains(&format!("<{}>:", function.name)),
-            "{name}: objdump shows no {}",
-            function.name
-        );
-    }
-    let linked = dir.path().join("linked.o");
-    let output = std::process::Command::new("ld")
-        .arg("-r")
-        .arg("-o")
-        .arg(&linked)
-        .arg(&path)
-        .output()
-        .expect("run ld");
-    assert!(
-        output.status.success() && output.stderr.is_empty(),
-        "{name}: ld -r failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    Some(result)
 }
 
 #[test]
@@ -260,7 +204,7 @@ fn strings_compare_by_content() {
 #[test]
 fn special_section_entries_follow_their_code() {
     // Both functions have one entry in each table; only the changed one's are kept.
-    check(
+    let result = checked_diff(
         "special",
         Expect {
             changed: &["checked"],
@@ -276,6 +220,17 @@ fn special_section_entries_follow_their_code() {
             ..NOTHING
         },
     );
+    // Only the kept alternative's replacement (one 3-byte lfence of two) is copied.
+    let Some(object) = result.and_then(|r| r.object) else {
+        return;
+    };
+    let object = kpatch_rs::elf::Object::parse("output", &object).expect("output reads back");
+    let replacement = object
+        .sections
+        .iter()
+        .find(|s| s.name == ".altinstr_replacement")
+        .expect("replacement code copied");
+    assert_eq!(replacement.data, [0x0f, 0xae, 0xe8]);
 }
 
 #[test]
@@ -335,6 +290,106 @@ fn symbol_moved_between_sections_is_refused() {
             outcome: Outcome::Unpatchable,
             changed: &["rarely_called"],
             refusals: &["cannot patch moved.o: function rarely_called moved from section .text.rarely_called to section .text.unlikely.rarely_called"],
+            ..NOTHING
+        },
+    );
+}
+
+/// The names of the functions and objects an output object defines.
+fn defined_symbols(output: Option<kpatch_rs::diff::DiffOutput>) -> Option<Vec<String>> {
+    let bytes = output?.object?;
+    let object = kpatch_rs::elf::Object::parse("output", &bytes).expect("output reads back");
+    Some(
+        object
+            .symbols
+            .iter()
+            .filter(|s| s.section().is_some() && !s.name.is_empty())
+            .filter(|s| {
+                matches!(
+                    s.kind,
+                    kpatch_rs::elf::SymbolKind::Func | kpatch_rs::elf::SymbolKind::Object
+                )
+            })
+            .map(|s| s.name.clone())
+            .collect(),
+    )
+}
+
+#[test]
+fn changed_read_only_data_is_copied_with_its_users() {
+    // `limits` is const: its users get a new copy; `first_limit` does not use it.
+    check(
+        "rodata_changed",
+        Expect {
+            changed: &["limit_for"],
+            data: &["limits"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn one_function_of_a_shared_section_is_cut_out() {
+    // wait_a, wait_b and wait_c share .sched.text; wait_b shrinks, which moves wait_c, yet
+    // only wait_b is changed and only it is copied (with its own ftrace entries).
+    let result = checked_diff(
+        "shared_section",
+        Expect {
+            changed: &["wait_b"],
+            entries: &[("__mcount_loc", 1), ("__patchable_function_entries", 1)],
+            ..NOTHING
+        },
+    );
+    if let Some(defined) = defined_symbols(result) {
+        assert_eq!(defined, ["wait_b", "kpatch_rs.shared_section.o.wait_b"]);
+    }
+}
+
+#[test]
+fn dynamic_debug_descriptors_are_copied_for_included_code() {
+    // probe's pr_debug format changed; its descriptor (and the function name it points at)
+    // is copied so the module registers its own, and only probe's jump entry is kept.
+    let result = checked_diff(
+        "dyndbg",
+        Expect {
+            changed: &["probe"],
+            data: &["descriptor.3", "__func__.1"],
+            entries: &[("__jump_table", 1)],
+            ..NOTHING
+        },
+    );
+    if let Some(defined) = defined_symbols(result) {
+        assert_eq!(
+            defined,
+            [
+                "descriptor.3",
+                "__func__.1",
+                "probe",
+                "kpatch_rs.dyndbg.o.probe"
+            ]
+        );
+    }
+}
+
+#[test]
+fn data_moved_between_sections_is_refused() {
+    // Giving a zero-initialised static a value moves it from .bss to .data.
+    check(
+        "data_moved",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            refusals: &["cannot patch data_moved.o: data symbol mode moved from section .bss.mode to section .data.mode"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn a_changed_constant_passed_to_printk_is_a_change() {
+    check(
+        "printk_constant",
+        Expect {
+            changed: &["report_retries"],
             ..NOTHING
         },
     );

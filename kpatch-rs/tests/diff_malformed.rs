@@ -119,6 +119,30 @@ fn an_executable_is_rejected() {
 }
 
 #[test]
+fn a_malformed_original_is_named_by_its_own_path() {
+    let Some(good) = compiled() else { return };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (bad_path, good_path) = (dir.path().join("orig.o"), dir.path().join("patched.o"));
+    std::fs::write(&bad_path, b"garbage").expect("write");
+    std::fs::write(&good_path, &good).expect("write");
+    let output = kpatch_rs()
+        .arg("diff")
+        .arg(&bad_path)
+        .arg(&good_path)
+        .output()
+        .expect("run kpatch-rs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot read {}: not an ELF file",
+            bad_path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_missing_file_is_an_error() {
     let output = kpatch_rs()
         .args(["diff", "/nonexistent/a.o", "/nonexistent/b.o"])
@@ -140,6 +164,7 @@ fn no_corruption_panics() {
     let run = |orig: &[u8], patched: &[u8]| {
         let _ = diff(&Pair {
             name: "corrupt.o",
+            orig_name: "original",
             orig,
             patched,
             target: "vmlinux",
@@ -213,4 +238,58 @@ fn exit_codes_follow_the_outcome() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains(
         "error: cannot patch lib/data_value.o: data symbol threshold in section .data.threshold changed its initial value"
     ));
+}
+
+#[test]
+fn several_pairs_diff_in_one_call() {
+    if !common::have_tool("gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let write = |name: &str, fixture: &str, variant: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, common::compile_fixture(fixture, variant)).expect("write");
+        path
+    };
+    let paths = [
+        write("changed.orig.o", "changed", "orig"),
+        write("changed.o", "changed", "patched"),
+        write("same.orig.o", "same", "orig"),
+        write("same.o", "same", "patched"),
+    ];
+    let out = dir.path().join("out");
+    let run = kpatch_rs()
+        .arg("diff")
+        .args(&paths)
+        .arg("-o")
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .expect("run kpatch-rs");
+    // One pair changed, one did not: the call as a whole did its job.
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&run.stdout).expect("one JSON array");
+    assert_eq!(reports[0]["outcome"], "changed");
+    assert_eq!(reports[1]["outcome"], "no-change");
+    assert!(
+        out.join("changed.o").is_file(),
+        "output of the changed pair"
+    );
+    assert!(
+        !out.join("same.o").exists(),
+        "no output for an unchanged pair"
+    );
+
+    let odd = kpatch_rs()
+        .arg("diff")
+        .args(&paths[..3])
+        .output()
+        .expect("run kpatch-rs");
+    assert_eq!(odd.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&odd.stderr).contains("takes pairs of objects"));
 }

@@ -43,6 +43,11 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     // The kernel comes before the unit tests: `kpatch-rs build`'s tests build against it.
     let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
+    // The diff's kernel tests read object pairs built from that kernel's source.
+    step(
+        "kernel fixtures",
+        cmd!(sh, "cargo xtask fixtures").run().map_err(Into::into),
+    );
     // The unit tests run with CI set, so a test that lacks a tool fails instead of skipping.
     step(
         "unit tests",

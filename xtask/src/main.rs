@@ -5,6 +5,7 @@
 mod ci;
 mod demo;
 mod deps;
+mod fixtures;
 mod guest;
 mod kernel;
 mod process;
@@ -25,6 +26,8 @@ commands:
   qemu-test run the livepatch selftests and tests/ scenarios in QEMU
             [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
             [--only selftests|scenarios]
+
+  fixtures  build the kernel object pairs of fixtures/kernel/*.patch for the diff tests
 ";
 
 /// Errors are printed as one chain of causes, without the backtrace that anyhow's default
@@ -51,6 +54,8 @@ fn dispatch() -> Result<()> {
         "deps" => deps::run(rest),
         "kernel" => kernel::run(rest),
         "qemu-test" => qemu_test::run(rest),
+
+        "fixtures" => fixtures::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

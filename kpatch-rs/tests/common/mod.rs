@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kpatch_rs::elf::{Object, Placement, SymbolKind};
+use kpatch_rs::report::Report;
+
 /// The x86_64 code-generation flags of a Linux 6.12 object as Kbuild compiles it (taken from a
 /// real `.o.cmd` file of the test kernel), at -O2 as distributions build, plus
 /// `-ffunction-sections -fdata-sections` as kpatch-rs builds. Warnings and include paths are
@@ -128,4 +131,152 @@ pub fn binutils_clean(tool: &str, args: &[&str], path: &Path) -> String {
         path.display()
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The output object must read back, define every changed and new function, leave every
+/// reference undefined, carry the metadata, and satisfy readelf, objdump and `ld -r`.
+pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
+    let object = Object::parse("output", bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for function in &report.functions {
+        let symbol = object
+            .symbols
+            .iter()
+            .find(|s| s.name == function.name)
+            .unwrap_or_else(|| panic!("{name}: output lacks {}", function.name));
+        assert_eq!(symbol.kind, SymbolKind::Func, "{name}: {}", function.name);
+        assert!(
+            matches!(symbol.placement, Placement::Section(_)),
+            "{name}: {} is not defined in the output",
+            function.name
+        );
+    }
+    for function in &report.functions {
+        let alias = object
+            .symbols
+            .iter()
+            .find(|s| s.name == function.symbol)
+            .unwrap_or_else(|| panic!("{name}: output lacks alias {}", function.symbol));
+        assert_eq!(alias.kind, SymbolKind::Func, "{name}: {}", function.symbol);
+        assert_eq!(
+            alias.binding,
+            kpatch_rs::elf::Binding::Global,
+            "{name}: {}",
+            function.symbol
+        );
+    }
+    for reference in &report.references {
+        let symbol = object
+            .symbols
+            .iter()
+            .find(|s| s.name == reference.name)
+            .unwrap_or_else(|| panic!("{name}: output lacks reference {}", reference.name));
+        assert_eq!(
+            symbol.placement,
+            Placement::Undefined,
+            "{name}: {}",
+            reference.name
+        );
+    }
+    let metadata = object
+        .sections
+        .iter()
+        .find(|s| s.name == kpatch_rs::output::METADATA_SECTION)
+        .unwrap_or_else(|| panic!("{name}: no metadata section"));
+    let json = metadata
+        .data
+        .strip_suffix(&[0])
+        .expect("metadata is NUL-terminated");
+    let parsed: serde_json::Value = serde_json::from_slice(json).expect("metadata is JSON");
+    assert_eq!(parsed["object"], report.object.as_str());
+
+    if !have_tool("ld") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("out.o");
+    std::fs::write(&path, bytes).expect("write output");
+    binutils_clean("readelf", &["-aW"], &path);
+    let disassembly = binutils_clean("objdump", &["-dr"], &path);
+    for function in &report.functions {
+        // objdump labels an address with one of its names; the alias is global and wins.
+        assert!(
+            disassembly.contains(&format!("<{}>:", function.name))
+                || disassembly.contains(&format!("<{}>:", function.symbol)),
+            "{name}: objdump shows no {}",
+            function.name
+        );
+    }
+    // Linked with an ordinary object of the same flags, as the module generator will, so
+    // that ordered sections (`__patchable_function_entries`) must agree.
+    let other = dir.path().join("other.o");
+    std::fs::write(&other, compile_fixture("same", "orig")).expect("write other object");
+    let linked = dir.path().join("linked.o");
+    let output = std::process::Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&linked)
+        .arg(&path)
+        .arg(&other)
+        .output()
+        .expect("run ld");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{name}: ld -r failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The relocations of one function's body, each as (offset in the function, type, target),
+/// the target named independently of layout: `symbol+offset` (static locals without their
+/// counter), a string's contents, or `section+addend`.
+fn body_relocations(object: &Object, function: &str) -> Vec<(u64, u32, String)> {
+    let Some(symbol) = object
+        .symbols
+        .iter()
+        .find(|s| s.name == function && s.kind == SymbolKind::Func && s.section().is_some())
+    else {
+        panic!("no function {function}");
+    };
+    let Some(section) = symbol.section() else {
+        return Vec::new();
+    };
+    object
+        .relocations_in(section, symbol.value, symbol.value + symbol.size)
+        .iter()
+        .map(|r| {
+            let target = match object.resolve(r) {
+                kpatch_rs::elf::Target::Symbol { symbol, offset } => {
+                    let name = &object.symbol(symbol).name;
+                    format!("{}{offset:+}", kpatch_rs::correlate::name_key(name).base)
+                }
+                kpatch_rs::elf::Target::String {
+                    section,
+                    string_start,
+                    offset,
+                } => format!(
+                    "{:?}{offset:+}",
+                    String::from_utf8_lossy(object.string_at(section, string_start))
+                ),
+                kpatch_rs::elf::Target::Section { section, addend } => {
+                    format!("{}{addend:+}", object.section(section).name)
+                }
+            };
+            (r.offset - symbol.value, r.r_type, target)
+        })
+        .collect()
+}
+
+/// Every relocation of every changed or new function reaches in the output what it reached in
+/// the patched object: the same function or object at the same offset, the same string.
+pub fn check_relocations_preserved(name: &str, patched: &[u8], output: &[u8], report: &Report) {
+    let input = Object::parse("patched", patched).expect("patched object reads");
+    let output = Object::parse("output", output).expect("output reads back");
+    for function in &report.functions {
+        assert_eq!(
+            body_relocations(&output, &function.name),
+            body_relocations(&input, &function.name),
+            "{name}: relocations of {} differ between input and output",
+            function.name
+        );
+    }
 }
