@@ -2,6 +2,7 @@
 //!
 //! CI calls `cargo xtask ci` and nothing else.
 
+mod bench_build;
 mod ci;
 mod demo;
 mod deps;
@@ -20,6 +21,7 @@ usage: cargo xtask <command>
 
 commands:
   demo      the main job: deps, test kernel, kpatch-rs build of a patch, load it in QEMU
+  bench-build  time kpatch-rs build against compiling the touched object twice
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
   deps      install the Debian packages the harness needs (apt-get)
   kernel    build the cached test kernel [--print-dirs] [--fragment FILE]...
@@ -50,6 +52,7 @@ fn dispatch() -> Result<()> {
     };
     match command.as_str() {
         "demo" => demo::run(rest),
+        "bench-build" => bench_build::run(rest),
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
         "kernel" => kernel::run(rest),
