@@ -242,3 +242,41 @@ fn a_kpatch_macros_callback_becomes_the_objects_callback() {
         .collect();
     assert_eq!(replaced, ["cmdline_proc_show"]);
 }
+
+#[test]
+fn a_module_function_is_patched_through_its_own_klp_object() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let result = build(
+        &kernel,
+        dir.path(),
+        &["--json"],
+        &[fixture("module-kobject.patch")],
+    );
+    assert!(result.status.success(), "build failed: {}", stderr(&result));
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json report");
+    assert_eq!(report["objects"][0]["target"], "kobject_example");
+    let inspect = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["inspect", "--json"])
+        .arg(dir.path().join("livepatch-module-kobject.ko"))
+        .output()
+        .expect("run inspect");
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let object = &inspection["patch"]["objects"][0];
+    assert_eq!(
+        object["target"],
+        serde_json::json!({ "module": "kobject_example" })
+    );
+    assert_eq!(object["functions"][0]["old_name"], "foo_show");
+    // `foo` is static in the module: only a livepatch relocation, applied when the module
+    // comes, can reach it. sysfs_emit is exported by vmlinux and stays a normal relocation.
+    assert_eq!(
+        inspection["klp_symbols"],
+        serde_json::json!([{ "object": "kobject_example", "name": "foo", "sympos": 0 }])
+    );
+    assert_eq!(
+        inspection["klp_relocation_sections"][0]["name"],
+        ".klp.rela.kobject_example..text.foo_show"
+    );
+}
