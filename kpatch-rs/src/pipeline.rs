@@ -307,6 +307,18 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
 
 /// Builds a livepatch module; see the module documentation for the phases.
 pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
+    // make runs in other directories (`-C`, `O=`, `M=`): every path must be absolute.
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let options = &BuildOptions {
+        sourcedir: absolute(&options.sourcedir),
+        config: absolute(&options.config),
+        vmlinux: absolute(&options.vmlinux),
+        symvers: absolute(&options.symvers),
+        output: absolute(&options.output),
+        patches: options.patches.iter().map(|p| absolute(p)).collect(),
+        cache: absolute(&options.cache),
+        ..options.clone()
+    };
     let mut timer = Timer::new();
     check_inputs(options)?;
     let (objects, touched_files) = objects_to_build(options)?;

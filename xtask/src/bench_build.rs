@@ -69,12 +69,16 @@ pub fn run(args: &[String]) -> Result<()> {
         .context("kpatch-rs left no original build directory in its cache")?;
     let object = original.join("fs/proc/cmdline.o");
     let out = format!("O={}", original.display());
+    let kcflags = "KCFLAGS=-ffunction-sections -fdata-sections";
     let compile_once = || -> Result<()> {
         let _ = std::fs::remove_file(&object);
-        cmd!(sh, "make -s -C {source} {out} KCFLAGS=-ffunction-sections\\ -fdata-sections objtool-enabled=y fs/proc/cmdline.o")
-            .quiet()
-            .run()
-            .context("compiling fs/proc/cmdline.o failed")
+        cmd!(
+            sh,
+            "make -s -C {source} {out} {kcflags} objtool-enabled=y fs/proc/cmdline.o"
+        )
+        .quiet()
+        .run()
+        .context("compiling fs/proc/cmdline.o failed")
     };
     let floor = best_of(ROUNDS, || {
         timed(|| {
