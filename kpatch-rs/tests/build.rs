@@ -110,7 +110,18 @@ fn cmdline_patch_builds_a_reproducible_module_and_leaves_the_tree_alone() {
         ]
     );
 
-    let second = build(&kernel, &dir.path().join("b"), &[], &[patch]);
+    // Relative paths work too: make runs elsewhere, so kpatch-rs must make them absolute.
+    let second = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .current_dir(dir.path())
+        .arg("build")
+        .arg("--sourcedir")
+        .arg(&kernel.source)
+        .arg("--vmlinux")
+        .arg(kernel.build.join("vmlinux"))
+        .args(["--output", "b"])
+        .arg(&patch)
+        .output()
+        .expect("run kpatch-rs");
     assert!(
         second.status.success(),
         "rebuild failed: {}",
