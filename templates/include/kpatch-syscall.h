@@ -26,12 +26,11 @@
 		return __se_##name(__VA_ARGS__);			\
 	}
 
+/* As in the kernel, the entry of a syscall without arguments is an alias of its body. */
 #define __KPATCH_SYS_STUB0(abi, name)					\
 	long __##abi##_##name(const struct pt_regs *regs);		\
 	long __##abi##_##name(const struct pt_regs *regs)		\
-	{								\
-		return __do_##name(regs);				\
-	}
+		__alias(__do_##name);
 
 #define __KPATCH_X64_SYS_STUBx(x, name, ...)				\
 	__KPATCH_SYS_STUBx(x64, sys##name,				\
