@@ -62,7 +62,6 @@ pub const TABLES: &[Table] = &[
     table(".return_sites", 4),
     table(".retpoline_sites", 4),
     table(".call_sites", 4),
-    table(".ibt_endbr_seal", 4),
     // LOCK_PREFIX sites: s32 relative addresses of lock prefixes.
     table(".smp_locks", 4),
     // kpatch-macros.h callbacks: one function pointer per entry. The callback is new code, so
@@ -139,6 +138,11 @@ pub fn is_dropped(section_name: &str) -> bool {
         ".modinfo",
         "__param",
         ".export_symbol",
+        // objtool seals the ENDBR of every function whose address this one object does not
+        // take, as if the object were all of vmlinux; the module loader would apply that
+        // list, and a replacement called through a pointer from elsewhere would then fault on
+        // IBT hardware. Unsealed ENDBRs cost nothing.
+        ".ibt_endbr_seal",
     ];
     PREFIXES.iter().any(|p| section_name.starts_with(p))
 }

@@ -260,7 +260,6 @@ fn sched_patch_keeps_bug_and_jump_entries_of_set_task_cpu() {
                 ".retpoline_sites",
                 ".return_sites",
                 ".call_sites",
-                ".ibt_endbr_seal",
                 ".orc_unwind_ip",
             ],
             livepatch_references: &[],
