@@ -647,6 +647,69 @@ mod tests {
         check("KPATCH-DMESG\n", Ending::Exited(0), "KPATCH-DMESG\n", true);
     }
 
+    /// Writes `files` (path, contents) under a fresh directory and discovers its scenarios.
+    fn discover_files(files: &[(&str, &str)]) -> Result<Vec<Scenario>> {
+        let root = std::env::temp_dir().join(format!(
+            "kpatch-rs-scenarios-{}-{}",
+            std::process::id(),
+            files.len()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for (path, contents) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap_or(&root))?;
+            std::fs::write(path, contents)?;
+        }
+        let found = discover(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        found
+    }
+
+    #[test]
+    fn discovers_guest_host_and_disabled_scenarios() {
+        let found = discover_files(&[
+            ("guest/guest.sh", "echo hi"),
+            ("guest/expected", "hi\n"),
+            ("host/build", "x x.patch => exit 2: cannot patch\n"),
+            ("off/build", "x x.patch\n"),
+            ("off/disabled", "\nthe engine drops x\nmore\n"),
+            ("not-a-scenario/notes", "nothing"),
+        ])
+        .map_err(|e| format!("{e:#}"));
+        let summary: Vec<(String, bool, usize, Option<String>)> = found
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.has_guest_script(),
+                    s.builds.len(),
+                    s.disabled,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("guest".to_string(), true, 0, None),
+                ("host".to_string(), false, 1, None),
+                (
+                    "off".to_string(),
+                    false,
+                    1,
+                    Some("the engine drops x".to_string())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_build_file_names_its_scenario() {
+        let found = discover_files(&[("s/build", "x\n")]);
+        let error = found.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(error.contains("scenario s: `build` line 1"), "{error}");
+    }
+
     fn build_line(name: &str, no_replace: bool, patches: &[&str]) -> BuildLine {
         BuildLine {
             name: name.to_string(),
