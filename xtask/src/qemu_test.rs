@@ -135,6 +135,7 @@ fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Res
         let rootfs = Rootfs::new(sh, &work.join("scenarios/rootfs"))?;
         let started = std::time::Instant::now();
         let prepared = scenarios::prepare(sh, kernel, &rootfs, &found, &work.join("scenarios"))?;
+        let host_seconds = started.elapsed().as_secs();
         let jobs: Vec<guest::Job> = prepared
             .iter()
             .filter_map(|p| match p {
@@ -175,7 +176,8 @@ fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Res
             }
         }
         eprintln!(
-            "qemu-test: scenarios took {}s (builds and boot)",
+            "qemu-test: scenarios took {}s ({host_seconds}s of builds on the host, the rest in \
+             the guest)",
             started.elapsed().as_secs()
         );
     }
