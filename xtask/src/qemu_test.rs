@@ -16,11 +16,17 @@ use crate::{scenarios, selftests};
 pub struct Tally {
     pub passed: usize,
     pub failed: usize,
+    /// Disabled scenarios: neither passed nor failed, and named in the summary.
+    pub skipped: usize,
 }
 
 impl Tally {
     pub fn summary(&self) -> String {
-        format!("{} passed, {} failed", self.passed, self.failed)
+        let mut line = format!("{} passed, {} failed", self.passed, self.failed);
+        if self.skipped > 0 {
+            line.push_str(&format!(", {} skipped", self.skipped));
+        }
+        line
     }
 }
 
@@ -127,13 +133,53 @@ fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Res
             );
         }
         let rootfs = Rootfs::new(sh, &work.join("scenarios/rootfs"))?;
-        let jobs = scenarios::prepare(kernel, &rootfs, &found, &work.join("scenarios"))?;
-        let outcomes = guest::run_jobs(sh, kernel, &rootfs, &jobs, &work.join("scenarios/boot"))?;
-        for (scenario, outcome) in found.iter().zip(&outcomes) {
-            save_output(&work.join("scenarios/boot"), outcome)?;
-            let verdict = scenarios::judge(scenario, outcome);
-            report("scenario", outcome, &verdict, &mut tally);
+        let started = std::time::Instant::now();
+        let prepared = scenarios::prepare(sh, kernel, &rootfs, &found, &work.join("scenarios"))?;
+        let host_seconds = started.elapsed().as_secs();
+        let jobs: Vec<guest::Job> = prepared
+            .iter()
+            .filter_map(|p| match p {
+                scenarios::Prepared::Guest(job) => Some(job.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut outcomes = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            guest::run_jobs(sh, kernel, &rootfs, &jobs, &work.join("scenarios/boot"))?
         }
+        .into_iter();
+        for (scenario, prepared) in found.iter().zip(&prepared) {
+            match prepared {
+                scenarios::Prepared::Skipped(reason) => {
+                    tally.skipped += 1;
+                    println!("SKIP  scenario {}: {reason}", scenario.name);
+                }
+                scenarios::Prepared::Host { verdict, seconds } => {
+                    let outcome = Outcome {
+                        name: scenario.name.clone(),
+                        ending: Ending::Exited(0),
+                        output: String::new(),
+                        seconds: Some(*seconds),
+                        console_log: None,
+                    };
+                    report("scenario", &outcome, verdict, &mut tally);
+                }
+                scenarios::Prepared::Guest(_) => {
+                    let Some(outcome) = outcomes.next() else {
+                        bail!("the guest returned fewer results than scenarios it ran");
+                    };
+                    save_output(&work.join("scenarios/boot"), &outcome)?;
+                    let verdict = scenarios::judge(scenario, &outcome);
+                    report("scenario", &outcome, &verdict, &mut tally);
+                }
+            }
+        }
+        eprintln!(
+            "qemu-test: scenarios took {}s ({host_seconds}s of builds on the host, the rest in \
+             the guest)",
+            started.elapsed().as_secs()
+        );
     }
     Ok(tally)
 }
@@ -246,10 +292,13 @@ mod tests {
 
     #[test]
     fn tally_summary_line() {
-        let tally = Tally {
+        let mut tally = Tally {
             passed: 8,
             failed: 1,
+            skipped: 0,
         };
         assert_eq!(tally.summary(), "8 passed, 1 failed");
+        tally.skipped = 2;
+        assert_eq!(tally.summary(), "8 passed, 1 failed, 2 skipped");
     }
 }

@@ -1,23 +1,34 @@
-//! End-to-end livepatch scenarios from `tests/`, run in the guest.
+//! End-to-end livepatch scenarios from `tests/`: their modules built on the host, their
+//! scripts run in the guest, and their verdicts.
 //!
-//! A scenario is a directory `tests/<name>/` holding:
+//! A scenario is a directory `tests/<name>/` holding at least one of `guest.sh` and `build`:
 //! - `guest.sh`: run in the guest, from a directory that holds the scenario's built modules;
-//! - `expected`: what `guest.sh` must print (stdout and stderr together); the scenario passes
-//!   when the script exits 0 and its output matches, line by line, ignoring trailing blanks;
+//!   it can source `/scenarios/livepatch.sh` (`fixtures/scenarios/livepatch.sh`), the shared
+//!   helpers. The kernel log is cleared before it runs, and the scenario fails when the log
+//!   then shows a warning, an oops, a BUG or a call trace;
+//! - `expected` (with `guest.sh`): what `guest.sh` must print (stdout and stderr together); the
+//!   scenario passes when the script exits 0 and its output matches, line by line, ignoring
+//!   trailing blanks;
+//! - `build`: modules made by the project's own `kpatch-rs build` from patch files of the
+//!   scenario (against the kernel under test), one per line, `NAME [--no-replace] PATCH...`;
+//!   `livepatch-NAME.ko` is then beside `guest.sh`. A line ending in `=> exit CODE: MESSAGE`
+//!   is a build that must fail instead: with that exit code, MESSAGE somewhere in its output,
+//!   and no module written. A scenario with a `build` and no `guest.sh` is judged on the host
+//!   alone and needs no boot;
 //! - `module/`: sources of out-of-tree modules, built with `make M=` against the kernel under
 //!   test. `module/kernel-sources` may list files of the kernel source tree (one per line,
 //!   relative to its top) to copy in first, so a scenario can build the kernel's own samples
-//!   without carrying a copy of them.
-//!
-//! - `timeout` (optional): seconds the script may run, 120 when absent.
-//!
-//! A scenario with a `*.patch` instead will have its module made by `kpatch-rs build`; this
-//! runner refuses such a scenario until that command exists.
+//!   without carrying a copy of them;
+//! - `timeout` (optional): seconds the script may run, 120 when absent;
+//! - `disabled` (optional): why the scenario cannot pass yet; it is then neither built nor
+//!   run, and reported as skipped, never as passed.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
 
 use crate::guest::{make_executable, Job, Outcome, Rootfs};
 use crate::kernel::KernelDirs;
@@ -26,13 +37,136 @@ use crate::selftests::{build_modules, copy_tree};
 const GUEST_DIR: &str = "/scenarios";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Runs one scenario's `guest.sh` in the guest: clears the kernel log first, and afterwards
+/// prints every log line that shows a kernel warning, oops, BUG or call trace with the
+/// `KPATCH-DMESG ` prefix, which [`judge`] turns into a failure. The script's exit code is kept.
+const RUNNER_SCRIPT: &str = r#"#!/bin/sh
+dmesg -c > /dev/null
+./guest.sh
+rc=$?
+dmesg | grep -E 'WARNING:|Oops|BUG:|Call Trace' | sed 's/^/KPATCH-DMESG /'
+exit $rc
+"#;
+
+/// The prefix of the kernel log lines the runner script reports.
+const DMESG_PREFIX: &str = "KPATCH-DMESG ";
+
+/// Shared shell helpers for `guest.sh` scripts, staged as `/scenarios/livepatch.sh`.
+const HELPERS: &str = include_str!("../../fixtures/scenarios/livepatch.sh");
+
 /// A scenario found in `tests/`.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
     pub dir: PathBuf,
-    pub expected: String,
+    /// What `guest.sh` must print; None for a scenario without `guest.sh`.
+    pub expected: Option<String>,
     pub timeout: Duration,
+    /// The lines of `build`, in order.
+    pub builds: Vec<BuildLine>,
+    /// Why the scenario is disabled (the text of `disabled`).
+    pub disabled: Option<String>,
+}
+
+impl Scenario {
+    fn has_guest_script(&self) -> bool {
+        self.expected.is_some()
+    }
+}
+
+/// One line of a scenario's `build` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildLine {
+    /// The module is `livepatch-NAME.ko`.
+    pub name: String,
+    pub no_replace: bool,
+    /// Patch files, relative to the scenario directory.
+    pub patches: Vec<String>,
+    /// Set when the build must fail.
+    pub failure: Option<ExpectedFailure>,
+}
+
+/// How a build that must fail has to fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedFailure {
+    pub exit_code: i32,
+    /// A substring of what `kpatch-rs build` prints.
+    pub message: String,
+}
+
+/// Reads a `build` file: `NAME [--no-replace] PATCH... [=> exit CODE: MESSAGE]` per line,
+/// blank lines and `#` comments ignored.
+pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, String> {
+    let mut lines = Vec::new();
+    for (number, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |why: &str| format!("line {}: {why}: {line:?}", number + 1);
+        let (command, failure) = match line.split_once("=>") {
+            None => (line, None),
+            Some((command, expectation)) => {
+                let expectation = expectation.trim();
+                let Some((code, message)) = expectation
+                    .strip_prefix("exit ")
+                    .and_then(|rest| rest.split_once(':'))
+                else {
+                    return Err(at("an expectation reads `=> exit CODE: MESSAGE`"));
+                };
+                let exit_code = code
+                    .trim()
+                    .parse()
+                    .map_err(|_| at("the exit code must be a number"))?;
+                let message = message.trim().to_string();
+                if exit_code == 0 || message.is_empty() {
+                    return Err(at(
+                        "a build that must fail needs a non-zero exit code and a message",
+                    ));
+                }
+                (command, Some(ExpectedFailure { exit_code, message }))
+            }
+        };
+        let mut words = command.split_whitespace();
+        let Some(name) = words.next() else {
+            return Err(at("a build line starts with the module name"));
+        };
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(at("a module name has only letters, digits, `-` and `_`"));
+        }
+        let mut no_replace = false;
+        let mut patches = Vec::new();
+        for word in words {
+            match word {
+                "--no-replace" => no_replace = true,
+                option if option.starts_with('-') => {
+                    return Err(at(&format!("unknown option {option}")))
+                }
+                patch => {
+                    if Path::new(patch).is_absolute() || patch.split('/').any(|p| p == "..") {
+                        return Err(at("patches are files of the scenario directory"));
+                    }
+                    patches.push(patch.to_string());
+                }
+            }
+        }
+        if patches.is_empty() {
+            return Err(at("a build line names at least one patch"));
+        }
+        if lines.iter().any(|l: &BuildLine| l.name == name) {
+            return Err(at("the module name is used twice"));
+        }
+        lines.push(BuildLine {
+            name: name.to_string(),
+            no_replace,
+            patches,
+            failure,
+        });
+    }
+    Ok(lines)
 }
 
 /// The scenarios under `tests_dir`, sorted by name.
@@ -42,56 +176,133 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Scenario>> {
         .with_context(|| format!("cannot list scenarios in {}", tests_dir.display()))?;
     for entry in entries {
         let dir = entry?.path();
-        if !dir.join("guest.sh").is_file() {
+        let has_script = dir.join("guest.sh").is_file();
+        let build_file = dir.join("build");
+        if !has_script && !build_file.is_file() {
             continue;
         }
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let expected = std::fs::read_to_string(dir.join("expected")).with_context(|| {
-            format!("scenario {name} has no readable `expected` file (what guest.sh must print)")
-        })?;
+        let expected = if has_script {
+            Some(
+                std::fs::read_to_string(dir.join("expected")).with_context(|| {
+                    format!(
+                        "scenario {name} has no readable `expected` file (what guest.sh must print)"
+                    )
+                })?,
+            )
+        } else {
+            None
+        };
         let timeout = match std::fs::read_to_string(dir.join("timeout")) {
             Ok(text) => Duration::from_secs(text.trim().parse().with_context(|| {
                 format!("scenario {name}: `timeout` must hold a number of seconds, found {text:?}")
             })?),
             Err(_) => DEFAULT_TIMEOUT,
         };
+        let builds = match std::fs::read_to_string(&build_file) {
+            Ok(text) => parse_build_file(&text)
+                .map_err(|why| anyhow::anyhow!("scenario {name}: `build` {why}"))?,
+            Err(_) => Vec::new(),
+        };
+        let disabled = std::fs::read_to_string(dir.join("disabled"))
+            .ok()
+            .map(|text| {
+                let reason = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                if reason.is_empty() {
+                    "disabled".to_string()
+                } else {
+                    reason.trim().to_string()
+                }
+            });
         scenarios.push(Scenario {
             name,
             dir,
             expected,
             timeout,
+            builds,
+            disabled,
         });
     }
     scenarios.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(scenarios)
 }
 
-/// Builds each scenario's modules for `kernel`, stages the scenario in the guest tree, and
-/// returns one job per scenario.
+/// What preparing a scenario on the host led to.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Disabled: the reason.
+    Skipped(String),
+    /// Judged on the host alone (or failed there, before any boot): the verdict, what the
+    /// builds printed, and how long they took.
+    Host {
+        verdict: std::result::Result<(), String>,
+        seconds: u64,
+    },
+    /// Ready to run in the guest.
+    Guest(Job),
+}
+
+/// Builds each scenario's modules for `kernel`, checks the builds that must fail, stages the
+/// scenarios that run in the guest, and returns what became of each scenario, in order.
 pub fn prepare(
+    sh: &Shell,
     kernel: &KernelDirs,
     rootfs: &Rootfs,
     scenarios: &[Scenario],
     work: &Path,
-) -> Result<Vec<Job>> {
-    let mut jobs = Vec::new();
+) -> Result<Vec<Prepared>> {
+    let guest_root = rootfs.path(Path::new(GUEST_DIR));
+    std::fs::create_dir_all(&guest_root)?;
+    let runner = guest_root.join("run-scenario");
+    std::fs::write(&runner, RUNNER_SCRIPT).context("cannot stage the scenario runner")?;
+    make_executable(&runner)?;
+    std::fs::write(guest_root.join("livepatch.sh"), HELPERS)
+        .context("cannot stage the scenario helpers")?;
+
+    let needs_kpatch = scenarios
+        .iter()
+        .any(|s| s.disabled.is_none() && !s.builds.is_empty());
+    let kpatch = if needs_kpatch {
+        Some(build_kpatch_rs(sh)?)
+    } else {
+        None
+    };
+
+    let mut prepared = Vec::new();
     for scenario in scenarios {
+        if let Some(reason) = &scenario.disabled {
+            prepared.push(Prepared::Skipped(reason.clone()));
+            continue;
+        }
         let guest_dir = format!("{GUEST_DIR}/{}", scenario.name);
         let staged = rootfs.path(Path::new(&guest_dir));
         std::fs::create_dir_all(&staged)?;
-        if has_patch(&scenario.dir)? {
-            bail!(
-                "scenario {} has a .patch file, which needs `kpatch-rs build` to make its module; \
-                 this runner builds only `module/` sources so far",
-                scenario.name
-            );
+        let started = Instant::now();
+        if let Some(kpatch) = &kpatch {
+            let verdict = run_builds(
+                kpatch,
+                kernel,
+                scenario,
+                &work.join(&scenario.name),
+                &staged,
+            )?;
+            if verdict.is_err() || !scenario.has_guest_script() {
+                prepared.push(Prepared::Host {
+                    verdict,
+                    seconds: started.elapsed().as_secs(),
+                });
+                continue;
+            }
+        }
+        if !scenario.has_guest_script() {
+            continue;
         }
         let module_sources = scenario.dir.join("module");
         if module_sources.is_dir() {
-            let build_dir = work.join(&scenario.name);
+            let build_dir = work.join(&scenario.name).join("module");
             if build_dir.exists() {
                 std::fs::remove_dir_all(&build_dir)?;
             }
@@ -115,18 +326,168 @@ pub fn prepare(
         std::fs::copy(scenario.dir.join("guest.sh"), &script)
             .with_context(|| format!("cannot stage guest.sh of scenario {}", scenario.name))?;
         make_executable(&script)?;
-        jobs.push(Job {
+        prepared.push(Prepared::Guest(Job {
             name: scenario.name.clone(),
             cwd: guest_dir,
-            command: "./guest.sh".to_string(),
+            command: format!("{GUEST_DIR}/run-scenario"),
             timeout: scenario.timeout,
-        });
+        }));
     }
-    Ok(jobs)
+    Ok(prepared)
 }
 
-fn has_patch(dir: &Path) -> Result<bool> {
-    Ok(!files_with_extension(dir, "patch")?.is_empty())
+/// Builds `kpatch-rs` from this workspace, once per run, and returns the binary.
+fn build_kpatch_rs(sh: &Shell) -> Result<PathBuf> {
+    let root = crate::project_root();
+    let _dir = sh.push_dir(&root);
+    eprintln!("scenarios: building kpatch-rs (cargo build --release -p kpatch-rs)");
+    cmd!(sh, "cargo build --release --quiet -p kpatch-rs")
+        .run()
+        .context("cannot build kpatch-rs for the scenarios")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        })
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("release/kpatch-rs");
+    if !binary.is_file() {
+        bail!(
+            "cargo built kpatch-rs but {} is not there",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Runs every line of the scenario's `build` file with `kpatch-rs build` against `kernel`,
+/// each into a fresh directory under `work`; stages the modules in `staged`. Returns the
+/// scenario's host verdict: every build did what its line says.
+fn run_builds(
+    kpatch: &Path,
+    kernel: &KernelDirs,
+    scenario: &Scenario,
+    work: &Path,
+    staged: &Path,
+) -> Result<std::result::Result<(), String>> {
+    for line in &scenario.builds {
+        let output_dir = work.join("kpatch").join(&line.name);
+        if output_dir.exists() {
+            std::fs::remove_dir_all(&output_dir)
+                .with_context(|| format!("cannot remove {}", output_dir.display()))?;
+        }
+        std::fs::create_dir_all(&output_dir)
+            .with_context(|| format!("cannot create {}", output_dir.display()))?;
+        let mut command = Command::new(kpatch);
+        command
+            .arg("build")
+            .arg("--sourcedir")
+            .arg(&kernel.source)
+            .arg("--vmlinux")
+            .arg(kernel.build.join("vmlinux"))
+            .arg("--name")
+            .arg(&line.name)
+            .arg("--output")
+            .arg(&output_dir);
+        if line.no_replace {
+            command.arg("--no-replace");
+        }
+        for patch in &line.patches {
+            let path = scenario.dir.join(patch);
+            if !path.is_file() {
+                return Ok(Err(format!(
+                    "`build` names {patch}, which is not a file of {}",
+                    scenario.dir.display()
+                )));
+            }
+            command.arg(path);
+        }
+        eprintln!(
+            "  scenario {}: kpatch-rs build {}",
+            scenario.name, line.name
+        );
+        let output = command
+            .output()
+            .with_context(|| format!("cannot run {}", kpatch.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let log = work.join(format!("{}.build.log", line.name));
+        std::fs::write(&log, &text).with_context(|| format!("cannot write {}", log.display()))?;
+        let modules = files_with_extension(&output_dir, "ko")?;
+        let verdict = judge_build(line, output.status.code(), &text, &modules);
+        if let Err(why) = verdict {
+            return Ok(Err(format!(
+                "kpatch-rs build {}: {why} (log: {})",
+                line.name,
+                log.display()
+            )));
+        }
+        for module in modules {
+            let name = module.file_name().unwrap_or_default();
+            std::fs::copy(&module, staged.join(name))
+                .with_context(|| format!("cannot stage {}", module.display()))?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Whether one `kpatch-rs build` did what its `build` line asks: `code` is its exit code
+/// (None when killed by a signal), `text` what it printed, `modules` the `.ko` files it wrote.
+fn judge_build(
+    line: &BuildLine,
+    code: Option<i32>,
+    text: &str,
+    modules: &[PathBuf],
+) -> std::result::Result<(), String> {
+    let exited = code.map_or("was killed by a signal".to_string(), |c| {
+        format!("exited {c}")
+    });
+    let module = format!("livepatch-{}.ko", line.name);
+    let tail = || {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    };
+    match &line.failure {
+        None => {
+            if code != Some(0) {
+                return Err(format!("{exited}:\n{}", tail()));
+            }
+            if !modules.iter().any(|m| m.ends_with(&module)) {
+                return Err(format!("exited 0 but wrote no {module}"));
+            }
+        }
+        Some(failure) => {
+            if code != Some(failure.exit_code) {
+                return Err(format!(
+                    "must exit {}, {exited}:\n{}",
+                    failure.exit_code,
+                    tail()
+                ));
+            }
+            if !text.contains(&failure.message) {
+                return Err(format!(
+                    "exited {} as it must, but did not print {:?}:\n{}",
+                    failure.exit_code,
+                    failure.message,
+                    tail()
+                ));
+            }
+            if let Some(written) = modules.first() {
+                return Err(format!(
+                    "failed as it must, but wrote {}",
+                    written.display()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
@@ -167,7 +528,7 @@ fn copy_kernel_sources(kernel: &KernelDirs, build_dir: &Path, scenario: &str) ->
     Ok(())
 }
 
-/// Whether a scenario passed, and if not, why.
+/// Whether a scenario that ran in the guest passed, and if not, why.
 pub fn judge(scenario: &Scenario, outcome: &Outcome) -> std::result::Result<(), String> {
     match &outcome.ending {
         crate::guest::Ending::Exited(0) => {}
@@ -177,8 +538,15 @@ pub fn judge(scenario: &Scenario, outcome: &Outcome) -> std::result::Result<(), 
         }
         crate::guest::Ending::GuestLost(why) => return Err(why.clone()),
     }
-    let expected = normalise(&scenario.expected);
-    let actual = normalise(&outcome.output);
+    let (script_output, kernel_problems) = split_kernel_problems(&outcome.output);
+    if !kernel_problems.is_empty() {
+        return Err(format!(
+            "the kernel log shows a warning, oops, BUG or call trace:\n{}",
+            kernel_problems.join("\n")
+        ));
+    }
+    let expected = normalise(scenario.expected.as_deref().unwrap_or_default());
+    let actual = normalise(&script_output);
     if expected == actual {
         return Ok(());
     }
@@ -186,6 +554,23 @@ pub fn judge(scenario: &Scenario, outcome: &Outcome) -> std::result::Result<(), 
         "output differs from {}\n--- expected\n{expected}\n--- actual\n{actual}",
         scenario.dir.join("expected").display()
     ))
+}
+
+/// Splits what the runner script printed into the output of `guest.sh` and the kernel log
+/// lines it flagged.
+fn split_kernel_problems(output: &str) -> (String, Vec<String>) {
+    let mut script = String::new();
+    let mut problems = Vec::new();
+    for line in output.lines() {
+        match line.strip_prefix(DMESG_PREFIX) {
+            Some(problem) => problems.push(problem.to_string()),
+            None => {
+                script.push_str(line);
+                script.push('\n');
+            }
+        }
+    }
+    (script, problems)
 }
 
 /// Lines with trailing blanks removed, without trailing empty lines.
@@ -207,8 +592,10 @@ mod tests {
         let scenario = Scenario {
             name: "s".to_string(),
             dir: PathBuf::from("tests/s"),
-            expected: expected.to_string(),
+            expected: Some(expected.to_string()),
             timeout: DEFAULT_TIMEOUT,
+            builds: Vec::new(),
+            disabled: None,
         };
         let outcome = Outcome {
             name: "s".to_string(),
@@ -235,5 +622,183 @@ mod tests {
         check("a\n", Ending::Exited(1), "a\n", false);
         check("a\n", Ending::GuestLost("hung".to_string()), "a\n", false);
         check("a\n", Ending::TimedOut, "a\n", false);
+    }
+
+    #[test]
+    fn kernel_log_problems_fail_a_scenario() {
+        check(
+            "a\n",
+            Ending::Exited(0),
+            "a\nKPATCH-DMESG [ 1.0] ok line\n",
+            false,
+        );
+        check(
+            "a\n",
+            Ending::Exited(0),
+            "a\nKPATCH-DMESG [ 2.1] WARNING: CPU: 0 PID: 1 at x.c:1\n",
+            false,
+        );
+        check(
+            "a\n",
+            Ending::Exited(0),
+            "a\nDMESG WARNING: in the output\n",
+            false,
+        );
+        check("KPATCH-DMESG\n", Ending::Exited(0), "KPATCH-DMESG\n", true);
+    }
+
+    /// Writes `files` (path, contents) under a fresh directory and discovers its scenarios.
+    fn discover_files(files: &[(&str, &str)]) -> Result<Vec<Scenario>> {
+        let root = std::env::temp_dir().join(format!(
+            "kpatch-rs-scenarios-{}-{}",
+            std::process::id(),
+            files.len()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for (path, contents) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap_or(&root))?;
+            std::fs::write(path, contents)?;
+        }
+        let found = discover(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        found
+    }
+
+    #[test]
+    fn discovers_guest_host_and_disabled_scenarios() {
+        let found = discover_files(&[
+            ("guest/guest.sh", "echo hi"),
+            ("guest/expected", "hi\n"),
+            ("host/build", "x x.patch => exit 2: cannot patch\n"),
+            ("off/build", "x x.patch\n"),
+            ("off/disabled", "\nthe engine drops x\nmore\n"),
+            ("not-a-scenario/notes", "nothing"),
+        ])
+        .map_err(|e| format!("{e:#}"));
+        let summary: Vec<(String, bool, usize, Option<String>)> = found
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.has_guest_script(),
+                    s.builds.len(),
+                    s.disabled,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("guest".to_string(), true, 0, None),
+                ("host".to_string(), false, 1, None),
+                (
+                    "off".to_string(),
+                    false,
+                    1,
+                    Some("the engine drops x".to_string())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_build_file_names_its_scenario() {
+        let found = discover_files(&[("s/build", "x\n")]);
+        let error = found.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(error.contains("scenario s: `build` line 1"), "{error}");
+    }
+
+    fn build_line(name: &str, no_replace: bool, patches: &[&str]) -> BuildLine {
+        BuildLine {
+            name: name.to_string(),
+            no_replace,
+            patches: patches.iter().map(|p| p.to_string()).collect(),
+            failure: None,
+        }
+    }
+
+    fn check_build_file(text: &str, expected: std::result::Result<Vec<BuildLine>, &str>) {
+        let parsed = parse_build_file(text);
+        match expected {
+            Ok(lines) => assert_eq!(parsed, Ok(lines), "{text:?}"),
+            Err(fragment) => match parsed {
+                Err(why) => assert!(why.contains(fragment), "{text:?}: {why}"),
+                Ok(lines) => panic!("{text:?} parsed as {lines:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn reads_build_files() {
+        check_build_file("", Ok(vec![]));
+        check_build_file(
+            "# comment\n\na a.patch\nb --no-replace b1.patch b2.patch\n",
+            Ok(vec![
+                build_line("a", false, &["a.patch"]),
+                build_line("b", true, &["b1.patch", "b2.patch"]),
+            ]),
+        );
+        let mut failing = build_line("init", false, &["init.patch"]);
+        failing.failure = Some(ExpectedFailure {
+            exit_code: 2,
+            message: "changed __init: x".to_string(),
+        });
+        check_build_file(
+            "init init.patch => exit 2: changed __init: x\n",
+            Ok(vec![failing]),
+        );
+        check_build_file("a\n", Err("at least one patch"));
+        check_build_file("a --replace a.patch\n", Err("unknown option --replace"));
+        check_build_file("a ../a.patch\n", Err("files of the scenario"));
+        check_build_file("a /tmp/a.patch\n", Err("files of the scenario"));
+        check_build_file(
+            "a a.patch\na b.patch\n",
+            Err("line 2: the module name is used twice"),
+        );
+        check_build_file("a.b a.patch\n", Err("module name"));
+        check_build_file("a a.patch => 2: x\n", Err("=> exit CODE: MESSAGE"));
+        check_build_file("a a.patch => exit two: x\n", Err("must be a number"));
+        check_build_file("a a.patch => exit 0: x\n", Err("non-zero exit code"));
+        check_build_file("a a.patch => exit 2:\n", Err("non-zero exit code"));
+    }
+
+    fn check_build(
+        failure: Option<(i32, &str)>,
+        code: Option<i32>,
+        text: &str,
+        modules: &[&str],
+        passes: bool,
+    ) {
+        let mut line = build_line("x", false, &["x.patch"]);
+        line.failure = failure.map(|(exit_code, message)| ExpectedFailure {
+            exit_code,
+            message: message.to_string(),
+        });
+        let modules: Vec<PathBuf> = modules
+            .iter()
+            .map(|m| PathBuf::from("/out").join(m))
+            .collect();
+        assert_eq!(
+            judge_build(&line, code, text, &modules).is_ok(),
+            passes,
+            "{failure:?} {code:?} {text:?} {modules:?}"
+        );
+    }
+
+    #[test]
+    fn judges_builds() {
+        check_build(None, Some(0), "built", &["livepatch-x.ko"], true);
+        check_build(None, Some(0), "built", &[], false);
+        check_build(None, Some(0), "built", &["livepatch-y.ko"], false);
+        check_build(None, Some(1), "error", &[], false);
+        check_build(None, None, "", &[], false);
+        let init = Some((2, "__init"));
+        check_build(init, Some(2), "cannot patch: __init function", &[], true);
+        check_build(init, Some(2), "cannot patch: data", &[], false);
+        check_build(init, Some(1), "cannot patch: __init function", &[], false);
+        check_build(init, Some(0), "__init", &["livepatch-x.ko"], false);
+        check_build(init, Some(2), "__init", &["livepatch-x.ko"], false);
     }
 }
