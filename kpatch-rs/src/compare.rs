@@ -653,6 +653,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             verdict.difference = "its .cold part changed".to_string();
         }
     }
+    propagate_untraceable_changes(patched, &mut functions);
     for verdict in &functions {
         status.insert(verdict.patched, verdict.status);
     }
@@ -662,6 +663,65 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
         functions,
         status,
         refusals,
+    }
+}
+
+/// Whether a function starts with the `call __fentry__` that ftrace, and so livepatch, hooks.
+pub fn calls_fentry(object: &Object, function: SymbolId) -> bool {
+    let Some(section) = object.symbol(function).section() else {
+        return false;
+    };
+    let (start, end) = body(object, function);
+    object
+        .relocations_in(section, start, end)
+        .iter()
+        .any(|relocation| object.symbol(relocation.symbol).name == "__fentry__")
+}
+
+/// A changed function that ftrace cannot hook has no `call __fentry__`: the kernel builds every
+/// `inline` function `notrace`, and GCC may still keep one out of line (the `__do_sys_<name>`
+/// body of a system call is such a function, reached by a jump from `__x64_sys_<name>`). The
+/// livepatch core cannot redirect it, so its callers are what gets replaced: every function of
+/// the object that refers to it becomes changed, and so on until each changed function can be
+/// hooked. The untraceable function itself is then new code of the patch, reached only from
+/// the replaced callers.
+fn propagate_untraceable_changes(patched: &Object, functions: &mut [FunctionVerdict]) {
+    loop {
+        let untraceable: BTreeSet<SymbolId> = functions
+            .iter()
+            .filter(|v| v.status == Status::Changed && !calls_fentry(patched, v.patched))
+            .map(|v| v.patched)
+            .collect();
+        let mut grew = false;
+        for verdict in functions.iter_mut().filter(|v| v.status == Status::Same) {
+            let caller = verdict.patched;
+            let Some(section) = patched.symbol(caller).section() else {
+                continue;
+            };
+            let (start, end) = body(patched, caller);
+            let callee =
+                patched
+                    .relocations_in(section, start, end)
+                    .iter()
+                    .find_map(|relocation| match patched.resolve(relocation) {
+                        Target::Symbol { symbol, .. } if untraceable.contains(&symbol) => {
+                            Some(symbol)
+                        }
+                        _ => None,
+                    });
+            if let Some(callee) = callee {
+                verdict.status = Status::Changed;
+                verdict.line_only = false;
+                verdict.difference = format!(
+                    "it calls {}, which changed and has no __fentry__ call to patch",
+                    patched.symbol(callee).name
+                );
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
     }
 }
 

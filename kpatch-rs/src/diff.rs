@@ -76,10 +76,15 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
             symbol: output::function_alias(pair.name, &symbol.name),
             status: verdict.status,
             section,
-            replaces: verdict.orig.map(|o| Replaced {
-                name: orig.symbol(o).name.clone(),
-                object: pair.target.to_string(),
-            }),
+            // A function ftrace cannot hook is carried as code for its replaced callers,
+            // never replaced itself (see `compare::calls_fentry`).
+            replaces: verdict
+                .orig
+                .filter(|_| compare::calls_fentry(&patched, verdict.patched))
+                .map(|o| Replaced {
+                    name: orig.symbol(o).name.clone(),
+                    object: pair.target.to_string(),
+                }),
             difference: verdict.difference.clone(),
         });
     }

@@ -124,6 +124,27 @@ fn a_changed_function_is_changed_and_its_neighbour_same() {
 }
 
 #[test]
+fn a_changed_notrace_function_is_carried_by_its_replaced_caller() {
+    let Some(result) = checked_diff(
+        "notrace",
+        Expect {
+            changed: &["do_uname", "sys_uname"],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    // ftrace cannot hook do_uname: only its caller replaces a function of the kernel.
+    let replaced: Vec<&str> = result
+        .report
+        .functions
+        .iter()
+        .filter_map(|f| f.replaces.as_ref().map(|r| r.name.as_str()))
+        .collect();
+    assert_eq!(replaced, ["sys_uname"]);
+}
+
+#[test]
 fn a_new_function_and_new_data_are_included() {
     check(
         "new_function",
