@@ -3,7 +3,8 @@
 //! Dependencies first (nothing else can run without them), then the cheap checks, then the
 //! kernel build and the QEMU tests. A failing check does not stop the later ones, so one run
 //! shows every problem; the exit status is non-zero when anything failed, and the last line
-//! is the QEMU tests' `N passed, N failed`.
+//! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
+//! stock one and the Rust-core one, and their verdicts are printed side by side.
 
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
@@ -54,7 +55,33 @@ pub fn run(args: &[String]) -> Result<()> {
             .map_err(Into::into),
     );
 
-    let tally = crate::qemu_test::run_everything(&sh, &kernel)?;
+    let (mut tally, stock_verdicts) = crate::qemu_test::run_everything_verdicts(&sh, &kernel)?;
+
+    // The same selftests, through the same runner, on the kernel whose module coming/going
+    // hooks run core-patch's Rust algorithm; then both kernels' verdicts side by side.
+    let rust_started = std::time::Instant::now();
+    match ensure_kernel(&sh, &KernelSpec::rust_core()) {
+        Ok(rust_kernel) => {
+            eprintln!(
+                "ci: Rust-core kernel ready in {}s",
+                rust_started.elapsed().as_secs()
+            );
+            let (rust_tally, rust_verdicts) =
+                crate::qemu_test::run_selftests_verdicts(&sh, &rust_kernel)?;
+            tally.passed += rust_tally.passed;
+            tally.failed += rust_tally.failed;
+            print!(
+                "{}",
+                crate::selftests::side_by_side(
+                    "stock",
+                    &stock_verdicts,
+                    "rust-core",
+                    &rust_verdicts
+                )
+            );
+        }
+        Err(error) => step("Rust-core kernel", Err(error)),
+    }
     eprintln!("ci: finished in {}s", started.elapsed().as_secs());
     if !failed_steps.is_empty() {
         eprintln!("ci: failed steps: {}", failed_steps.join(", "));
