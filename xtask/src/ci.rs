@@ -4,7 +4,8 @@
 //! kernel build and the QEMU tests. A failing check does not stop the later ones, so one run
 //! shows every problem; the exit status is non-zero when anything failed, and the last line
 //! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
-//! stock one and the Rust-core one, and their verdicts are printed side by side.
+//! stock one and the Rust-core one, and their verdicts are printed side by side; then the
+//! race stress (`cargo xtask race-stress`) runs on both.
 
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
@@ -79,6 +80,23 @@ pub fn run(args: &[String]) -> Result<()> {
                     &rust_verdicts
                 )
             );
+            // The founding race on both kernels: M comes and goes while P3 is enabled.
+            for (name, dirs) in [("stock", &kernel), ("rust-core", &rust_kernel)] {
+                let rounds = crate::race_stress::DEFAULT_ROUNDS;
+                match crate::race_stress::run_on(&sh, dirs, rounds) {
+                    Ok(race) => {
+                        tally.passed += 1;
+                        println!(
+                            "PASS  race-stress {name} ({} rounds, {} checks, 0 inconsistencies)",
+                            race.rounds, race.checks
+                        );
+                    }
+                    Err(error) => {
+                        tally.failed += 1;
+                        println!("FAIL  race-stress {name}: {error:#}");
+                    }
+                }
+            }
         }
         Err(error) => step("Rust-core kernel", Err(error)),
     }
