@@ -3,7 +3,9 @@
 //! Dependencies first (nothing else can run without them), then the cheap checks, then the
 //! kernel build and the QEMU tests. A failing check does not stop the later ones, so one run
 //! shows every problem; the exit status is non-zero when anything failed, and the last line
-//! is the QEMU tests' `N passed, N failed`.
+//! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
+//! stock one and the Rust-core one, and their verdicts are printed side by side; then the
+//! race stress (`cargo xtask race-stress`) runs on both.
 
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
@@ -59,7 +61,50 @@ pub fn run(args: &[String]) -> Result<()> {
             .map_err(Into::into),
     );
 
-    let tally = crate::qemu_test::run_everything(&sh, &kernel)?;
+    let (mut tally, stock_verdicts) = crate::qemu_test::run_everything_verdicts(&sh, &kernel)?;
+
+    // The same selftests, through the same runner, on the kernel whose module coming/going
+    // hooks run core-patch's Rust algorithm; then both kernels' verdicts side by side.
+    let rust_started = std::time::Instant::now();
+    match ensure_kernel(&sh, &KernelSpec::rust_core()) {
+        Ok(rust_kernel) => {
+            eprintln!(
+                "ci: Rust-core kernel ready in {}s",
+                rust_started.elapsed().as_secs()
+            );
+            let (rust_tally, rust_verdicts) =
+                crate::qemu_test::run_selftests_verdicts(&sh, &rust_kernel)?;
+            tally.passed += rust_tally.passed;
+            tally.failed += rust_tally.failed;
+            print!(
+                "{}",
+                crate::selftests::side_by_side(
+                    "stock",
+                    &stock_verdicts,
+                    "rust-core",
+                    &rust_verdicts
+                )
+            );
+            // The founding race on both kernels: M comes and goes while P3 is enabled.
+            for (name, dirs) in [("stock", &kernel), ("rust-core", &rust_kernel)] {
+                let rounds = crate::race_stress::DEFAULT_ROUNDS;
+                match crate::race_stress::run_on(&sh, dirs, rounds) {
+                    Ok(race) => {
+                        tally.passed += 1;
+                        println!(
+                            "PASS  race-stress {name} ({} rounds, {} checks, 0 inconsistencies)",
+                            race.rounds, race.checks
+                        );
+                    }
+                    Err(error) => {
+                        tally.failed += 1;
+                        println!("FAIL  race-stress {name}: {error:#}");
+                    }
+                }
+            }
+        }
+        Err(error) => step("Rust-core kernel", Err(error)),
+    }
     eprintln!("ci: finished in {}s", started.elapsed().as_secs());
     if !failed_steps.is_empty() {
         eprintln!("ci: failed steps: {}", failed_steps.join(", "));

@@ -27,7 +27,33 @@ pub const PACKAGES: &[&str] = &[
     "kmod",      // insmod, rmmod, modinfo
     "procps",    // sysctl --values
     "diffutils", // diff, used by the selftests to show a mismatch
+    // The Rust-core kernel (CONFIG_RUST): Debian's rustc with its library sources, and the
+    // libclang that bindgen loads. The rustup toolchain keeps building kpatch-rs itself.
+    "rustc-web",
+    "rust-web-src",
+    "libclang-dev",
 ];
+
+/// Cargo-installed tools: (crate, binary). The kernel's Rust build needs bindgen, which
+/// Debian 12 packages in a version too old for Linux 6.12's Rust support.
+const CARGO_TOOLS: &[(&str, &str)] = &[("bindgen-cli", "bindgen")];
+
+fn ensure_cargo_tools(sh: &Shell) -> Result<()> {
+    for (krate, binary) in CARGO_TOOLS {
+        let Some(home) = std::env::var_os("HOME") else {
+            bail!("cannot install {krate}: HOME is not set");
+        };
+        let path = std::path::Path::new(&home).join(".cargo/bin").join(binary);
+        if path.is_file() {
+            continue;
+        }
+        eprintln!("deps: cargo install {krate} --locked");
+        cmd!(sh, "cargo install {krate} --locked")
+            .run()
+            .with_context(|| format!("cannot install {krate} with cargo"))?;
+    }
+    Ok(())
+}
 
 /// Rust targets beyond the host's: core-patch's algorithm must build for a bare-metal target,
 /// the way the kernel compiles it (only `core`).
@@ -63,7 +89,7 @@ pub fn ensure_packages(sh: &Shell) -> Result<()> {
     let missing = missing_packages(sh)?;
     if missing.is_empty() {
         eprintln!("deps: all {} packages are installed", PACKAGES.len());
-        return Ok(());
+        return ensure_cargo_tools(sh);
     }
     eprintln!("deps: installing {}", missing.join(" "));
     let uid = cmd!(sh, "id -u").read().context("cannot run id -u")?;
@@ -91,7 +117,8 @@ pub fn ensure_packages(sh: &Shell) -> Result<()> {
             still_missing.join(" ")
         );
     }
-    Ok(())
+    // After apt: bindgen-cli builds against libclang-dev.
+    ensure_cargo_tools(sh)
 }
 
 fn missing_packages(sh: &Shell) -> Result<Vec<String>> {

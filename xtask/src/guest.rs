@@ -390,10 +390,15 @@ fn boot_guest(
     let append = format!("console=ttyS0 loglevel=5 panic=-1 oops=panic kpatch.first={first}");
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
+        // One host thread runs both vCPUs: with a thread per vCPU, another vCPU can run a
+        // stale translation of code the kernel is patching (ftrace, static calls) and die on
+        // an int3 the kernel already removed.
         "-accel",
-        "tcg",
+        "tcg,thread=single",
+        // One CPU per socket: without ACPI the kernel learns CPUs from SeaBIOS's MP table,
+        // which lists only the first core of a socket, so plain `-smp 2` boots on one CPU.
         "-smp",
-        "2",
+        "2,sockets=2,cores=1",
         "-m",
         "1G",
         "-nodefaults",

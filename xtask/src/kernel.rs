@@ -8,6 +8,13 @@
 //! `build.log`, and `complete`, written last, so that an interrupted build is redone rather
 //! than trusted. The key hashes the tarball's identity, the compiler version and the content
 //! of every config fragment, so editing a fragment builds a new kernel beside the old one.
+//!
+//! The Rust-core kernel (`--core rust`) is the same recipe plus `rust.config`, with
+//! `core-patch/kernel/livepatch-rust-core.patch` applied to its own extracted `source/` and
+//! core-patch's Rust files copied beside `kernel/livepatch/core.c` (see [`install_rust_core`]);
+//! its key also covers those files and the Rust toolchain. It is built with Debian's rustc
+//! (`/usr/bin/rustc`) and the bindgen that `cargo xtask deps` installs, never with the rustup
+//! toolchain that builds kpatch-rs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,14 +32,53 @@ pub const DEFAULT_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 /// The config fragment every test kernel starts from, relative to the project root.
 pub const LIVEPATCH_FRAGMENT: &str = "fixtures/kernel-config/livepatch-qemu.config";
 
+/// The fragment that adds `CONFIG_RUST`, merged after [`LIVEPATCH_FRAGMENT`] for the Rust core.
+pub const RUST_FRAGMENT: &str = "fixtures/kernel-config/rust.config";
+
+/// The kernel patch that makes `klp_module_coming()`/`klp_module_going()` call the Rust core.
+pub const RUST_CORE_PATCH: &str = "core-patch/kernel/livepatch-rust-core.patch";
+
+/// The Rust files that go beside `kernel/livepatch/core.c`: (project path, name in the tree).
+/// The algorithm is core-patch's own source, copied unchanged: one text for model and kernel.
+pub const RUST_CORE_FILES: &[(&str, &str)] = &[
+    ("core-patch/kernel/klp_core_rust.rs", "klp_core_rust.rs"),
+    ("core-patch/src/module_notifier.rs", "module_notifier.rs"),
+];
+
+/// The symbol that shows, in `System.map` or `/proc/kallsyms`, that the Rust core is built in.
+pub const RUST_CORE_SYMBOL: &str = "klp_rust_module_coming";
+
+/// Debian's rustc (package rustc-web), which the kernel's Rust code is built with.
+pub const KERNEL_RUSTC: &str = "/usr/bin/rustc";
+
 /// Bumped when the build recipe changes in a way the inputs below do not capture.
 const RECIPE_VERSION: u32 = 1;
+
+/// Which livepatch core runs `klp_module_coming()`/`klp_module_going()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Core {
+    /// The kernel's own C bodies.
+    C,
+    /// core-patch's algorithm, through `core-patch/kernel/`.
+    Rust,
+}
+
+impl Core {
+    pub fn parse(text: &str) -> Result<Core> {
+        match text {
+            "c" | "stock" => Ok(Core::C),
+            "rust" => Ok(Core::Rust),
+            other => bail!("--core takes `c` or `rust`, not `{other}`"),
+        }
+    }
+}
 
 /// What to build: a source tarball and the fragments merged, in order, over `tinyconfig`.
 #[derive(Debug, Clone)]
 pub struct KernelSpec {
     pub tarball: PathBuf,
     pub fragments: Vec<PathBuf>,
+    pub core: Core,
 }
 
 impl KernelSpec {
@@ -41,6 +87,25 @@ impl KernelSpec {
         KernelSpec {
             tarball: PathBuf::from(DEFAULT_TARBALL),
             fragments: vec![crate::project_root().join(LIVEPATCH_FRAGMENT)],
+            core: Core::C,
+        }
+    }
+
+    /// The test kernel whose module coming/going hooks run core-patch's Rust algorithm.
+    pub fn rust_core() -> KernelSpec {
+        let root = crate::project_root();
+        KernelSpec {
+            tarball: PathBuf::from(DEFAULT_TARBALL),
+            fragments: vec![root.join(LIVEPATCH_FRAGMENT), root.join(RUST_FRAGMENT)],
+            core: Core::Rust,
+        }
+    }
+
+    /// Builds `core`'s kernel: the stock one or the Rust-core one.
+    pub fn for_core(core: Core) -> KernelSpec {
+        match core {
+            Core::C => KernelSpec::stock(),
+            Core::Rust => KernelSpec::rust_core(),
         }
     }
 }
@@ -54,6 +119,9 @@ pub struct KernelDirs {
     pub build: PathBuf,
     pub bzimage: PathBuf,
     pub log: PathBuf,
+    /// Variables every `make` against this kernel needs: the Rust toolchain for a kernel
+    /// with `CONFIG_RUST`, nothing otherwise.
+    pub make_vars: Vec<String>,
 }
 
 impl KernelDirs {
@@ -64,7 +132,17 @@ impl KernelDirs {
             bzimage: root.join("build/arch/x86/boot/bzImage"),
             log: root.join("build.log"),
             root,
+            make_vars: Vec::new(),
         }
+    }
+
+    /// Whether `build/System.map` lists the Rust core's entry point: the kernel under test
+    /// must then show it running (see `selftests.rs`).
+    pub fn has_rust_core(&self) -> bool {
+        std::fs::read_to_string(self.build.join("System.map")).is_ok_and(|map| {
+            map.lines()
+                .any(|line| line.split_whitespace().nth(2) == Some(RUST_CORE_SYMBOL))
+        })
     }
 
     fn stamp(&self) -> PathBuf {
@@ -76,26 +154,35 @@ impl KernelDirs {
     }
 }
 
-/// `cargo xtask kernel [--print-dirs] [--fragment FILE]...`
+/// `cargo xtask kernel [--print-dirs] [--core c|rust] [--fragment FILE]...`
 pub fn run(args: &[String]) -> Result<()> {
-    let mut spec = KernelSpec::stock();
+    let mut core = Core::C;
+    let mut extra_fragments = Vec::new();
     let mut print_dirs = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--print-dirs" => print_dirs = true,
+            "--core" => {
+                let Some(name) = args.next() else {
+                    bail!("--core needs `c` or `rust`");
+                };
+                core = Core::parse(name)?;
+            }
             "--fragment" => {
                 let Some(file) = args.next() else {
                     bail!("--fragment needs a config fragment file");
                 };
-                spec.fragments.push(absolute(Path::new(file))?);
+                extra_fragments.push(absolute(Path::new(file))?);
             }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask kernel` \
-                 (expected --print-dirs or --fragment FILE)"
+                 (expected --print-dirs, --core c|rust or --fragment FILE)"
             ),
         }
     }
+    let mut spec = KernelSpec::for_core(core);
+    spec.fragments.extend(extra_fragments);
     let sh = Shell::new()?;
     let dirs = ensure_kernel(&sh, &spec)?;
     if print_dirs {
@@ -130,7 +217,10 @@ pub fn cache_root() -> Result<PathBuf> {
 pub fn ensure_kernel(sh: &Shell, spec: &KernelSpec) -> Result<KernelDirs> {
     let material = key_material(sh, spec)?;
     let stem = tarball_stem(&spec.tarball);
-    let dirs = KernelDirs::at(cache_root()?.join(format!("{stem}-{}", cache_key(&material))));
+    let mut dirs = KernelDirs::at(cache_root()?.join(format!("{stem}-{}", cache_key(&material))));
+    if spec.core == Core::Rust {
+        dirs.make_vars = rust_make_vars()?;
+    }
     if dirs.stamp().is_file() && dirs.bzimage.is_file() {
         return Ok(dirs);
     }
@@ -162,12 +252,19 @@ pub fn existing_kernel(build: &Path) -> Result<KernelDirs> {
     let root = build
         .parent()
         .map_or_else(|| build.to_path_buf(), Path::to_path_buf);
+    let config = std::fs::read_to_string(build.join(".config")).unwrap_or_default();
+    let make_vars = if fragment_values(&config).contains(&("CONFIG_RUST", "y")) {
+        rust_make_vars()?
+    } else {
+        Vec::new()
+    };
     Ok(KernelDirs {
         log: build.join("build.log"),
         root,
         source,
         build: build.to_path_buf(),
         bzimage,
+        make_vars,
     })
 }
 
@@ -199,11 +296,116 @@ fn key_material(sh: &Shell, spec: &KernelSpec) -> Result<String> {
             .unwrap_or_default();
         fragments.push((name, text));
     }
-    Ok(describe_inputs(
+    let mut material = describe_inputs(
         &format!("{} {} {mtime}", spec.tarball.display(), meta.len()),
         &compiler,
         &fragments,
-    ))
+    );
+    // Only the Rust core adds lines, so the stock kernel keeps its key.
+    if spec.core == Core::Rust {
+        material.push_str(&rust_core_material()?);
+    }
+    Ok(material)
+}
+
+/// The Rust core's part of the key: the toolchain and every file that goes into the tree.
+fn rust_core_material() -> Result<String> {
+    let vars = rust_make_vars()?;
+    let mut text = String::from("core rust\n");
+    let rustc = Command::new(KERNEL_RUSTC)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {KERNEL_RUSTC}; run `cargo xtask deps`"))?;
+    let _ = writeln!(
+        text,
+        "rustc {}",
+        String::from_utf8_lossy(&rustc.stdout).trim()
+    );
+    let bindgen = bindgen_path()?;
+    let version = Command::new(&bindgen)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {}", bindgen.display()))?;
+    let _ = writeln!(
+        text,
+        "bindgen {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    let _ = writeln!(text, "make {}", vars.join(" "));
+    let root = crate::project_root();
+    let mut files = vec![RUST_CORE_PATCH];
+    files.extend(RUST_CORE_FILES.iter().map(|(from, _)| *from));
+    for file in files {
+        let content = std::fs::read_to_string(root.join(file))
+            .with_context(|| format!("cannot read {file}"))?;
+        let _ = writeln!(text, "file {file} {} bytes", content.len());
+        text.push_str(&content);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// bindgen from `cargo install bindgen-cli` (see `cargo xtask deps`).
+pub fn bindgen_path() -> Result<PathBuf> {
+    let Some(home) = std::env::var_os("HOME") else {
+        bail!("cannot locate bindgen: HOME is not set");
+    };
+    let path = PathBuf::from(home).join(".cargo/bin/bindgen");
+    if !path.is_file() {
+        bail!(
+            "cannot find {}: the Rust-core kernel needs bindgen-cli; run `cargo xtask deps`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The toolchain a kernel with `CONFIG_RUST` is built with, as `make` variables.
+fn rust_make_vars() -> Result<Vec<String>> {
+    if !Path::new(KERNEL_RUSTC).is_file() {
+        bail!(
+            "cannot find {KERNEL_RUSTC}: the Rust-core kernel needs Debian's rustc-web; \
+             run `cargo xtask deps`"
+        );
+    }
+    let bindgen = bindgen_path()?;
+    Ok(vec![
+        format!("RUSTC={KERNEL_RUSTC}"),
+        format!("HOSTRUSTC={KERNEL_RUSTC}"),
+        format!("BINDGEN={}", bindgen.display()),
+    ])
+}
+
+/// Puts the Rust core into the extracted tree `source`: applies the kernel patch and copies
+/// core-patch's Rust files beside `kernel/livepatch/core.c`. The tree is this cache entry's
+/// own copy; the stock kernel's tree is never touched.
+pub fn install_rust_core(source: &Path, log: &Path) -> Result<()> {
+    let root = crate::project_root();
+    let patch = root.join(RUST_CORE_PATCH);
+    run_logged(
+        Command::new("patch")
+            .arg("-p1")
+            .arg("--forward")
+            .arg("--batch")
+            .arg("-d")
+            .arg(source)
+            .arg("-i")
+            .arg(&patch),
+        log,
+        "kernel: applying livepatch-rust-core.patch",
+    )?;
+    copy_rust_core_files(&source.join("kernel/livepatch"))
+}
+
+/// Copies [`RUST_CORE_FILES`] into `dir` (a kernel's `kernel/livepatch/`, or a test's scratch
+/// directory laid out the same way).
+pub fn copy_rust_core_files(dir: &Path) -> Result<()> {
+    let root = crate::project_root();
+    for (from, to) in RUST_CORE_FILES {
+        std::fs::copy(root.join(from), dir.join(to))
+            .with_context(|| format!("cannot copy {from} to {}", dir.join(to).display()))?;
+    }
+    Ok(())
 }
 
 /// The key material in a fixed textual form: one line per scalar input, then each fragment's
@@ -281,6 +483,15 @@ fn build(sh: &Shell, spec: &KernelSpec, dirs: &KernelDirs, material: &str) -> Re
     eprintln!("kernel: building into {}", dirs.root.display());
 
     extract(spec, dirs)?;
+    if spec.core == Core::Rust {
+        install_rust_core(&dirs.source, &dirs.log)?;
+        // Names the toolchain problem before Kconfig would quietly drop CONFIG_RUST.
+        run_logged(
+            make(dirs).arg("rustavailable"),
+            &dirs.log,
+            "kernel: make rustavailable",
+        )?;
+    }
     configure(sh, spec, dirs)?;
 
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -297,6 +508,14 @@ fn build(sh: &Shell, spec: &KernelSpec, dirs: &KernelDirs, material: &str) -> Re
             dirs.bzimage.display()
         );
     }
+    if spec.core == Core::Rust && !dirs.has_rust_core() {
+        bail!(
+            "kernel build finished but {} lacks {RUST_CORE_SYMBOL}: the Rust core was not \
+             built in; see {}",
+            dirs.build.join("System.map").display(),
+            dirs.log.display()
+        );
+    }
     std::fs::write(dirs.stamp(), material)
         .with_context(|| format!("cannot write {}", dirs.stamp().display()))?;
     let _ = std::fs::remove_file(dirs.owner());
@@ -308,7 +527,8 @@ fn make(dirs: &KernelDirs) -> Command {
     command
         .arg("-C")
         .arg(&dirs.source)
-        .arg(format!("O={}", dirs.build.display()));
+        .arg(format!("O={}", dirs.build.display()))
+        .args(&dirs.make_vars);
     command
 }
 
@@ -514,6 +734,133 @@ mod tests {
                 values.contains(&wanted),
                 "{} lacks {wanted:?}",
                 path.display()
+            );
+        }
+    }
+
+    fn project_file(path: &str) -> String {
+        std::fs::read_to_string(crate::project_root().join(path)).unwrap_or_default()
+    }
+
+    /// `name(` after `prefix` on each line that `keep` accepts.
+    fn called_names(text: &str, keep: impl Fn(&str) -> bool, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = text
+            .lines()
+            .filter(|line| keep(line))
+            .filter_map(|line| {
+                let start = line.find(prefix)?;
+                let rest = &line[start..];
+                let end = rest.find('(')?;
+                Some(rest[..end].to_string())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    #[test]
+    fn rust_host_declares_exactly_the_helpers_the_patch_defines() {
+        let rust = project_file("core-patch/kernel/klp_core_rust.rs");
+        let patch = project_file(RUST_CORE_PATCH);
+        let declared = called_names(
+            &rust,
+            |l| l.trim_start().starts_with("fn klp_rs_"),
+            "klp_rs_",
+        );
+        // Definitions in core.c: added lines that start a function at column 0.
+        let defined = called_names(
+            &patch,
+            |l| {
+                // Column 0 of an added line, not a comment, not a prototype.
+                let code = l.strip_prefix('+').unwrap_or("");
+                l.starts_with('+')
+                    && code.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && !code.ends_with(';')
+            },
+            "klp_rs_",
+        );
+        assert!(declared.len() > 20, "{declared:?}");
+        assert_eq!(declared, defined);
+        // And C declares the Rust entry points that Rust exports.
+        let exported = called_names(&rust, |l| l.starts_with("pub extern \"C\" fn"), "klp_rust_");
+        let called = called_names(
+            &patch,
+            |l| l.starts_with('+') && l.ends_with(");"),
+            "klp_rust_",
+        );
+        assert_eq!(
+            exported,
+            [
+                "klp_rust_core_announce",
+                "klp_rust_module_coming",
+                "klp_rust_module_going"
+            ]
+        );
+        assert_eq!(exported, called);
+        assert!(rust.contains(crate::selftests::RUST_CORE_BOOT_LINE));
+        assert!(rust.contains(&format!("fn {RUST_CORE_SYMBOL}(")));
+    }
+
+    /// The kernel host and the algorithm, laid out as in `kernel/livepatch/`, compiled the way
+    /// Kbuild compiles a built-in Rust object (its lint flags, `no_std` added from outside),
+    /// with every warning an error: a change to the algorithm or its trait that breaks the
+    /// kernel build fails here, without building a kernel.
+    #[test]
+    fn rust_host_compiles_as_kbuild_compiles_it() {
+        let target = "x86_64-unknown-none";
+        let installed = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l == target)
+            });
+        if !installed {
+            let why = format!("the {target} target is not installed (cargo xtask deps)");
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let dir = crate::project_root().join("target/kbuild-host-check");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let copied = copy_rust_core_files(&dir);
+        assert!(copied.is_ok(), "{copied:?}");
+        let output = Command::new("rustc")
+            .current_dir(&dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["--edition=2021", "--target", target, "-Zcrate-attr=no_std"])
+            .args(["--crate-type", "rlib", "--emit=obj", "-Cpanic=abort"])
+            .args([
+                "-Dwarnings",
+                "-Dnon_ascii_idents",
+                "-Dunsafe_op_in_unsafe_fn",
+            ])
+            .args(["-Wmissing_docs", "-Wrust_2018_idioms", "-Wunreachable_pub"])
+            .arg("klp_core_rust.rs")
+            .output();
+        let output = match output {
+            Ok(output) => output,
+            Err(e) => panic!("cannot run rustc: {e}"),
+        };
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let nm = Command::new("nm").arg(dir.join("klp_core_rust.o")).output();
+        let symbols = nm.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let symbols = symbols.unwrap_or_default();
+        for entry in [
+            "klp_rust_module_coming",
+            "klp_rust_module_going",
+            "klp_rust_core_announce",
+        ] {
+            assert!(
+                symbols.lines().any(|l| l.ends_with(&format!(" T {entry}"))),
+                "{entry} not exported:\n{symbols}"
             );
         }
     }

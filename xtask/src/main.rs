@@ -11,6 +11,7 @@ mod guest;
 mod kernel;
 mod process;
 mod qemu_test;
+mod race_stress;
 mod scenarios;
 mod selftests;
 
@@ -24,12 +25,14 @@ commands:
   bench-build  time kpatch-rs build against compiling the touched object twice
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
   deps      install the Debian packages the harness needs (apt-get)
-  kernel    build the cached test kernel [--print-dirs] [--fragment FILE]...
+  kernel    build the cached test kernel [--print-dirs] [--core c|rust]
+            [--fragment FILE]...
   qemu-test run the livepatch selftests and tests/ scenarios in QEMU
-            [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
+            [--core c|rust] [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
             [--only selftests|scenarios]
-
   fixtures  build the kernel object pairs of fixtures/kernel/*.patch for the diff tests
+  race-stress  the founding race on a real kernel: M comes and goes while P3 is
+            enabled and disabled [--core c|rust] [--rounds N] [--kernel-build DIR]
 ";
 
 /// Errors are printed as one chain of causes, without the backtrace that anyhow's default
@@ -57,8 +60,8 @@ fn dispatch() -> Result<()> {
         "deps" => deps::run(rest),
         "kernel" => kernel::run(rest),
         "qemu-test" => qemu_test::run(rest),
-
         "fixtures" => fixtures::run(rest),
+        "race-stress" => race_stress::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -38,10 +38,11 @@ enum Only {
     Scenarios,
 }
 
-/// `cargo xtask qemu-test [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
-/// [--only selftests|scenarios]`
+/// `cargo xtask qemu-test [--core c|rust] [--fragment FILE]... [--kernel-build DIR]
+/// [--tests DIR] [--only selftests|scenarios]`
 pub fn run(args: &[String]) -> Result<()> {
     let mut spec = KernelSpec::stock();
+    let mut extra_fragments = Vec::new();
     let mut kernel_build: Option<PathBuf> = None;
     let mut only = Only::All;
     let mut tests_dir = crate::project_root().join("tests");
@@ -53,9 +54,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 .with_context(|| format!("{arg} needs {what}"))
         };
         match arg.as_str() {
-            "--fragment" => spec
-                .fragments
-                .push(std::path::absolute(value("a config fragment")?)?),
+            "--fragment" => extra_fragments.push(std::path::absolute(value("a config fragment")?)?),
+            "--core" => spec = KernelSpec::for_core(kernel::Core::parse(&value("c or rust")?)?),
             "--kernel-build" => {
                 kernel_build = Some(std::path::absolute(value("a kernel build directory")?)?)
             }
@@ -69,17 +69,18 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask qemu-test` \
-                 (expected --fragment FILE, --kernel-build DIR, --tests DIR, \
+                 (expected --core c|rust, --fragment FILE, --kernel-build DIR, --tests DIR, \
                  --only selftests|scenarios)"
             ),
         }
     }
+    spec.fragments.extend(extra_fragments);
     let sh = Shell::new()?;
     let kernel = match kernel_build {
         Some(build) => kernel::existing_kernel(&build)?,
         None => kernel::ensure_kernel(&sh, &spec)?,
     };
-    let tally = run_all(&sh, &kernel, only, &tests_dir)?;
+    let (tally, _) = run_all(&sh, &kernel, only, &tests_dir)?;
     println!("{}", tally.summary());
     if tally.failed > 0 {
         bail!(
@@ -91,12 +92,31 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs the selftests and the scenarios on `kernel`; prints one line per script or scenario.
-pub fn run_everything(sh: &Shell, kernel: &KernelDirs) -> Result<Tally> {
+/// One selftest script's name and whether it passed, for side-by-side reports.
+pub type Verdicts = Vec<(String, bool)>;
+
+/// Runs the selftests and the scenarios on `kernel`; prints one line per script or scenario
+/// and returns the tally and each selftest script's verdict.
+pub fn run_everything_verdicts(sh: &Shell, kernel: &KernelDirs) -> Result<(Tally, Verdicts)> {
     run_all(sh, kernel, Only::All, &crate::project_root().join("tests"))
 }
 
-fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Result<Tally> {
+/// Runs only the upstream selftests on `kernel`; prints one line per script.
+pub fn run_selftests_verdicts(sh: &Shell, kernel: &KernelDirs) -> Result<(Tally, Verdicts)> {
+    run_all(
+        sh,
+        kernel,
+        Only::Selftests,
+        &crate::project_root().join("tests"),
+    )
+}
+
+fn run_all(
+    sh: &Shell,
+    kernel: &KernelDirs,
+    only: Only,
+    tests_dir: &Path,
+) -> Result<(Tally, Verdicts)> {
     let kernel_name = kernel
         .root
         .file_name()
@@ -112,6 +132,7 @@ fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Res
         work.display()
     );
     let mut tally = Tally::default();
+    let mut selftest_verdicts = Verdicts::new();
 
     if only != Only::Scenarios {
         let rootfs = Rootfs::new(sh, &work.join("selftests/rootfs"))?;
@@ -120,6 +141,7 @@ fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Res
         for outcome in &outcomes {
             save_output(&work.join("selftests/boot"), outcome)?;
             let verdict = judge_selftest(outcome);
+            selftest_verdicts.push((outcome.name.clone(), verdict.is_ok()));
             report("selftest", outcome, &verdict, &mut tally);
         }
     }
@@ -181,7 +203,7 @@ fn run_all(sh: &Shell, kernel: &KernelDirs, only: Only, tests_dir: &Path) -> Res
             started.elapsed().as_secs()
         );
     }
-    Ok(tally)
+    Ok((tally, selftest_verdicts))
 }
 
 fn save_output(dir: &Path, outcome: &Outcome) -> Result<()> {

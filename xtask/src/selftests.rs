@@ -5,6 +5,7 @@
 //! Nothing here is specific to one kernel image: give it the directories of another kernel
 //! (for example one with the Rust livepatch core) and the same scripts judge that kernel.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::guest::{make_executable, Job, Rootfs};
-use crate::kernel::KernelDirs;
+use crate::kernel::{KernelDirs, RUST_CORE_FILES, RUST_CORE_SYMBOL};
 use crate::process::run_logged;
 
 /// Where the selftests live in a kernel source tree.
@@ -72,7 +73,7 @@ pub fn prepare(kernel: &KernelDirs, rootfs: &Rootfs, work: &Path) -> Result<Vec<
 
     let guest = rootfs.path(Path::new(GUEST_DIR));
     copy_tree(&copy, &guest)?;
-    let mut jobs = Vec::new();
+    let mut jobs = vec![core_check_job(kernel)?];
     for script in &scripts {
         let path = guest.join(script);
         if !path.is_file() {
@@ -93,6 +94,97 @@ pub fn prepare(kernel: &KernelDirs, rootfs: &Rootfs, work: &Path) -> Result<Vec<
     Ok(jobs)
 }
 
+/// The first job of every selftest boot: shows which livepatch core the booted kernel runs,
+/// so that a Rust-core run cannot pass on a kernel that quietly runs the C bodies, nor a stock
+/// run on a kernel that carries the Rust core. For the Rust core, the kernel's copy of the
+/// algorithm must also be core-patch's text, byte for byte.
+pub fn core_check_job(kernel: &KernelDirs) -> Result<Job> {
+    let (name, command) = if kernel.has_rust_core() {
+        verify_rust_core_source(&crate::project_root(), &kernel.source)?;
+        (
+            "livepatch-core-rust",
+            format!(
+                "grep -w {RUST_CORE_SYMBOL} /proc/kallsyms && dmesg | grep -F '{RUST_CORE_BOOT_LINE}'"
+            ),
+        )
+    } else {
+        (
+            "livepatch-core-c",
+            format!(
+                "grep -q -w klp_module_coming /proc/kallsyms && ! grep -w {RUST_CORE_SYMBOL} /proc/kallsyms"
+            ),
+        )
+    };
+    Ok(Job {
+        name: name.to_string(),
+        cwd: "/".to_string(),
+        command,
+        timeout: Duration::from_secs(30),
+    })
+}
+
+/// What `klp_rust_core_announce()` prints at boot (after `livepatch: `).
+pub const RUST_CORE_BOOT_LINE: &str = "module coming/going run by core-patch";
+
+/// Fails when a kernel tree's copy of the Rust core differs from the project's files: the
+/// kernel would then test another text than the one the model checks.
+pub fn verify_rust_core_source(project: &Path, kernel_source: &Path) -> Result<()> {
+    for (from, to) in RUST_CORE_FILES {
+        let ours = project.join(from);
+        let theirs = kernel_source.join("kernel/livepatch").join(to);
+        let ours_bytes =
+            std::fs::read(&ours).with_context(|| format!("cannot read {}", ours.display()))?;
+        let theirs_bytes = std::fs::read(&theirs).with_context(|| {
+            format!(
+                "cannot read {}: the kernel's tree lacks the Rust core",
+                theirs.display()
+            )
+        })?;
+        if ours_bytes != theirs_bytes {
+            bail!(
+                "{} differs from {}: the kernel was built from another text of the algorithm; \
+                 rebuild it with `cargo xtask kernel --core rust`",
+                theirs.display(),
+                ours.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The side-by-side report of two kernels' selftest verdicts: one row per script, in the
+/// order of the first kernel, then scripts only the second ran.
+pub fn side_by_side(
+    left_name: &str,
+    left: &[(String, bool)],
+    right_name: &str,
+    right: &[(String, bool)],
+) -> String {
+    let mut names: Vec<&str> = left.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, _) in right {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(6);
+    let cell =
+        |verdicts: &[(String, bool)], name: &str| match verdicts.iter().find(|(n, _)| n == name) {
+            Some((_, true)) => "PASS",
+            Some((_, false)) => "FAIL",
+            None => "-",
+        };
+    let mut text = format!("{:width$}  {left_name:9}  {right_name}\n", "script");
+    for name in names {
+        let _ = writeln!(
+            text,
+            "{name:width$}  {:9}  {}",
+            cell(left, name),
+            cell(right, name)
+        );
+    }
+    text
+}
+
 /// Builds the out-of-tree modules in `dir` against `kernel` (`make -C build M=dir modules`).
 pub fn build_modules(kernel: &KernelDirs, dir: &Path, log: &Path, label: &str) -> Result<()> {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -101,6 +193,7 @@ pub fn build_modules(kernel: &KernelDirs, dir: &Path, log: &Path, label: &str) -
             .arg("-C")
             .arg(&kernel.build)
             .arg(format!("M={}", dir.display()))
+            .args(&kernel.make_vars)
             .arg(format!("-j{jobs}"))
             .arg("modules"),
         log,
@@ -165,6 +258,56 @@ mod tests {
 
     fn check(makefile: &str, expected: &[&str]) {
         assert_eq!(test_programs(makefile), expected);
+    }
+
+    fn verdicts(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+        list.iter().map(|(n, ok)| (n.to_string(), *ok)).collect()
+    }
+
+    #[test]
+    fn side_by_side_lines_up_both_kernels() {
+        let stock = verdicts(&[("livepatch-core-c", true), ("a.sh", true), ("bb.sh", true)]);
+        let rust = verdicts(&[
+            ("livepatch-core-rust", true),
+            ("a.sh", true),
+            ("bb.sh", false),
+        ]);
+        let expected = "\
+script               stock      rust-core
+livepatch-core-c     PASS       -
+a.sh                 PASS       PASS
+bb.sh                PASS       FAIL
+livepatch-core-rust  -          PASS
+";
+        assert_eq!(side_by_side("stock", &stock, "rust-core", &rust), expected);
+    }
+
+    #[test]
+    fn rust_core_copy_must_match_the_project() {
+        let dir = std::env::temp_dir().join(format!("kpatch-rs-core-copy-{}", std::process::id()));
+        let livepatch = dir.join("kernel/livepatch");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&livepatch).unwrap_or_default();
+        let project = crate::project_root();
+        assert!(
+            verify_rust_core_source(&project, &dir).is_err(),
+            "no copy yet"
+        );
+        crate::kernel::copy_rust_core_files(&livepatch).unwrap_or_default();
+        let same = verify_rust_core_source(&project, &dir);
+        assert!(same.is_ok(), "{same:?}");
+        let copy = livepatch.join("module_notifier.rs");
+        let mut text = std::fs::read_to_string(&copy).unwrap_or_default();
+        text.push_str("// edited\n");
+        std::fs::write(&copy, text).unwrap_or_default();
+        let error = verify_rust_core_source(&project, &dir).map_err(|e| e.to_string());
+        assert!(
+            error
+                .as_ref()
+                .is_err_and(|e| e.contains("module_notifier.rs differs")),
+            "{error:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
