@@ -413,6 +413,13 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let thread_error = || BuildError::Module("a build thread panicked".to_string());
     original_result.map_err(|_| thread_error())??;
     patched_result.map_err(|_| thread_error())??;
+    if let Err(error) = check_config_kept(&options.config, &original_build.output.join(".config")) {
+        // The next run must configure again, once the missing tool is there.
+        for build in [&original_build, &patched_build] {
+            let _ = fs::remove_file(build.output.join(".kpatch-prepared"));
+        }
+        return Err(error);
+    }
     timer.lap("compile");
 
     // Read the object pairs and their targets.
@@ -700,6 +707,36 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         klp_relocation_sections: post_link_summary.sections,
         timings: timer.phases,
     })
+}
+
+/// Refuses a build whose configuration lost options on the way through `olddefconfig`: an
+/// option whose dependency this machine cannot meet (`DEBUG_INFO_BTF` without pahole) is
+/// dropped silently, and changes the layout of `struct module` and others, so the running
+/// kernel would refuse the module or misread it.
+fn check_config_kept(given: &Path, used: &Path) -> Result<(), BuildError> {
+    let enabled = |path: &Path| -> Result<std::collections::BTreeSet<String>, BuildError> {
+        let text = read_file(path, "kernel config", "pass --config")?;
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|line| line.ends_with("=y") || line.ends_with("=m"))
+            .map(str::to_string)
+            .collect())
+    };
+    let used_options = enabled(used)?;
+    let dropped: Vec<String> = enabled(given)?
+        .into_iter()
+        .filter(|option| !used_options.contains(option))
+        .collect();
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    Err(BuildError::Input(format!(
+        "the kernel config cannot be reproduced on this machine: olddefconfig dropped {}; \
+         install what they depend on (CONFIG_DEBUG_INFO_BTF needs pahole from the dwarves \
+         package, CONFIG_RUST needs rustc and bindgen) or the module will not match the \
+         running kernel",
+        dropped.join(", ")
+    )))
 }
 
 /// The release string Kbuild builds with: `--kernel-release`, else the

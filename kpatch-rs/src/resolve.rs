@@ -61,6 +61,16 @@ pub enum ResolveError {
         count: usize,
         candidates: String,
     },
+    #[error(
+        "cannot tell which {symbol} of {target} is meant: the module has {count} local symbols \
+         of that name and no file symbols (stripped); pass the directory of its unstripped \
+         modules (a distribution's -dbg package) with --modules"
+    )]
+    StrippedModule {
+        target: String,
+        symbol: String,
+        count: usize,
+    },
     #[error("cannot find symbol {symbol} of {file} in {target}")]
     NoSymbol {
         target: String,
@@ -201,6 +211,21 @@ impl TargetSymbols {
             });
         }
 
+        // A distribution strips its modules of file symbols: the whole module is then one
+        // block, which settles every name the module defines once.
+        if blocks.is_empty() && is_module {
+            let locals: Vec<usize> = (0..symbols.len())
+                .filter(|&index| symbols[index].local)
+                .collect();
+            for &index in &locals {
+                symbols[index].block = Some(0);
+            }
+            blocks.push(FileBlock {
+                file: WHOLE_MODULE.to_string(),
+                symbols: locals,
+            });
+        }
+
         // vmlinux counts same-named symbols by address; a module by symbol table order.
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, symbol) in symbols.iter().enumerate() {
@@ -316,7 +341,7 @@ impl TargetSymbols {
         // discards (`__UNIQUE_ID_*` in `.discard.*`, `.init` data of some configs).
         let mut scored: Vec<(usize, usize)> = Vec::new();
         for (index, block) in self.blocks.iter().enumerate() {
-            if block.file != file {
+            if block.file != file && block.file != WHOLE_MODULE {
                 continue;
             }
             let score = locals
@@ -382,6 +407,25 @@ impl TargetSymbols {
         let position = match block {
             Some(Block::Neighbours { file, names }) => {
                 self.position_by_neighbours(name, file, names, same_named)?
+            }
+            Some(Block::File(index)) if self.blocks[*index].file == WHOLE_MODULE => {
+                let in_module: Vec<usize> = same_named
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &symbol)| self.symbols[symbol].local)
+                    .map(|(position, _)| position)
+                    .collect();
+                match in_module.as_slice() {
+                    [position] => *position,
+                    [] => return Err(not_found()),
+                    many => {
+                        return Err(ResolveError::StrippedModule {
+                            target: self.target.klp_name().to_string(),
+                            symbol: name.to_string(),
+                            count: many.len(),
+                        })
+                    }
+                }
             }
             _ => same_named
                 .iter()
@@ -490,6 +534,9 @@ impl TargetSymbols {
             .is_some_and(|indices| indices.iter().any(|&index| !self.symbols[index].local))
     }
 }
+
+/// The file name of the one block of a module without file symbols.
+const WHOLE_MODULE: &str = "*";
 
 /// A symbol's name without the compiler's clone suffixes (`.constprop.0`, `.isra.0`,
 /// `.cold`) and static-local numbers (`name.12`).

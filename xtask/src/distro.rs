@@ -276,7 +276,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 guest_script(case, &module),
             )?;
             jobs.push(Job {
-                name: format!("{} ({symbol_source})", case.patch),
+                name: format!("{}-{symbol_source}", case.patch),
                 cwd: dir,
                 command: format!("sh ./{}.sh", case.patch),
                 timeout: Duration::from_secs(120),
