@@ -143,3 +143,51 @@ fn a_stripped_target_is_an_error_that_says_what_to_pass() {
         .to_string()
         .starts_with("cannot read symbols of vmlinux: "));
 }
+
+#[test]
+fn a_module_stripped_of_file_symbols_is_one_block_and_refuses_duplicates() {
+    if !tools_available() {
+        eprintln!("skipped: gcc and ld are needed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    link_two_units(dir.path());
+    // A module is a relocatable link; a distribution strips its file symbols with the debug
+    // information.
+    let module = dir.path().join("module.ko");
+    let status = Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&module)
+        .arg(dir.path().join("one.o"))
+        .arg(dir.path().join("two.o"))
+        .status()
+        .expect("run ld");
+    assert!(status.success(), "ld -r failed");
+    let status = Command::new("objcopy")
+        .args(["--strip-debug", "--strip-symbol=show.c"])
+        .arg(&module)
+        .status()
+        .expect("run objcopy");
+    assert!(status.success(), "objcopy failed");
+    let data = std::fs::read(&module).expect("read module");
+    let symbols =
+        TargetSymbols::from_elf(Target::Module("module".to_string()), &data).expect("symbols");
+    let block = symbols
+        .find_block(&Unit {
+            file: "show.c",
+            locals: &["show", "beta"],
+            defined: &["show", "beta"],
+        })
+        .expect("the whole module is the block");
+    assert_eq!(symbols.sympos("beta", Some(&block)), Ok(Sympos(0)));
+    assert_eq!(
+        symbols
+            .sympos("show", Some(&block))
+            .expect_err("two show()")
+            .to_string(),
+        "cannot tell which show of module is meant: the module has 2 local symbols of that \
+         name and no file symbols (stripped); pass the directory of its unstripped modules (a \
+         distribution's -dbg package) with --modules"
+    );
+}

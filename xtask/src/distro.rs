@@ -331,8 +331,7 @@ fn path_text(path: &Path) -> String {
 
 /// Estimates a full `make -j2` of Debian's config: times Kbuild compiling every object of
 /// `fs/proc/` in a prepared tree, and scales the time per object by the number of translation
-/// units Debian's vmlinux and modules hold (`STT_FILE` symbols of the debug vmlinux, one per
-/// built-in unit, plus one per module file, a lower bound since modules may have several).
+/// units Debian's vmlinux and modules hold (their `STT_FILE` symbols in the debug package).
 fn bench_full_build(sh: &Shell, distro: &Distro) -> Result<()> {
     let bench = distro.cache.join("bench");
     let _ = std::fs::remove_dir_all(&bench);
@@ -364,27 +363,36 @@ fn bench_full_build(sh: &Shell, distro: &Distro) -> Result<()> {
             name.ends_with(".o") && !name.ends_with(".mod.o") && name != "built-in.o"
         })
         .count();
+    // One STT_FILE symbol per compiled unit that has local symbols: a lower bound. Each
+    // module also has its generated `.mod.c` and `module-common.c`, not counted.
+    let file_symbols = |text: &str| {
+        text.lines()
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.get(3) == Some(&"FILE")
+                    && fields
+                        .last()
+                        .is_some_and(|name| !name.ends_with(".mod.c") && *name != "module-common.c")
+            })
+            .count()
+    };
     let vmlinux = &distro.vmlinux;
-    let symbols = cmd!(sh, "readelf -sW {vmlinux}").quiet().read()?;
-    let builtin_units = symbols
-        .lines()
-        .filter(|line| line.split_whitespace().nth(3) == Some("FILE"))
-        .count();
-    let image_modules = distro
-        .cache
-        .join("x")
-        .join(IMAGE)
-        .join(format!("lib/modules/{RELEASE}/kernel"));
-    let module_count = cmd!(sh, "find {image_modules} -name *.ko.xz")
+    let builtin_units = file_symbols(&cmd!(sh, "readelf -sW {vmlinux}").quiet().read()?);
+    let debug_modules = distro.vmlinux.with_file_name("kernel");
+    let placeholder = "{}";
+    let module_units = file_symbols(
+        &cmd!(
+            sh,
+            "find {debug_modules} -name *.ko -exec readelf -sW {placeholder} +"
+        )
         .quiet()
-        .read()?
-        .lines()
-        .count();
+        .read()?,
+    );
     if objects == 0 {
         bail!("the fs/proc/ build made no objects");
     }
     let per_object = proc_dir.as_secs_f64() / objects as f64;
-    let units = builtin_units + module_count;
+    let units = builtin_units + module_units;
     let estimate = prepare.as_secs_f64() + per_object * units as f64;
     println!("full build estimate for Debian's config at -j2 on this machine:");
     println!(
@@ -396,8 +404,8 @@ fn bench_full_build(sh: &Shell, distro: &Distro) -> Result<()> {
         proc_dir.as_secs_f64()
     );
     println!(
-        "  units: {builtin_units} built-in (STT_FILE in the debug vmlinux) + {module_count} \
-         modules (at least one each)"
+        "  units: {builtin_units} built-in + {module_units} in modules (STT_FILE symbols of the \
+         debug vmlinux and modules: a lower bound)"
     );
     println!(
         "  estimate: {:.0} s ({:.1} h), without linking vmlinux, BTF and modules",
