@@ -123,6 +123,9 @@ pub struct KernelBuild {
     pub jobs: usize,
     /// The log every command appends to.
     pub log: PathBuf,
+    /// The kernel release to build for (`KERNELRELEASE=`, which goes into the vermagic);
+    /// `None` lets the tree's `scripts/setlocalversion` decide.
+    pub release: Option<String>,
 }
 
 impl KernelBuild {
@@ -133,6 +136,9 @@ impl KernelBuild {
             .arg(&self.source)
             .arg(format!("O={}", self.output.display()))
             .arg(format!("-j{}", self.jobs.max(1)));
+        if let Some(release) = &self.release {
+            command.arg(format!("KERNELRELEASE={release}"));
+        }
         command
     }
 
@@ -206,6 +212,9 @@ impl KernelBuild {
             .arg(&self.output)
             .arg(format!("M={}", directory.display()))
             .arg(format!("-j{}", self.jobs.max(1)));
+        if let Some(release) = &self.release {
+            command.arg(format!("KERNELRELEASE={release}"));
+        }
         if !extra_cflags.is_empty() {
             command.arg(format!("KCFLAGS={extra_cflags}"));
         }

@@ -63,9 +63,25 @@ struct BuildArgs {
     /// The running kernel's config (default: .config beside --vmlinux).
     #[arg(short = 'c', long)]
     config: Option<std::path::PathBuf>,
-    /// The running kernel's vmlinux, with its symbol table.
-    #[arg(short = 'v', long)]
-    vmlinux: std::path::PathBuf,
+    /// The running kernel's vmlinux, with its symbol table (a distribution's debug package).
+    #[arg(
+        short = 'v',
+        long,
+        required_unless_present = "system_map",
+        conflicts_with = "system_map"
+    )]
+    vmlinux: Option<std::path::PathBuf>,
+    /// The running kernel's System.map (or a copy of /proc/kallsyms), instead of --vmlinux;
+    /// a duplicated local symbol is then told apart by its neighbours.
+    #[arg(long)]
+    system_map: Option<std::path::PathBuf>,
+    /// Where the .ko files of patched modules are, uncompressed (default: beside the symbols).
+    #[arg(long)]
+    modules: Option<std::path::PathBuf>,
+    /// The running kernel's release, `uname -r` (default: include/config/kernel.release beside
+    /// --symvers, as a distribution's headers package has it).
+    #[arg(long)]
+    kernel_release: Option<String>,
     /// The kernel's Module.symvers (default: beside --vmlinux).
     #[arg(long)]
     symvers: Option<std::path::PathBuf>,
@@ -127,11 +143,20 @@ fn exit_code(result: anyhow::Result<u8>) -> ExitCode {
 }
 
 fn run_build(args: BuildArgs) -> ExitCode {
-    use kpatch_rs::pipeline::{build, BuildOptions};
+    use kpatch_rs::pipeline::{build, BuildOptions, SymbolSource};
 
+    let symbols = match (&args.vmlinux, &args.system_map) {
+        (Some(vmlinux), _) => SymbolSource::Vmlinux(vmlinux.clone()),
+        (None, Some(map)) => SymbolSource::SystemMap(map.clone()),
+        (None, None) => {
+            eprintln!("error: pass the kernel's symbols with --vmlinux or --system-map");
+            return ExitCode::from(kpatch_rs::exit::ERROR);
+        }
+    };
+    let symbol_file = args.vmlinux.as_ref().or(args.system_map.as_ref());
     let beside_vmlinux = |file: &str| {
-        args.vmlinux
-            .parent()
+        symbol_file
+            .and_then(|path| path.parent())
             .unwrap_or(std::path::Path::new("."))
             .join(file)
     };
@@ -167,7 +192,9 @@ fn run_build(args: BuildArgs) -> ExitCode {
             .config
             .clone()
             .unwrap_or_else(|| beside_vmlinux(".config")),
-        vmlinux: args.vmlinux.clone(),
+        symbols,
+        modules: args.modules.clone(),
+        kernel_release: args.kernel_release.clone(),
         symvers: args
             .symvers
             .clone()

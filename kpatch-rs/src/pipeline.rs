@@ -20,7 +20,7 @@ use crate::module::{self, KlpFunction, KlpObject, LivepatchModule, Target};
 use crate::post_link;
 use crate::prepare;
 use crate::report::{Outcome, Report};
-use crate::resolve::{Exports, ResolveError, TargetSymbols};
+use crate::resolve::{Exports, ResolveError, TargetSymbols, Unit};
 use crate::targets::{self, TargetError};
 use crate::trees::{self, TreeError};
 
@@ -31,8 +31,16 @@ pub struct BuildOptions {
     pub sourcedir: PathBuf,
     /// The kernel config the running kernel was built with.
     pub config: PathBuf,
-    /// The running kernel's vmlinux, with its symbol table.
-    pub vmlinux: PathBuf,
+    /// Where the running kernel's symbols come from.
+    pub symbols: SymbolSource,
+    /// Where the `.ko` files of module targets are (searched recursively); by default the
+    /// directory of the symbol source.
+    pub modules: Option<PathBuf>,
+    /// The running kernel's release (`uname -r`), which Kbuild puts into the module's
+    /// vermagic; by default `include/config/kernel.release` beside `symvers` when that
+    /// exists (a distribution's headers package ships it), else what the source tree's
+    /// `scripts/setlocalversion` says.
+    pub kernel_release: Option<String>,
     /// The kernel's `Module.symvers`.
     pub symvers: PathBuf,
     /// The module's name without the `livepatch-` prefix.
@@ -47,6 +55,31 @@ pub struct BuildOptions {
     pub replace: bool,
     /// Where build directories and the patched tree are kept between runs.
     pub cache: PathBuf,
+}
+
+/// The symbols of the running kernel's vmlinux.
+#[derive(Debug, Clone)]
+pub enum SymbolSource {
+    /// The unstripped vmlinux (a distribution's debug package): file symbols settle which
+    /// same-named local symbol a translation unit defines.
+    Vmlinux(PathBuf),
+    /// System.map or a copy of `/proc/kallsyms`: same-named locals are told apart by their
+    /// neighbours.
+    SystemMap(PathBuf),
+}
+
+impl SymbolSource {
+    fn path(&self) -> &Path {
+        match self {
+            SymbolSource::Vmlinux(path) | SymbolSource::SystemMap(path) => path,
+        }
+    }
+
+    /// The Kbuild output directory the symbol file lies in, where `.cmd` files and module
+    /// `.ko` files are looked for.
+    fn reference_build(&self) -> &Path {
+        self.path().parent().unwrap_or(Path::new("."))
+    }
 }
 
 /// Why a build stopped.
@@ -213,11 +246,11 @@ fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
             options.config.display()
         )));
     }
-    if !options.vmlinux.is_file() {
+    if !options.symbols.path().is_file() {
         return Err(BuildError::Input(format!(
-            "vmlinux {} does not exist; pass the running kernel's vmlinux (with symbols) with \
-             --vmlinux",
-            options.vmlinux.display()
+            "{} does not exist; pass the running kernel's vmlinux (with symbols) with \
+             --vmlinux, or its System.map with --system-map",
+            options.symbols.path().display()
         )));
     }
     if !options.symvers.is_file() {
@@ -243,7 +276,7 @@ fn objects_to_build(options: &BuildOptions) -> Result<(Vec<PathBuf>, Vec<PathBuf
         let text = String::from_utf8_lossy(&text);
         touched_all.extend(targets::touched_files(&patch.display().to_string(), &text)?);
     }
-    let reference_build = options.vmlinux.parent().unwrap_or(Path::new("."));
+    let reference_build = options.symbols.reference_build();
     let source = fs::canonicalize(&options.sourcedir).map_err(|e| {
         BuildError::Input(format!(
             "cannot resolve {}: {e}",
@@ -312,7 +345,11 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let options = &BuildOptions {
         sourcedir: absolute(&options.sourcedir),
         config: absolute(&options.config),
-        vmlinux: absolute(&options.vmlinux),
+        symbols: match &options.symbols {
+            SymbolSource::Vmlinux(path) => SymbolSource::Vmlinux(absolute(path)),
+            SymbolSource::SystemMap(path) => SymbolSource::SystemMap(absolute(path)),
+        },
+        modules: options.modules.as_deref().map(absolute),
         symvers: absolute(&options.symvers),
         output: absolute(&options.output),
         patches: options.patches.iter().map(|p| absolute(p)).collect(),
@@ -345,18 +382,21 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     )?;
     timer.lap("patched tree");
 
+    let release = kernel_release(options)?;
     let jobs_each = (options.jobs / 2).max(1);
     let original_build = KernelBuild {
         source: options.sourcedir.clone(),
         output: cache.join("original"),
         jobs: jobs_each,
         log: cache.join("original.log"),
+        release: release.clone(),
     };
     let patched_build = KernelBuild {
         source: patched_source.clone(),
         output: cache.join("patched"),
         jobs: jobs_each,
         log: cache.join("patched.log"),
+        release,
     };
     let include_flag = format!("-I{}", write_headers(&cache)?.display());
     let (original_result, patched_result) = std::thread::scope(|scope| {
@@ -373,6 +413,13 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let thread_error = || BuildError::Module("a build thread panicked".to_string());
     original_result.map_err(|_| thread_error())??;
     patched_result.map_err(|_| thread_error())??;
+    if let Err(error) = check_config_kept(&options.config, &original_build.output.join(".config")) {
+        // The next run must configure again, once the missing tool is there.
+        for build in [&original_build, &patched_build] {
+            let _ = fs::remove_file(build.output.join(".kpatch-prepared"));
+        }
+        return Err(error);
+    }
     timer.lap("compile");
 
     // Read the object pairs and their targets.
@@ -443,11 +490,22 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     }
 
     // Resolve every reference and replaced function against the target's symbols.
-    let vmlinux = read_file(&options.vmlinux, "vmlinux", "pass --vmlinux")?;
-    let vmlinux_symbols = TargetSymbols::from_elf(Target::Vmlinux, &vmlinux)?;
+    let vmlinux_symbols = match &options.symbols {
+        SymbolSource::Vmlinux(path) => {
+            let vmlinux = read_file(path, "vmlinux", "pass --vmlinux")?;
+            TargetSymbols::from_elf(Target::Vmlinux, &vmlinux)?
+        }
+        SymbolSource::SystemMap(path) => {
+            let map = read_file(path, "System.map", "pass --system-map")?;
+            TargetSymbols::from_system_map(&String::from_utf8_lossy(&map))?
+        }
+    };
     let symvers = read_file(&options.symvers, "Module.symvers", "pass --symvers")?;
     let exports = Exports::parse(&String::from_utf8_lossy(&symvers))?;
-    let reference_build = options.vmlinux.parent().unwrap_or(Path::new("."));
+    let reference_build = options
+        .modules
+        .as_deref()
+        .unwrap_or(options.symbols.reference_build());
     let mut module_symbols: BTreeMap<String, TargetSymbols> = BTreeMap::new();
 
     let module_dir = cache.join("module");
@@ -473,7 +531,9 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
                     let ko = find_module_file(reference_build, module_name).ok_or_else(|| {
                         BuildError::Input(format!(
                             "cannot find {module_name}.ko under {}: the module's symbols are \
-                             needed to patch it; build the modules of the original tree there",
+                             needed to patch it; build the modules of the original tree there, \
+                             or pass the directory of the kernel's (decompressed) modules with \
+                             --modules",
                             reference_build.display()
                         ))
                     })?;
@@ -505,6 +565,18 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             })
             .map(|s| s.name.as_str())
             .collect();
+        // Every function and object the unit defines: a symbol map's neighbours are
+        // compared with these.
+        let defined: Vec<&str> = original
+            .symbols
+            .iter()
+            .filter(|s| {
+                matches!(s.kind, SymbolKind::Func | SymbolKind::Object)
+                    && !s.name.is_empty()
+                    && matches!(s.placement, Placement::Section(_))
+            })
+            .map(|s| s.name.as_str())
+            .collect();
         let file = Path::new(&name)
             .with_extension("c")
             .file_name()
@@ -513,7 +585,11 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         let block = if locals.is_empty() {
             None
         } else {
-            Some(symbols.find_block(&file, &locals)?)
+            Some(symbols.find_block(&Unit {
+                file: &file,
+                locals: &locals,
+                defined: &defined,
+            })?)
         };
 
         let mut klp_names = BTreeMap::new();
@@ -536,7 +612,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             } else {
                 ("vmlinux".to_string(), &vmlinux_symbols)
             };
-            let sympos = owner_symbols.sympos(&reference.name, if local { block } else { None })?;
+            let sympos =
+                owner_symbols.sympos(&reference.name, if local { block.as_ref() } else { None })?;
             klp_names.insert(
                 reference.name.clone(),
                 klp_symbol_name(&owner, &reference.name, sympos.0),
@@ -564,7 +641,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
                 .symbols
                 .iter()
                 .any(|s| s.name == old_name && s.binding == Binding::Local);
-            let sympos = symbols.sympos(&old_name, if local { block } else { None })?;
+            let sympos = symbols.sympos(&old_name, if local { block.as_ref() } else { None })?;
             klp_object.functions.push(KlpFunction {
                 old_name,
                 old_sympos: sympos.0,
@@ -630,6 +707,93 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         klp_relocation_sections: post_link_summary.sections,
         timings: timer.phases,
     })
+}
+
+/// Refuses a build whose configuration lost options on the way through `olddefconfig`: an
+/// option whose dependency this machine cannot meet (`DEBUG_INFO_BTF` without pahole) is
+/// dropped silently, and changes the layout of `struct module` and others, so the running
+/// kernel would refuse the module or misread it.
+fn check_config_kept(given: &Path, used: &Path) -> Result<(), BuildError> {
+    let enabled = |path: &Path| -> Result<std::collections::BTreeSet<String>, BuildError> {
+        let text = read_file(path, "kernel config", "pass --config")?;
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|line| line.ends_with("=y") || line.ends_with("=m"))
+            .map(str::to_string)
+            .collect())
+    };
+    let used_options = enabled(used)?;
+    let dropped: Vec<String> = enabled(given)?
+        .into_iter()
+        .filter(|option| !used_options.contains(option))
+        .collect();
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    Err(BuildError::Input(format!(
+        "the kernel config cannot be reproduced on this machine: olddefconfig dropped {}; \
+         install what they depend on (CONFIG_DEBUG_INFO_BTF needs pahole from the dwarves \
+         package, CONFIG_RUST needs rustc and bindgen) or the module will not match the \
+         running kernel",
+        dropped.join(", ")
+    )))
+}
+
+/// The release string Kbuild builds with: `--kernel-release`, else the
+/// `include/config/kernel.release` of the headers directory `--symvers` lies in. It must
+/// start with the source tree's version, or the module would be built for another kernel.
+fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> {
+    let release = match &options.kernel_release {
+        Some(release) => Some(release.clone()),
+        None => options
+            .symvers
+            .parent()
+            .map(|headers| headers.join("include/config/kernel.release"))
+            .and_then(|path| fs::read_to_string(path).ok())
+            .map(|text| text.trim().to_string())
+            .filter(|release| !release.is_empty()),
+    };
+    let Some(release) = release else {
+        return Ok(None);
+    };
+    let makefile = read_file(
+        &options.sourcedir.join("Makefile"),
+        "kernel Makefile",
+        "pass a kernel source tree with --sourcedir",
+    )?;
+    let makefile = String::from_utf8_lossy(&makefile);
+    let field = |key: &str| {
+        makefile
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(key)?
+                    .trim()
+                    .strip_prefix('=')
+                    .map(str::trim)
+            })
+            .unwrap_or("")
+            .to_string()
+    };
+    let version = format!(
+        "{}.{}.{}",
+        field("VERSION"),
+        field("PATCHLEVEL"),
+        field("SUBLEVEL")
+    );
+    let after = release.strip_prefix(&version);
+    if after.is_none_or(|rest| rest.starts_with(|c: char| c.is_ascii_digit())) {
+        return Err(BuildError::Input(format!(
+            "kernel release {release} is not of the source tree's version {version}: pass the \
+             source the running kernel was built from, or its release with --kernel-release"
+        )));
+    }
+    if release.chars().any(|c| c.is_whitespace() || c == '\'') {
+        return Err(BuildError::Input(format!(
+            "kernel release {release:?} has white space or quotes; pass `uname -r` of the \
+             running kernel with --kernel-release"
+        )));
+    }
+    Ok(Some(release))
 }
 
 /// Writes the patch-author headers where patched sources can include them.
@@ -706,6 +870,9 @@ fn link_module(
         &link_dir.join("Kbuild"),
         &module::KBUILD_TEMPLATE.replace("@MODULE_NAME@", module_name),
     )?;
+    // modpost reads an object's symbol CRCs from its `.cmd` file (with CONFIG_MODVERSIONS);
+    // the prebuilt object exports nothing, so an empty one says so.
+    write(&link_dir.join(format!(".{module_name}.o.cmd")), "")?;
     build.build_external("building the livepatch module", &link_dir, &["modules"], "")?;
     read_file(
         &link_dir.join(format!("{module_name}.ko")),

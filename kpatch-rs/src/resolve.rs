@@ -49,6 +49,28 @@ pub enum ResolveError {
         file: String,
         count: usize,
     },
+    #[error(
+        "cannot tell which {symbol} of {target} belongs to {file}: the symbol map has \
+         {count} local symbols of that name and the neighbours of {candidates} match \
+         {file}'s symbols equally well; pass the debug vmlinux with --vmlinux to settle it"
+    )]
+    AmbiguousSymbol {
+        target: String,
+        file: String,
+        symbol: String,
+        count: usize,
+        candidates: String,
+    },
+    #[error(
+        "cannot tell which {symbol} of {target} is meant: the module has {count} local symbols \
+         of that name and no file symbols (stripped); pass the directory of its unstripped \
+         modules (a distribution's -dbg package) with --modules"
+    )]
+    StrippedModule {
+        target: String,
+        symbol: String,
+        count: usize,
+    },
     #[error("cannot find symbol {symbol} of {file} in {target}")]
     NoSymbol {
         target: String,
@@ -63,6 +85,8 @@ struct TargetSymbol {
     name: String,
     address: u64,
     local: bool,
+    /// Code rather than data (System.map types `t`, `T`, `w`, `W`); only symbol maps use it.
+    text: bool,
     /// The index of the `STT_FILE` block this local symbol belongs to.
     block: Option<usize>,
     /// Position in the order the kernel counts same-named symbols.
@@ -83,11 +107,34 @@ pub struct TargetSymbols {
     symbols: Vec<TargetSymbol>,
     by_name: HashMap<String, Vec<usize>>,
     blocks: Vec<FileBlock>,
+    /// Read from a symbol map (System.map, /proc/kallsyms): no file blocks, symbols in
+    /// address order, and a unit's locals found by their neighbours instead.
+    from_map: bool,
 }
 
-/// A translation unit's block of local symbols inside a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockId(usize);
+/// The translation unit kpatch-rs compiled, as the resolver needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Unit<'a> {
+    /// The source file name as GCC records it in `STT_FILE` (`cmdline.c`).
+    pub file: &'a str,
+    /// The unit's local function and object names that the target's link keeps.
+    pub locals: &'a [&'a str],
+    /// Every function and object name the unit defines, local or global.
+    pub defined: &'a [&'a str],
+}
+
+/// Where a translation unit's local symbols are inside a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Block {
+    /// The `STT_FILE` block of an ELF symbol table.
+    File(usize),
+    /// A unit in a symbol map: each local is found among same-named symbols by how many of
+    /// its neighbours the unit also defines.
+    Neighbours {
+        file: String,
+        names: std::collections::BTreeSet<String>,
+    },
+}
 
 /// Whether a symbol name is one kallsyms would list. Compiler-local labels and mapping symbols
 /// never reach it, and would only inflate the counts.
@@ -158,8 +205,24 @@ impl TargetSymbols {
                 name,
                 address: symbol.st_value(endian),
                 local,
+                text: kind == elf::STT_FUNC,
                 block: if local { current_block } else { None },
                 order: index,
+            });
+        }
+
+        // A distribution strips its modules of file symbols: the whole module is then one
+        // block, which settles every name the module defines once.
+        if blocks.is_empty() && is_module {
+            let locals: Vec<usize> = (0..symbols.len())
+                .filter(|&index| symbols[index].local)
+                .collect();
+            for &index in &locals {
+                symbols[index].block = Some(0);
+            }
+            blocks.push(FileBlock {
+                file: WHOLE_MODULE.to_string(),
+                symbols: locals,
             });
         }
 
@@ -178,19 +241,107 @@ impl TargetSymbols {
             symbols,
             by_name,
             blocks,
+            from_map: false,
         })
     }
 
-    /// Finds the block of the translation unit whose source file name is `file` (as GCC
-    /// records it: the base name, such as `cmdline.c`) and whose local symbols include
-    /// `locals` (the unit's local function and object names).
-    pub fn find_block(&self, file: &str, locals: &[&str]) -> Result<BlockId, ResolveError> {
+    /// Reads vmlinux's symbols from a symbol map: System.map (`nm -n` output, as Kbuild writes
+    /// it) or a copy of `/proc/kallsyms`, whose module symbols (`[module]` suffix) are skipped.
+    /// The map has no file symbols; `sympos` of a duplicated local comes from its neighbours.
+    pub fn from_system_map(content: &str) -> Result<TargetSymbols, ResolveError> {
+        let mut symbols = Vec::new();
+        for (number, line) in content.lines().enumerate() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (address, kind, name) = match fields.as_slice() {
+                [] => continue,
+                [address, kind, name] => (address, kind, name),
+                // A kallsyms line of a module: not vmlinux.
+                [_, _, _, module] if module.starts_with('[') => continue,
+                _ => {
+                    return Err(ResolveError::Read {
+                        target: "vmlinux".to_string(),
+                        reason: format!(
+                            "symbol map line {} is not `ADDRESS TYPE NAME`: {line:?}",
+                            number + 1
+                        ),
+                    })
+                }
+            };
+            let address = u64::from_str_radix(address, 16).map_err(|_| ResolveError::Read {
+                target: "vmlinux".to_string(),
+                reason: format!(
+                    "symbol map line {} has no hexadecimal address: {line:?}",
+                    number + 1
+                ),
+            })?;
+            let Some(kind) = kind.chars().next() else {
+                continue;
+            };
+            // Absolute and undefined entries are not symbols the livepatch core looks up.
+            if matches!(kind, 'a' | 'A' | 'U' | 'u' | 'N' | 'n') || !is_listed_name(name) {
+                continue;
+            }
+            symbols.push(TargetSymbol {
+                name: name.to_string(),
+                address,
+                local: kind.is_ascii_lowercase(),
+                text: matches!(kind, 't' | 'T' | 'w' | 'W'),
+                block: None,
+                order: 0,
+            });
+        }
+        if symbols.is_empty() {
+            return Err(ResolveError::Read {
+                target: "vmlinux".to_string(),
+                reason: "the symbol map lists no symbols (Debian's image package ships a \
+                         placeholder System.map; the real one is in the -dbg package)"
+                    .to_string(),
+            });
+        }
+        // kallsyms counts same-named symbols by address; a sorted map keeps that order.
+        symbols.sort_by_key(|symbol| symbol.address);
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, symbol) in symbols.iter_mut().enumerate() {
+            symbol.order = index;
+            by_name.entry(symbol.name.clone()).or_default().push(index);
+        }
+        Ok(TargetSymbols {
+            target: Target::Vmlinux,
+            symbols,
+            by_name,
+            blocks: Vec::new(),
+            from_map: true,
+        })
+    }
+
+    /// Finds where the unit's local symbols are: the `STT_FILE` block whose file name is
+    /// `unit.file` and which holds the most of `unit.locals`, or, for a symbol map, the unit's
+    /// names to compare each local's neighbours with.
+    pub fn find_block(&self, unit: &Unit<'_>) -> Result<Block, ResolveError> {
+        if self.from_map {
+            let names: std::collections::BTreeSet<String> = unit
+                .defined
+                .iter()
+                .map(|name| base_name(name).to_string())
+                .collect();
+            if !names
+                .iter()
+                .any(|name| self.by_name.contains_key(name.as_str()))
+            {
+                return Err(self.no_block(unit));
+            }
+            return Ok(Block::Neighbours {
+                file: unit.file.to_string(),
+                names,
+            });
+        }
+        let (file, locals) = (unit.file, unit.locals);
         // Score each same-named block by how many of the unit's locals it holds. The best
         // block need not hold all of them: the compiler keeps locals that the kernel's link
         // discards (`__UNIQUE_ID_*` in `.discard.*`, `.init` data of some configs).
         let mut scored: Vec<(usize, usize)> = Vec::new();
         for (index, block) in self.blocks.iter().enumerate() {
-            if block.file != file {
+            if block.file != file && block.file != WHOLE_MODULE {
                 continue;
             }
             let score = locals
@@ -218,16 +369,8 @@ impl TargetSymbols {
             best.retain(|index| size(index) == closest);
         }
         match best.as_slice() {
-            [block] => Ok(BlockId(*block)),
-            [] => Err(ResolveError::NoBlock {
-                target: self.target.klp_name().to_string(),
-                file: file.to_string(),
-                symbols: if locals.is_empty() {
-                    "any symbol".to_string()
-                } else {
-                    locals.join(", ")
-                },
-            }),
+            [block] => Ok(Block::File(*block)),
+            [] => Err(self.no_block(unit)),
             many => Err(ResolveError::AmbiguousBlock {
                 target: self.target.klp_name().to_string(),
                 file: file.to_string(),
@@ -236,32 +379,152 @@ impl TargetSymbols {
         }
     }
 
+    fn no_block(&self, unit: &Unit<'_>) -> ResolveError {
+        ResolveError::NoBlock {
+            target: self.target.klp_name().to_string(),
+            file: unit.file.to_string(),
+            symbols: if unit.locals.is_empty() {
+                "any symbol".to_string()
+            } else {
+                unit.locals.join(", ")
+            },
+        }
+    }
+
     /// The `sympos` of `name`: of the local symbol in `block` when given, else of the
     /// target's global symbol of that name.
-    pub fn sympos(&self, name: &str, block: Option<BlockId>) -> Result<Sympos, ResolveError> {
+    pub fn sympos(&self, name: &str, block: Option<&Block>) -> Result<Sympos, ResolveError> {
         let not_found = || ResolveError::NoSymbol {
             target: self.target.klp_name().to_string(),
-            file: block
-                .map(|BlockId(index)| self.blocks[index].file.clone())
-                .unwrap_or_else(|| "global scope".to_string()),
+            file: match block {
+                Some(Block::File(index)) => self.blocks[*index].file.clone(),
+                Some(Block::Neighbours { file, .. }) => file.clone(),
+                None => "global scope".to_string(),
+            },
             symbol: name.to_string(),
         };
         let same_named = self.by_name.get(name).ok_or_else(not_found)?;
-        let position = same_named
-            .iter()
-            .position(|&index| {
-                let symbol = &self.symbols[index];
-                match block {
-                    Some(BlockId(block)) => symbol.local && symbol.block == Some(block),
-                    None => !symbol.local,
+        let position = match block {
+            Some(Block::Neighbours { file, names }) => {
+                self.position_by_neighbours(name, file, names, same_named)?
+            }
+            Some(Block::File(index)) if self.blocks[*index].file == WHOLE_MODULE => {
+                let in_module: Vec<usize> = same_named
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &symbol)| self.symbols[symbol].local)
+                    .map(|(position, _)| position)
+                    .collect();
+                match in_module.as_slice() {
+                    [position] => *position,
+                    [] => return Err(not_found()),
+                    many => {
+                        return Err(ResolveError::StrippedModule {
+                            target: self.target.klp_name().to_string(),
+                            symbol: name.to_string(),
+                            count: many.len(),
+                        })
+                    }
                 }
-            })
-            .ok_or_else(not_found)?;
+            }
+            _ => same_named
+                .iter()
+                .position(|&index| {
+                    let symbol = &self.symbols[index];
+                    match block {
+                        Some(Block::File(block)) => symbol.local && symbol.block == Some(*block),
+                        _ => !symbol.local,
+                    }
+                })
+                .ok_or_else(not_found)?,
+        };
         if same_named.len() == 1 {
             Ok(Sympos(0))
         } else {
             Ok(Sympos(position as u64 + 1))
         }
+    }
+
+    /// Which of the same-named local symbols of a symbol map is the unit's: the one inside
+    /// the longest run of neighbours (in address order, code or data alike) that the unit
+    /// also defines. A unit's functions are laid out together in link order, so its copy of
+    /// a duplicated name is surrounded by its other functions, while another file's copy is
+    /// surrounded by that file's.
+    fn position_by_neighbours(
+        &self,
+        name: &str,
+        file: &str,
+        names: &std::collections::BTreeSet<String>,
+        same_named: &[usize],
+    ) -> Result<usize, ResolveError> {
+        let locals: Vec<(usize, usize)> = same_named
+            .iter()
+            .enumerate()
+            .filter(|&(_, &index)| self.symbols[index].local)
+            .map(|(position, &index)| (position, index))
+            .collect();
+        if let [(position, _)] = locals.as_slice() {
+            return Ok(*position);
+        }
+        if locals.is_empty() {
+            return Err(ResolveError::NoSymbol {
+                target: self.target.klp_name().to_string(),
+                file: file.to_string(),
+                symbol: name.to_string(),
+            });
+        }
+        let scored: Vec<(usize, usize, usize)> = locals
+            .iter()
+            .map(|&(position, index)| (position, index, self.run_length(index, names)))
+            .collect();
+        let top = scored.iter().map(|&(_, _, run)| run).max().unwrap_or(0);
+        let best: Vec<&(usize, usize, usize)> =
+            scored.iter().filter(|&&(_, _, run)| run == top).collect();
+        match best.as_slice() {
+            [(position, _, run)] if *run > 0 => Ok(*position),
+            _ => Err(ResolveError::AmbiguousSymbol {
+                target: self.target.klp_name().to_string(),
+                file: file.to_string(),
+                symbol: name.to_string(),
+                count: locals.len(),
+                candidates: best
+                    .iter()
+                    .map(|&&(_, index, _)| format!("{name} at {:#x}", self.symbols[index].address))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// How many symbols next to `index` (before and after, up to the first that is not the
+    /// unit's) the unit defines. Padding (`__pfx_`, `__cfi_`) symbols objtool adds at link
+    /// time are stepped over.
+    fn run_length(&self, index: usize, names: &std::collections::BTreeSet<String>) -> usize {
+        let text = self.symbols[index].text;
+        let belongs = |symbol: &TargetSymbol| names.contains(base_name(&symbol.name));
+        let is_padding = |symbol: &TargetSymbol| {
+            symbol.name.starts_with("__pfx_") || symbol.name.starts_with("__cfi_")
+        };
+        let mut run = 0;
+        for neighbour in self.symbols[..index].iter().rev() {
+            if is_padding(neighbour) {
+                continue;
+            }
+            if neighbour.text != text || !belongs(neighbour) {
+                break;
+            }
+            run += 1;
+        }
+        for neighbour in &self.symbols[index + 1..] {
+            if is_padding(neighbour) {
+                continue;
+            }
+            if neighbour.text != text || !belongs(neighbour) {
+                break;
+            }
+            run += 1;
+        }
+        run
     }
 
     /// Whether the target defines a global symbol named `name`.
@@ -270,6 +533,15 @@ impl TargetSymbols {
             .get(name)
             .is_some_and(|indices| indices.iter().any(|&index| !self.symbols[index].local))
     }
+}
+
+/// The file name of the one block of a module without file symbols.
+const WHOLE_MODULE: &str = "*";
+
+/// A symbol's name without the compiler's clone suffixes (`.constprop.0`, `.isra.0`,
+/// `.cold`) and static-local numbers (`name.12`).
+fn base_name(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
 }
 
 /// Whether section `index` of a module is one the loader frees after init (`.init.*`), whose
@@ -339,5 +611,105 @@ mod tests {
             error.to_string(),
             "cannot read symbols of Module.symvers: line 1 has fewer than 3 tab-separated fields"
         );
+    }
+
+    /// One case of Debian's System.map: the unit (its file and names) and the sympos its
+    /// `type_show` has, as the debug vmlinux's file blocks say.
+    fn check_map_sympos(map: &TargetSymbols, line: &str) {
+        let mut fields = line.split_whitespace();
+        let expected: u64 = fields.next().and_then(|f| f.parse().ok()).expect("sympos");
+        let file = fields.next().expect("file");
+        let names: Vec<&str> = fields.collect();
+        let unit = Unit {
+            file,
+            locals: &names,
+            defined: &names,
+        };
+        let block = map.find_block(&unit).expect("unit in map");
+        assert_eq!(
+            map.sympos("type_show", Some(&block)).expect(file),
+            Sympos(expected),
+            "type_show of {file}"
+        );
+    }
+
+    #[test]
+    fn system_map_neighbours_pick_each_duplicated_local_of_debian_vmlinux() {
+        let map = TargetSymbols::from_system_map(
+            include_str!("../../fixtures/distro/system-map-type_show.txt")
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_str(),
+        )
+        .expect("read map");
+        let cases: Vec<&str> = include_str!("../../fixtures/distro/type_show-units.txt")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .collect();
+        assert_eq!(cases.len(), 18);
+        for case in cases {
+            check_map_sympos(&map, case);
+        }
+    }
+
+    #[test]
+    fn system_map_errors_name_the_symbol_the_candidates_and_the_remedy() {
+        let map = TargetSymbols::from_system_map(
+            "ffffffff81000000 t show\n\
+             ffffffff81000010 t alpha_read\n\
+             ffffffff81000020 T two_entry\n\
+             ffffffff81000030 t show\n\
+             ffffffff81000040 t beta_read\n\
+             ffffffff81000060 t show\t[foo]\n",
+        )
+        .expect("map");
+        let unit = |defined: &'static [&'static str]| Unit {
+            file: "show.c",
+            locals: defined,
+            defined,
+        };
+        let block = map
+            .find_block(&unit(&["show", "beta_read"]))
+            .expect("block");
+        assert_eq!(map.sympos("show", Some(&block)), Ok(Sympos(2)));
+        assert_eq!(map.sympos("two_entry", None), Ok(Sympos(0)));
+        // Nothing around either show() is the unit's: the map cannot tell.
+        let block = map.find_block(&unit(&["show", "gamma"])).expect("block");
+        assert_eq!(
+            map.sympos("show", Some(&block))
+                .expect_err("ambiguous")
+                .to_string(),
+            "cannot tell which show of vmlinux belongs to show.c: the symbol map has 2 local \
+             symbols of that name and the neighbours of show at 0xffffffff81000000, show at \
+             0xffffffff81000030 match show.c's symbols equally well; pass the debug vmlinux \
+             with --vmlinux to settle it"
+        );
+        assert_eq!(
+            map.find_block(&unit(&["gamma"]))
+                .expect_err("absent")
+                .to_string(),
+            "cannot find show.c in vmlinux: no local symbol block of that file holds any of \
+             gamma; is vmlinux built from the same source and config?"
+        );
+        for (text, reason) in [
+            (
+                "ffffffff81000000 t\n",
+                "symbol map line 1 is not `ADDRESS TYPE NAME`",
+            ),
+            (
+                "zz t show\n",
+                "symbol map line 1 has no hexadecimal address",
+            ),
+            (
+                "ffffffffffffffff B The real System.map is in the -dbg package\n",
+                "symbol map line 1 is not `ADDRESS TYPE NAME`",
+            ),
+            ("", "the symbol map lists no symbols"),
+        ] {
+            let error = TargetSymbols::from_system_map(text).expect_err(text);
+            assert!(error.to_string().contains(reason), "{text:?}: {error}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kpatch_rs::module::Target;
-use kpatch_rs::resolve::{Sympos, TargetSymbols};
+use kpatch_rs::resolve::{Sympos, TargetSymbols, Unit};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/resolve")
@@ -65,10 +65,15 @@ fn duplicate_local_names_resolve_to_their_own_unit() {
     let image = link_two_units(dir.path());
     let symbols = TargetSymbols::from_elf(Target::Vmlinux, &image).expect("read symbols");
 
-    let check = |locals: &[&str], expected: Sympos| {
-        let block = symbols.find_block("show.c", locals).expect("block");
+    let unit = |locals: &'static [&'static str]| Unit {
+        file: "show.c",
+        locals,
+        defined: locals,
+    };
+    let check = |locals: &'static [&'static str], expected: Sympos| {
+        let block = symbols.find_block(&unit(locals)).expect("block");
         assert_eq!(
-            symbols.sympos("show", Some(block)).expect("sympos"),
+            symbols.sympos("show", Some(&block)).expect("sympos"),
             expected
         );
     };
@@ -77,8 +82,8 @@ fn duplicate_local_names_resolve_to_their_own_unit() {
     check(&["show", "beta"], Sympos(2));
 
     // A unique local has position 0, and so has a unique global.
-    let two = symbols.find_block("show.c", &["beta"]).expect("block");
-    assert_eq!(symbols.sympos("beta", Some(two)).expect("beta"), Sympos(0));
+    let two = symbols.find_block(&unit(&["beta"])).expect("block");
+    assert_eq!(symbols.sympos("beta", Some(&two)).expect("beta"), Sympos(0));
     assert_eq!(
         symbols.sympos("two_entry", None).expect("global"),
         Sympos(0)
@@ -87,9 +92,7 @@ fn duplicate_local_names_resolve_to_their_own_unit() {
     assert!(!symbols.has_global("show"));
 
     // show() alone does not say which show.c was compiled.
-    let error = symbols
-        .find_block("show.c", &["show"])
-        .expect_err("ambiguous");
+    let error = symbols.find_block(&unit(&["show"])).expect_err("ambiguous");
     assert_eq!(
         error.to_string(),
         "cannot tell which show.c of vmlinux was compiled: 2 local symbol blocks match equally \
@@ -98,14 +101,14 @@ fn duplicate_local_names_resolve_to_their_own_unit() {
     // A local the link dropped does not hide the block that holds the others.
     check(&["show", "beta", "__UNIQUE_ID_dropped"], Sympos(2));
     let error = symbols
-        .find_block("show.c", &["gamma", "delta"])
+        .find_block(&unit(&["gamma", "delta"]))
         .expect_err("no block");
     assert_eq!(
         error.to_string(),
         "cannot find show.c in vmlinux: no local symbol block of that file holds any of \
          gamma, delta; is vmlinux built from the same source and config?"
     );
-    let error = symbols.sympos("alpha", Some(two)).expect_err("wrong unit");
+    let error = symbols.sympos("alpha", Some(&two)).expect_err("wrong unit");
     assert_eq!(
         error.to_string(),
         "cannot find symbol alpha of show.c in vmlinux"
@@ -139,4 +142,52 @@ fn a_stripped_target_is_an_error_that_says_what_to_pass() {
     assert!(error
         .to_string()
         .starts_with("cannot read symbols of vmlinux: "));
+}
+
+#[test]
+fn a_module_stripped_of_file_symbols_is_one_block_and_refuses_duplicates() {
+    if !tools_available() {
+        eprintln!("skipped: gcc and ld are needed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    link_two_units(dir.path());
+    // A module is a relocatable link; a distribution strips its file symbols with the debug
+    // information.
+    let module = dir.path().join("module.ko");
+    let status = Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&module)
+        .arg(dir.path().join("one.o"))
+        .arg(dir.path().join("two.o"))
+        .status()
+        .expect("run ld");
+    assert!(status.success(), "ld -r failed");
+    let status = Command::new("objcopy")
+        .args(["--strip-debug", "--strip-symbol=show.c"])
+        .arg(&module)
+        .status()
+        .expect("run objcopy");
+    assert!(status.success(), "objcopy failed");
+    let data = std::fs::read(&module).expect("read module");
+    let symbols =
+        TargetSymbols::from_elf(Target::Module("module".to_string()), &data).expect("symbols");
+    let block = symbols
+        .find_block(&Unit {
+            file: "show.c",
+            locals: &["show", "beta"],
+            defined: &["show", "beta"],
+        })
+        .expect("the whole module is the block");
+    assert_eq!(symbols.sympos("beta", Some(&block)), Ok(Sympos(0)));
+    assert_eq!(
+        symbols
+            .sympos("show", Some(&block))
+            .expect_err("two show()")
+            .to_string(),
+        "cannot tell which show of module is meant: the module has 2 local symbols of that \
+         name and no file symbols (stripped); pass the directory of its unstripped modules (a \
+         distribution's -dbg package) with --modules"
+    );
 }

@@ -61,6 +61,14 @@ pub fn run(args: &[String]) -> Result<()> {
             .map_err(Into::into),
     );
 
+    // Debian's own 6.12 kernel, livepatched by kpatch-rs from both symbol sources.
+    step(
+        "distro test",
+        cmd!(sh, "cargo xtask distro-test")
+            .run()
+            .map_err(Into::into),
+    );
+
     let (mut tally, stock_verdicts) = crate::qemu_test::run_everything_verdicts(&sh, &kernel)?;
 
     // The same selftests, through the same runner, on the kernel whose module coming/going

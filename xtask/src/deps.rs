@@ -20,6 +20,9 @@ pub const PACKAGES: &[&str] = &[
     // kpatch-rs build: patch(1) for the patched tree, binutils for ld and readelf.
     "patch",
     "binutils",
+    // pahole: a distribution config with CONFIG_DEBUG_INFO_BTF keeps it only when pahole is
+    // there, and dropping it changes struct module (see `cargo xtask distro-test`).
+    "dwarves",
     // The guest: emulator, initramfs, and the tools the upstream selftests call.
     "qemu-system-x86",
     "busybox-static",

@@ -6,6 +6,7 @@ mod bench_build;
 mod ci;
 mod demo;
 mod deps;
+mod distro;
 mod fixtures;
 mod guest;
 mod kernel;
@@ -24,6 +25,8 @@ commands:
   demo      the main job: deps, test kernel, kpatch-rs build of a patch, load it in QEMU
   bench-build  time kpatch-rs build against compiling the touched object twice
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
+  distro-test  livepatch Debian's own 6.12 kernel in QEMU: 3 patches, debug vmlinux and
+            System.map as symbol sources [--bench: also estimate a full build]
   deps      install the Debian packages the harness needs (apt-get)
   kernel    build the cached test kernel [--print-dirs] [--core c|rust]
             [--fragment FILE]...
@@ -58,6 +61,7 @@ fn dispatch() -> Result<()> {
         "bench-build" => bench_build::run(rest),
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
+        "distro-test" => distro::run(rest),
         "kernel" => kernel::run(rest),
         "qemu-test" => qemu_test::run(rest),
         "fixtures" => fixtures::run(rest),

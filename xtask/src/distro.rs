@@ -1,0 +1,424 @@
+//! `cargo xtask distro-test`: livepatches for the kernel Debian ships, proven on that kernel.
+//!
+//! Downloads Debian's packages of linux 6.12.117+deb12-amd64 once into
+//! `~/.cache/kpatch-rs/distro/` (`apt-get download`, `dpkg-deb -x`; nothing is installed), unpacks
+//! the `linux-source-6.12` tarball there as the clean source tree, and builds the patches of
+//! `fixtures/distro/` with `kpatch-rs build` twice: with the debug vmlinux as the symbol source
+//! and with System.map alone. Then it boots Debian's own vmlinuz in QEMU with a busybox
+//! initramfs holding the modules and the image's own `binfmt_misc.ko`, and checks each patch:
+//! behaviour before, while patched and after disabling, the unload, and a clean kernel log.
+//! The first build of a run goes into an empty cache, so its time is that of a never-built
+//! tree; `--bench` also times a Kbuild compile of one directory for the full-build estimate.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::guest::{run_jobs, Ending, Job, Rootfs};
+use crate::kernel::KernelDirs;
+
+/// The Debian kernel release under test, and the packages that carry it.
+const RELEASE: &str = "6.12.117+deb12-amd64";
+const IMAGE: &str = "linux-image-6.12.117+deb12-amd64-unsigned";
+const DBG: &str = "linux-image-6.12.117+deb12-amd64-dbg";
+const HEADERS: &str = "linux-headers-6.12.117+deb12-amd64";
+const PACKAGES: &[&str] = &[IMAGE, DBG, HEADERS];
+const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+
+/// One patch of `fixtures/distro/` and what the guest checks for it.
+struct Case {
+    patch: &'static str,
+    /// The shell lines that show the patch works, run with `$sysfs` set; `before` runs
+    /// before loading and after unloading, `patched` while the patch is enabled.
+    before: &'static str,
+    patched: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        patch: "cmdline",
+        before: r#"! grep -q kpatch-rs-distro /proc/cmdline"#,
+        patched: r#"grep -q ' kpatch-rs-distro$' /proc/cmdline"#,
+    },
+    Case {
+        patch: "meminfo",
+        before: r#"! grep -q KpatchReads /proc/meminfo"#,
+        // The new counter lives in the patch module's data: it counts up with every read.
+        patched: r#"a=$(awk '/^KpatchReads:/ {print $2}' /proc/meminfo)
+b=$(awk '/^KpatchReads:/ {print $2}' /proc/meminfo)
+echo "KpatchReads $a then $b"
+[ -n "$a" ] && [ "$b" -eq $((a + 1)) ]"#,
+    },
+    Case {
+        patch: "binfmt-misc",
+        before: r#"[ "$(cat /proc/sys/fs/binfmt_misc/status)" = enabled ]"#,
+        patched: r#"[ "$(cat /proc/sys/fs/binfmt_misc/status)" = "enabled (kpatch-rs)" ]"#,
+    },
+];
+
+/// The symbol sources `kpatch-rs build` is run with.
+const SOURCES: &[&str] = &["vmlinux", "system-map"];
+
+/// The guest script for one case: load, check, disable, unload, check the log.
+fn guest_script(case: &Case, module: &str) -> String {
+    let kernel_name = module.replace('-', "_");
+    format!(
+        r#"set -eu
+sysfs=/sys/kernel/livepatch/{kernel_name}
+wait_for() {{ n=300; until "$@"; do n=$((n - 1)); [ "$n" -gt 0 ] || exit 1; sleep 0.1; done; }}
+transition_done() {{ [ "$(cat "$sysfs/transition")" = 0 ]; }}
+patch_gone() {{ [ ! -e "$sysfs" ]; }}
+# Every livepatch transition rewrites all cond_resched() static-call sites of this
+# PREEMPT_DYNAMIC kernel with int3 breakpoints; under QEMU's TCG a second vCPU once ran a stale
+# int3 after the rewrite had finished ("Oops: int3" at force_qs_rnp's call to
+# __SCT__cond_resched, 1 of 24 checks). One online CPU keeps the check about the patch.
+cpu1=/sys/devices/system/cpu/cpu1/online
+if [ -w "$cpu1" ] && [ "$(cat "$cpu1")" = 1 ]; then echo 0 > "$cpu1"; fi
+echo "online CPUs: $(cat /sys/devices/system/cpu/online)"
+if [ {binfmt} = yes ] && [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+    insmod /distro/binfmt_misc.ko
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+{before}
+echo "before: ok"
+insmod ./{module}.ko
+wait_for transition_done
+{patched}
+echo "patched: ok"
+echo 0 > "$sysfs/enabled"
+wait_for patch_gone
+{before}
+echo "disabled: ok"
+rmmod {kernel_name}
+if dmesg | grep -E 'WARNING:|Oops|BUG:|Call Trace'; then exit 1; fi
+echo "dmesg: no warning, oops or bug"
+"#,
+        binfmt = if case.patch == "binfmt-misc" {
+            "yes"
+        } else {
+            "no"
+        },
+        before = case.before,
+        patched = case.patched,
+    )
+}
+
+/// The unpacked Debian packages and source tree.
+struct Distro {
+    cache: PathBuf,
+    source: PathBuf,
+    config: PathBuf,
+    vmlinuz: PathBuf,
+    vmlinux: PathBuf,
+    system_map: PathBuf,
+    symvers: PathBuf,
+    /// The image's modules, decompressed: only those the patches target.
+    modules: PathBuf,
+}
+
+fn cache_root() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kpatch-rs/distro")
+}
+
+/// Downloads and unpacks what is missing; a package is unpacked once (a stamp file marks it).
+fn ensure_distro(sh: &Shell) -> Result<Distro> {
+    let cache = cache_root();
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    for package in PACKAGES {
+        let unpacked = cache.join("x").join(package);
+        let stamp = unpacked.join(".unpacked");
+        if stamp.exists() {
+            continue;
+        }
+        let find_deb = || -> Result<Option<PathBuf>> {
+            Ok(std::fs::read_dir(&debs)?
+                .flatten()
+                .map(|entry| entry.path())
+                .find(|path| {
+                    path.file_name()
+                        .and_then(|f| f.to_str())
+                        .is_some_and(|f| f.starts_with(&format!("{package}_")))
+                }))
+        };
+        let deb = match find_deb()? {
+            Some(deb) => deb,
+            None => {
+                eprintln!("downloading {package}");
+                let _dir = sh.push_dir(&debs);
+                cmd!(sh, "apt-get download {package}")
+                    .run()
+                    .with_context(|| format!("cannot download {package} (apt-get update?)"))?;
+                find_deb()?.with_context(|| format!("apt-get left no {package} .deb"))?
+            }
+        };
+        let _ = std::fs::remove_dir_all(&unpacked);
+        std::fs::create_dir_all(&unpacked)?;
+        cmd!(sh, "dpkg-deb -x {deb} {unpacked}").run()?;
+        std::fs::write(&stamp, "")?;
+    }
+    let source_root = cache.join("source");
+    let source = source_root.join("linux-source-6.12");
+    if !source_root.join(".unpacked").exists() {
+        if !Path::new(SOURCE_TARBALL).exists() {
+            bail!("{SOURCE_TARBALL} is missing: apt-get install linux-source-6.12");
+        }
+        let _ = std::fs::remove_dir_all(&source_root);
+        std::fs::create_dir_all(&source_root)?;
+        eprintln!("unpacking {SOURCE_TARBALL}");
+        cmd!(sh, "tar -C {source_root} -xf {SOURCE_TARBALL}").run()?;
+        std::fs::write(source_root.join(".unpacked"), "")?;
+    }
+    let x = cache.join("x");
+    let image = x.join(IMAGE);
+    let modules = cache.join("modules");
+    std::fs::create_dir_all(&modules)?;
+    let binfmt = modules.join("binfmt_misc.ko");
+    if !binfmt.exists() {
+        let compressed = image.join(format!("lib/modules/{RELEASE}/kernel/fs/binfmt_misc.ko.xz"));
+        let bytes = cmd!(sh, "xz -dc {compressed}").output()?.stdout;
+        std::fs::write(&binfmt, bytes)?;
+    }
+    Ok(Distro {
+        source,
+        config: image.join(format!("boot/config-{RELEASE}")),
+        vmlinuz: image.join(format!("boot/vmlinuz-{RELEASE}")),
+        vmlinux: x
+            .join(DBG)
+            .join(format!("usr/lib/debug/lib/modules/{RELEASE}/vmlinux")),
+        system_map: x
+            .join(DBG)
+            .join(format!("usr/lib/debug/boot/System.map-{RELEASE}")),
+        symvers: x
+            .join(HEADERS)
+            .join(format!("usr/src/linux-headers-{RELEASE}/Module.symvers")),
+        modules,
+        cache,
+    })
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut bench = false;
+    for arg in args {
+        match arg.as_str() {
+            "--bench" => bench = true,
+            other => bail!("`cargo xtask distro-test` takes only --bench, got `{other}`"),
+        }
+    }
+    let sh = Shell::new()?;
+    let root = crate::project_root();
+    sh.change_dir(&root);
+    let distro = ensure_distro(&sh)?;
+    cmd!(sh, "cargo build --release --quiet -p kpatch-rs").run()?;
+    let kpatch = root.join("target/release/kpatch-rs");
+
+    let work = root.join("target/distro");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    // An empty cache: the first build starts from the never-built source tree.
+    let build_cache = distro.cache.join("build");
+    let _ = std::fs::remove_dir_all(&build_cache);
+
+    let Distro {
+        source,
+        config,
+        symvers,
+        modules,
+        ..
+    } = &distro;
+    let mut timings = Vec::new();
+    for symbol_source in SOURCES {
+        let symbols = match *symbol_source {
+            "vmlinux" => vec!["--vmlinux".to_string(), path_text(&distro.vmlinux)],
+            _ => vec!["--system-map".to_string(), path_text(&distro.system_map)],
+        };
+        let out = work.join(symbol_source);
+        for case in CASES {
+            let patch = root.join(format!("fixtures/distro/{}.patch", case.patch));
+            let start = Instant::now();
+            let symbols = &symbols;
+            cmd!(
+                sh,
+                "{kpatch} build --sourcedir {source} --config {config} {symbols...}
+                 --symvers {symvers} --modules {modules} --cache-dir {build_cache} -j2
+                 -o {out} {patch}"
+            )
+            .run()
+            .with_context(|| format!("kpatch-rs build of {} failed", case.patch))?;
+            timings.push((format!("{} ({symbol_source})", case.patch), start.elapsed()));
+        }
+    }
+    for case in CASES {
+        let module = format!("livepatch-{}.ko", case.patch);
+        let same = std::fs::read(work.join("vmlinux").join(&module))?
+            == std::fs::read(work.join("system-map").join(&module))?;
+        println!(
+            "{module}: the builds from the debug vmlinux and from System.map are {}",
+            if same { "byte-identical" } else { "different" }
+        );
+    }
+
+    let rootfs = Rootfs::new(&sh, &work.join("rootfs"))?;
+    rootfs.copy_file(
+        &modules.join("binfmt_misc.ko"),
+        Path::new("/distro/binfmt_misc.ko"),
+    )?;
+    let mut jobs = Vec::new();
+    for symbol_source in SOURCES {
+        for case in CASES {
+            let module = format!("livepatch-{}", case.patch);
+            let dir = format!("/distro/{symbol_source}");
+            rootfs.copy_file(
+                &work.join(symbol_source).join(format!("{module}.ko")),
+                &Path::new(&dir).join(format!("{module}.ko")),
+            )?;
+            std::fs::write(
+                rootfs.path(&Path::new(&dir).join(format!("{}.sh", case.patch))),
+                guest_script(case, &module),
+            )?;
+            jobs.push(Job {
+                name: format!("{}-{symbol_source}", case.patch),
+                cwd: dir,
+                command: format!("sh ./{}.sh", case.patch),
+                timeout: Duration::from_secs(120),
+            });
+        }
+    }
+    // Debian's own kernel image; guest.rs boots whatever `bzimage` names.
+    let kernel = KernelDirs {
+        root: distro.cache.clone(),
+        source: source.clone(),
+        build: distro.cache.join("build"),
+        bzimage: distro.vmlinuz.clone(),
+        log: distro.cache.join("boot.log"),
+        make_vars: Vec::new(),
+    };
+    println!("booting Debian's vmlinuz-{RELEASE} in QEMU");
+    let outcomes = run_jobs(&sh, &kernel, &rootfs, &jobs, &work.join("qemu"))?;
+    let mut failed = 0;
+    for outcome in &outcomes {
+        let passed = matches!(outcome.ending, Ending::Exited(0));
+        if !passed {
+            failed += 1;
+        }
+        println!(
+            "{} {}: {:?}",
+            if passed { "ok  " } else { "FAIL" },
+            outcome.name,
+            outcome.ending
+        );
+        for line in outcome.output.lines() {
+            println!("    {line}");
+        }
+    }
+    println!(
+        "kpatch-rs build times (-j2, shared 2-core machine; the first ran into an empty cache):"
+    );
+    for (name, elapsed) in &timings {
+        println!("  {name}: {:.1} s", elapsed.as_secs_f64());
+    }
+    if bench {
+        bench_full_build(&sh, &distro)?;
+    }
+    if failed > 0 {
+        bail!("{failed} of {} distro checks failed", outcomes.len());
+    }
+    println!("{} passed, 0 failed", outcomes.len());
+    Ok(())
+}
+
+fn path_text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Estimates a full `make -j2` of Debian's config: times Kbuild compiling every object of
+/// `fs/proc/` in a prepared tree, and scales the time per object by the number of translation
+/// units Debian's vmlinux and modules hold (their `STT_FILE` symbols in the debug package).
+fn bench_full_build(sh: &Shell, distro: &Distro) -> Result<()> {
+    let bench = distro.cache.join("bench");
+    let _ = std::fs::remove_dir_all(&bench);
+    std::fs::create_dir_all(&bench)?;
+    let source = &distro.source;
+    std::fs::copy(&distro.config, bench.join(".config"))?;
+    let output = format!("O={}", bench.display());
+    let release = format!("KERNELRELEASE={RELEASE}");
+    let start = Instant::now();
+    cmd!(
+        sh,
+        "make -C {source} {output} {release} -j2 olddefconfig modules_prepare"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()?;
+    let prepare = start.elapsed();
+    let start = Instant::now();
+    cmd!(sh, "make -C {source} {output} {release} -j2 fs/proc/")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let proc_dir = start.elapsed();
+    let objects = std::fs::read_dir(bench.join("fs/proc"))?
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".o") && !name.ends_with(".mod.o") && name != "built-in.o"
+        })
+        .count();
+    // One STT_FILE symbol per compiled unit that has local symbols: a lower bound. Each
+    // module also has its generated `.mod.c` and `module-common.c`, not counted.
+    let file_symbols = |text: &str| {
+        text.lines()
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.get(3) == Some(&"FILE")
+                    && fields
+                        .last()
+                        .is_some_and(|name| !name.ends_with(".mod.c") && *name != "module-common.c")
+            })
+            .count()
+    };
+    let vmlinux = &distro.vmlinux;
+    let builtin_units = file_symbols(&cmd!(sh, "readelf -sW {vmlinux}").quiet().read()?);
+    let debug_modules = distro.vmlinux.with_file_name("kernel");
+    let placeholder = "{}";
+    let module_units = file_symbols(
+        &cmd!(
+            sh,
+            "find {debug_modules} -name *.ko -exec readelf -sW {placeholder} +"
+        )
+        .quiet()
+        .read()?,
+    );
+    if objects == 0 {
+        bail!("the fs/proc/ build made no objects");
+    }
+    let per_object = proc_dir.as_secs_f64() / objects as f64;
+    let units = builtin_units + module_units;
+    let estimate = prepare.as_secs_f64() + per_object * units as f64;
+    println!("full build estimate for Debian's config at -j2 on this machine:");
+    println!(
+        "  olddefconfig + modules_prepare: {:.0} s",
+        prepare.as_secs_f64()
+    );
+    println!(
+        "  fs/proc/: {objects} objects in {:.1} s ({per_object:.2} s per object)",
+        proc_dir.as_secs_f64()
+    );
+    println!(
+        "  units: {builtin_units} built-in + {module_units} in modules (STT_FILE symbols of the \
+         debug vmlinux and modules: a lower bound)"
+    );
+    println!(
+        "  estimate: {:.0} s ({:.1} h), without linking vmlinux, BTF and modules",
+        estimate,
+        estimate / 3600.0
+    );
+    Ok(())
+}
