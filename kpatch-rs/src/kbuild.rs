@@ -174,6 +174,12 @@ impl KernelBuild {
         Ok(())
     }
 
+    /// Builds the whole tree (vmlinux and modules), as the kernel's own build does; its `.cmd`
+    /// files then tell which objects include which header.
+    pub fn build_all(&self, what: &str) -> Result<(), CommandError> {
+        run_logged(what, self.make().args(["vmlinux", "modules"]), &self.log)
+    }
+
     /// Builds `objects` (paths relative to the tree, such as `fs/proc/cmdline.o`) through
     /// Kbuild's single-object rule, with the diff's code-generation flags and `extra_cflags`.
     /// Objects already present are removed first, so that nothing left from an earlier run

@@ -267,48 +267,54 @@ fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// The objects to build and the files the patches touch.
-fn objects_to_build(options: &BuildOptions) -> Result<(Vec<PathBuf>, Vec<PathBuf>), BuildError> {
-    let mut objects = Vec::new();
-    let mut touched_all = Vec::new();
+/// The files the patches touch, relative to the tree.
+fn touched_files(options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
+    let mut touched = Vec::new();
     for patch in &options.patches {
         let text = read_file(patch, "patch", "pass an existing patch file")?;
         let text = String::from_utf8_lossy(&text);
-        touched_all.extend(targets::touched_files(&patch.display().to_string(), &text)?);
+        touched.extend(targets::touched_files(&patch.display().to_string(), &text)?);
     }
-    let reference_build = options.symbols.reference_build();
-    let source = fs::canonicalize(&options.sourcedir).map_err(|e| {
-        BuildError::Input(format!(
-            "cannot resolve {}: {e}",
-            options.sourcedir.display()
-        ))
-    })?;
-    for file in &touched_all {
-        match file.extension().and_then(|e| e.to_str()) {
-            Some("c") => objects.push(file.with_extension("o")),
-            _ => {
-                let has_cmd_files = reference_build.join(".vmlinux.cmd").is_file()
-                    || reference_build.join("Makefile").is_file();
-                if !has_cmd_files {
-                    return Err(TargetError::NoReferenceBuild {
-                        header: file.display().to_string(),
-                    }
-                    .into());
-                }
-                let dependents = targets::objects_including(reference_build, &source.join(file))?;
-                if dependents.is_empty() {
-                    return Err(TargetError::UnusedHeader {
-                        header: file.display().to_string(),
-                    }
-                    .into());
-                }
-                objects.extend(dependents);
+    Ok(touched)
+}
+
+/// Whether `build` is a Kbuild output directory whose `.cmd` files list dependencies.
+fn has_cmd_files(build: &Path) -> bool {
+    build.join(".vmlinux.cmd").is_file()
+}
+
+/// The objects to build for the touched files: a `.c` is one object, a header every object
+/// whose dependency list in `reference` (a built tree of the original source) names it.
+fn objects_to_build(
+    options: &BuildOptions,
+    touched: &[PathBuf],
+    reference: &Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let mut objects = Vec::new();
+    for file in touched {
+        if file.extension().and_then(|e| e.to_str()) == Some("c") {
+            objects.push(file.with_extension("o"));
+            continue;
+        }
+        // Kbuild records a header by the source path make was given; try it as given and
+        // with symlinks resolved.
+        let mut dependents = targets::objects_including(reference, &options.sourcedir.join(file))?;
+        if dependents.is_empty() {
+            if let Ok(canonical) = fs::canonicalize(options.sourcedir.join(file)) {
+                dependents = targets::objects_including(reference, &canonical)?;
             }
         }
+        if dependents.is_empty() {
+            return Err(TargetError::UnusedHeader {
+                header: file.display().to_string(),
+            }
+            .into());
+        }
+        objects.extend(dependents);
     }
     objects.sort();
     objects.dedup();
-    Ok((objects, touched_all))
+    Ok(objects)
 }
 
 /// The cache directory for this (source, config, compiler).
@@ -358,7 +364,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     };
     let mut timer = Timer::new();
     check_inputs(options)?;
-    let (objects, touched_files) = objects_to_build(options)?;
+    let touched_files = touched_files(options)?;
     let key = cache_key(options)?;
     let cache = options.cache.join(&key);
     // One build at a time per cache entry: two builds would patch the same tree.
@@ -398,6 +404,34 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         log: cache.join("patched.log"),
         release,
     };
+    // A header change needs the dependency lists of a built original tree: the one beside the
+    // symbols when it is a Kbuild build directory, else kpatch-rs's own original build
+    // directory, built in full once and kept in the cache.
+    let needs_reference = touched_files
+        .iter()
+        .any(|file| file.extension().and_then(|e| e.to_str()) != Some("c"));
+    let given_reference = options.symbols.reference_build().to_path_buf();
+    let reference = if !needs_reference || has_cmd_files(&given_reference) {
+        given_reference
+    } else {
+        original_build.prepare(&options.config)?;
+        if !has_cmd_files(&original_build.output) {
+            eprintln!(
+                "kpatch-rs: a header changed and {} has no .cmd files; building the original \
+                 tree once (kept in {}, log {})",
+                given_reference.display(),
+                original_build.output.display(),
+                original_build.log.display()
+            );
+            let whole = KernelBuild {
+                jobs: options.jobs.max(1),
+                ..original_build.clone()
+            };
+            whole.build_all("building the original tree once for header dependencies")?;
+        }
+        original_build.output.clone()
+    };
+    let objects = objects_to_build(options, &touched_files, &reference)?;
     let include_flag = format!("-I{}", write_headers(&cache)?.display());
     let (original_result, patched_result) = std::thread::scope(|scope| {
         let original = scope.spawn(|| {

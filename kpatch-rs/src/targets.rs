@@ -22,11 +22,6 @@ pub enum TargetError {
     Unsupported { patch: String, path: String },
     #[error("patch {patch} changes no file")]
     Empty { patch: String },
-    #[error(
-        "{header} changed, and finding the objects that include it needs a full build of the \
-         original tree: pass --vmlinux from a Kbuild build directory (one with .cmd files)"
-    )]
-    NoReferenceBuild { header: String },
     #[error("no object of this configuration includes {header}")]
     UnusedHeader { header: String },
     #[error("cannot read {path}: {reason}")]

@@ -291,3 +291,70 @@ fn a_module_function_is_patched_through_its_own_klp_object() {
         ".klp.rela.kobject_example..text.foo_show"
     );
 }
+
+#[test]
+fn a_header_change_without_cmd_files_builds_the_original_tree_once() {
+    let Some(kernel) = kernel() else { return };
+    // The kernel's files as a distribution ships them: vmlinux, config and Module.symvers, but
+    // no built tree with .cmd files to say which objects include a header.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("boot");
+    std::fs::create_dir_all(&files).expect("mkdir");
+    for file in ["vmlinux", ".config", "Module.symvers"] {
+        std::fs::copy(kernel.build.join(file), files.join(file)).expect("copy kernel file");
+    }
+    let patch = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/build-header-inline/header-inline.patch");
+    let run = |output: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+            .arg("build")
+            .arg("--sourcedir")
+            .arg(&kernel.source)
+            .arg("--vmlinux")
+            .arg(files.join("vmlinux"))
+            .arg("--output")
+            .arg(dir.path().join(output))
+            .arg("--json")
+            .arg(&patch)
+            .output()
+            .expect("run kpatch-rs")
+    };
+    let first = run("a");
+    assert!(first.status.success(), "build failed: {}", stderr(&first));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
+    let changed: Vec<String> = report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .flat_map(|object| {
+            let name = object["object"].as_str().unwrap_or("").to_string();
+            object["diff"]["functions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |f| format!("{name}:{}", f["name"].as_str().unwrap_or("")))
+        })
+        .collect();
+    assert!(
+        changed.contains(&"fs/proc/cmdline.o:cmdline_proc_show".to_string())
+            && changed.contains(&"fs/proc/version.o:version_proc_show".to_string()),
+        "{changed:?}"
+    );
+    // The full build is kept: a second run does not build the tree again.
+    let second = run("b");
+    assert!(
+        second.status.success(),
+        "rebuild failed: {}",
+        stderr(&second)
+    );
+    assert!(
+        !stderr(&second).contains("building the original tree once"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("a/livepatch-header-inline.ko")).expect("a"),
+        std::fs::read(dir.path().join("b/livepatch-header-inline.ko")).expect("b")
+    );
+}
