@@ -3,8 +3,9 @@
 //! The generated source holds only the tables the livepatch core reads: one `klp_object` per
 //! target binary (vmlinux or a module), one `klp_func` per replaced function, and the object's
 //! callbacks. The replacement functions themselves come from the diff, linked beside it; each
-//! is reached through a global alias (`__kpatch_new_<n>`) that the object preparation step adds,
-//! because the replacement usually keeps the original's local name.
+//! is reached through the global alias the diff gives it (`kpatch_rs.<object>.<function>`),
+//! because the replacement usually keeps the original's local name. Such names are no C
+//! identifiers, so the source binds plain C names to them with asm labels.
 //!
 //! Rendering is pure and deterministic: objects are emitted vmlinux first, then modules by
 //! name, and functions in the order given (the caller sorts them).
