@@ -55,8 +55,6 @@ pub enum PostLinkError {
 pub struct PostLinkSummary {
     /// The livepatch relocation sections written, by name, with their entry counts.
     pub sections: Vec<(String, usize)>,
-    /// The livepatch symbols written, in symbol table order.
-    pub symbols: Vec<String>,
 }
 
 /// One record, read back from the linked module.
@@ -245,7 +243,6 @@ fn apply_records(builder: &mut Builder<'_>, records: Vec<Record>) -> PostLinkSum
     }
 
     let mut symbols: BTreeMap<String, SymbolId> = BTreeMap::new();
-    let mut symbol_order = Vec::new();
     let mut summary_sections = Vec::new();
     for ((object, _), group) in groups {
         let Some(target) = group.first().map(|record| record.target_section) else {
@@ -256,7 +253,6 @@ fn apply_records(builder: &mut Builder<'_>, records: Vec<Record>) -> PostLinkSum
             let symbol = *symbols
                 .entry(record.symbol_name.clone())
                 .or_insert_with(|| {
-                    symbol_order.push(record.symbol_name.clone());
                     let symbol = builder.symbols.add();
                     symbol.name = record.symbol_name.clone().into_bytes().into();
                     symbol.set_st_info(elf::STB_GLOBAL, elf::STT_NOTYPE);
@@ -288,7 +284,6 @@ fn apply_records(builder: &mut Builder<'_>, records: Vec<Record>) -> PostLinkSum
     }
     PostLinkSummary {
         sections: summary_sections,
-        symbols: symbol_order,
     }
 }
 
