@@ -17,7 +17,15 @@ use core::ptr::NonNull;
 #[path = "module_notifier.rs"]
 pub mod module_notifier;
 
-use module_notifier::{Errno, Event, KlpHost};
+use module_notifier::{Binding, Errno, Event, KlpHost};
+
+/// The rule `klp_find_object_module()` binds by: the fix, or, in the kernel built with
+/// `CONFIG_LIVEPATCH_RUST_PRE_FIX` for the race experiment, the rule from before it.
+const BINDING: Binding = if cfg!(CONFIG_LIVEPATCH_RUST_PRE_FIX) {
+    Binding::ModuleState
+} else {
+    Binding::KlpAlive
+};
 
 /// `struct module`; only C reads its fields.
 #[repr(C)]
@@ -41,6 +49,7 @@ extern "C" {
     fn klp_rs_lock();
     fn klp_rs_unlock();
     fn klp_rs_set_alive(module: *mut Module, alive: bool);
+    fn klp_rs_alive(module: *mut Module) -> bool;
     fn klp_rs_module_name(module: *mut Module) -> *const c_char;
     fn klp_rs_first_patch() -> *mut KlpPatch;
     fn klp_rs_next_patch(patch: *mut KlpPatch) -> *mut KlpPatch;
@@ -49,6 +58,8 @@ extern "C" {
     fn klp_rs_object_named_after(patch: *mut KlpPatch, module: *mut Module) -> *mut KlpObject;
     fn klp_rs_object_bound_to(patch: *mut KlpPatch, module: *mut Module) -> *mut KlpObject;
     fn klp_rs_bind_object(object: *mut KlpObject, module: *mut Module);
+    fn klp_rs_object_module(object: *mut KlpObject) -> *mut Module;
+    fn klp_rs_object_patched(object: *mut KlpObject) -> bool;
     fn klp_rs_unbind_object(object: *mut KlpObject);
     fn klp_rs_init_object_loaded(patch: *mut KlpPatch, object: *mut KlpObject) -> c_int;
     fn klp_rs_clear_object_relocs(patch: *mut KlpPatch, object: *mut KlpObject);
@@ -187,7 +198,27 @@ impl KlpHost for KernelHost {
         unsafe { klp_rs_clear_object_relocs(patch.as_ptr(), object.as_ptr()) }
     }
 
-    fn patch_object(&mut self, _patch: Self::Patch, object: Self::Object) -> Result<(), Errno> {
+    fn patch_object(&mut self, patch: Self::Patch, object: Self::Object) -> Result<(), Errno> {
+        // The pre-fix experiment keeps the coming notifier of that time, as the model does
+        // (see `Binding` in the model): an object that a patch enabled during COMING already
+        // patched is reported and left where it is on the func_stack, and the load goes on.
+        if BINDING == Binding::ModuleState {
+            // SAFETY: see above the impl.
+            let (patched, module) = unsafe {
+                (
+                    klp_rs_object_patched(object.as_ptr()),
+                    NonNull::new(klp_rs_object_module(object.as_ptr())),
+                )
+            };
+            if let (true, Some(module)) = (patched, module) {
+                self.log(Event::ApplyFailed {
+                    patch,
+                    module,
+                    errno: module_notifier::EINVAL,
+                });
+                return Ok(());
+            }
+        }
         // SAFETY: see above the impl.
         status(unsafe { klp_rs_patch_object(object.as_ptr()) })
     }
@@ -279,6 +310,17 @@ pub extern "C" fn klp_rust_module_going(module: *mut Module) {
     }
 }
 
+/// The binding rule of `klp_find_object_module()`, which C calls with `klp_mutex` held when a
+/// patch being enabled finds `module` loaded: whether to bind the patch's object to it.
+#[no_mangle]
+pub extern "C" fn klp_rust_binds_on_enable(module: *mut Module) -> bool {
+    if module.is_null() {
+        return false;
+    }
+    // SAFETY: C found `module` with find_module() under rcu_read_lock_sched(), so it is alive.
+    module_notifier::binds_on_enable(BINDING, unsafe { klp_rs_alive(module) })
+}
+
 /// Called once from `klp_init()`: says in the boot log that the Rust core is the one that
 /// runs, so that a test can tell this kernel from the stock one.
 #[no_mangle]
@@ -289,7 +331,13 @@ pub extern "C" fn klp_rust_core_announce() {
     };
     let _ = fmt::Write::write_str(
         &mut line,
-        "module coming/going run by core-patch's Rust core (klp_alive fix)",
+        match BINDING {
+            Binding::KlpAlive => "module coming/going run by core-patch's Rust core (klp_alive fix)",
+            Binding::ModuleState => {
+                "module coming/going run by core-patch's Rust core, PRE-FIX binding rule \
+                 (race experiment only)"
+            }
+        },
     );
     line.print(false);
 }

@@ -16,6 +16,26 @@
 //!   a patch enabled afterwards, while the module is still visible as GOING, no longer binds an
 //!   object to a module that is about to be freed.
 
+/// The rule by which enabling a patch binds one of its objects to a module that
+/// `find_module()` finds (`klp_find_object_module()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// The fix: only while `mod->klp_alive` is set, from the coming hook to the going hook.
+    KlpAlive,
+    /// Before the fix: whenever `find_module()` finds the module, COMING, LIVE or GOING. Only
+    /// for the experiments that show what the fix prevents.
+    ModuleState,
+}
+
+/// Whether enabling a patch binds an object to a module that `find_module()` found, whose
+/// `klp_alive` is `klp_alive`, under `binding`.
+pub fn binds_on_enable(binding: Binding, klp_alive: bool) -> bool {
+    match binding {
+        Binding::KlpAlive => klp_alive,
+        Binding::ModuleState => true,
+    }
+}
+
 /// A kernel error number as the kernel returns it: negative, e.g. `-19` for `-ENODEV`.
 pub type Errno = i32;
 

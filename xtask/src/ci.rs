@@ -93,20 +93,38 @@ pub fn run(args: &[String]) -> Result<()> {
                     &rust_verdicts
                 )
             );
-            // The founding race on both kernels: M comes and goes while P3 is enabled.
-            for (name, dirs) in [("stock", &kernel), ("rust-core", &rust_kernel)] {
+            // The founding race on both kernels: M comes and goes while P3 is enabled; on
+            // the Rust core also with the race window widened.
+            let runs = [
+                (&kernel, "stock", 0),
+                (&rust_kernel, "rust-core", 0),
+                (
+                    &rust_kernel,
+                    "rust-core",
+                    crate::race_stress::EXPERIMENT_WINDOW_MS,
+                ),
+            ];
+            let kpatch = crate::scenarios::build_kpatch_rs(&sh);
+            for (dirs, name, window_ms) in runs {
                 let rounds = crate::race_stress::DEFAULT_ROUNDS;
-                match crate::race_stress::run_on(&sh, dirs, rounds) {
-                    Ok(race) => {
+                let verdict = kpatch
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("{e:#}"))
+                    .and_then(|kpatch| {
+                        let observation = crate::race_stress::observe(
+                            &sh, kpatch, dirs, name, rounds, window_ms,
+                        )?;
+                        crate::race_stress::judge(&observation)?;
+                        Ok(observation)
+                    });
+                match verdict {
+                    Ok(observation) => {
                         tally.passed += 1;
-                        println!(
-                            "PASS  race-stress {name} ({} rounds, {} checks, 0 inconsistencies)",
-                            race.rounds, race.checks
-                        );
+                        println!("PASS  race-stress {}", observation.describe());
                     }
                     Err(error) => {
                         tally.failed += 1;
-                        println!("FAIL  race-stress {name}: {error:#}");
+                        println!("FAIL  race-stress {name} window {window_ms} ms: {error:#}");
                     }
                 }
             }

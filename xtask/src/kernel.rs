@@ -35,6 +35,17 @@ pub const LIVEPATCH_FRAGMENT: &str = "fixtures/kernel-config/livepatch-qemu.conf
 /// The fragment that adds `CONFIG_RUST`, merged after [`LIVEPATCH_FRAGMENT`] for the Rust core.
 pub const RUST_FRAGMENT: &str = "fixtures/kernel-config/rust.config";
 
+/// Merged after [`RUST_FRAGMENT`] for the race experiment's pre-fix Rust core.
+pub const RUST_PRE_FIX_FRAGMENT: &str = "fixtures/kernel-config/rust-pre-fix.config";
+
+/// The project's own test modules, put into every test kernel's tree so that `kpatch-rs build`
+/// can patch them like any module of the kernel: (project path, path in the tree). Kbuild
+/// builds them as modules under `samples/` (`CONFIG_SAMPLES`).
+pub const TEST_MODULES: &[(&str, &str)] = &[(
+    "fixtures/race-stress/race_target.c",
+    "samples/kpatch-rs/race_target.c",
+)];
+
 /// The kernel patch that makes `klp_module_coming()`/`klp_module_going()` call the Rust core.
 pub const RUST_CORE_PATCH: &str = "core-patch/kernel/livepatch-rust-core.patch";
 
@@ -61,6 +72,8 @@ pub enum Core {
     C,
     /// core-patch's algorithm, through `core-patch/kernel/`.
     Rust,
+    /// The same with the binding rule from before the fix, for the race experiment only.
+    RustPreFix,
 }
 
 impl Core {
@@ -68,7 +81,22 @@ impl Core {
         match text {
             "c" | "stock" => Ok(Core::C),
             "rust" => Ok(Core::Rust),
-            other => bail!("--core takes `c` or `rust`, not `{other}`"),
+            "rust-pre-fix" => Ok(Core::RustPreFix),
+            other => bail!("--core takes `c`, `rust` or `rust-pre-fix`, not `{other}`"),
+        }
+    }
+
+    /// Whether the kernel carries core-patch's Rust core (and so `CONFIG_RUST`).
+    pub fn is_rust(self) -> bool {
+        matches!(self, Core::Rust | Core::RustPreFix)
+    }
+
+    /// The name used in reports and cache listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Core::C => "stock",
+            Core::Rust => "rust-core",
+            Core::RustPreFix => "rust-core-pre-fix",
         }
     }
 }
@@ -101,11 +129,18 @@ impl KernelSpec {
         }
     }
 
-    /// Builds `core`'s kernel: the stock one or the Rust-core one.
+    /// Builds `core`'s kernel: the stock one, the Rust-core one, or the pre-fix experiment.
     pub fn for_core(core: Core) -> KernelSpec {
         match core {
             Core::C => KernelSpec::stock(),
             Core::Rust => KernelSpec::rust_core(),
+            Core::RustPreFix => {
+                let mut spec = KernelSpec::rust_core();
+                spec.fragments
+                    .push(crate::project_root().join(RUST_PRE_FIX_FRAGMENT));
+                spec.core = Core::RustPreFix;
+                spec
+            }
         }
     }
 }
@@ -154,7 +189,7 @@ impl KernelDirs {
     }
 }
 
-/// `cargo xtask kernel [--print-dirs] [--core c|rust] [--fragment FILE]...`
+/// `cargo xtask kernel [--print-dirs] [--core c|rust|rust-pre-fix] [--fragment FILE]...`
 pub fn run(args: &[String]) -> Result<()> {
     let mut core = Core::C;
     let mut extra_fragments = Vec::new();
@@ -165,7 +200,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--print-dirs" => print_dirs = true,
             "--core" => {
                 let Some(name) = args.next() else {
-                    bail!("--core needs `c` or `rust`");
+                    bail!("--core needs `c`, `rust` or `rust-pre-fix`");
                 };
                 core = Core::parse(name)?;
             }
@@ -177,7 +212,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask kernel` \
-                 (expected --print-dirs, --core c|rust or --fragment FILE)"
+                 (expected --print-dirs, --core c|rust|rust-pre-fix or --fragment FILE)"
             ),
         }
     }
@@ -218,7 +253,7 @@ pub fn ensure_kernel(sh: &Shell, spec: &KernelSpec) -> Result<KernelDirs> {
     let material = key_material(sh, spec)?;
     let stem = tarball_stem(&spec.tarball);
     let mut dirs = KernelDirs::at(cache_root()?.join(format!("{stem}-{}", cache_key(&material))));
-    if spec.core == Core::Rust {
+    if spec.core.is_rust() {
         dirs.make_vars = rust_make_vars()?;
     }
     if dirs.stamp().is_file() && dirs.bzimage.is_file() {
@@ -301,11 +336,69 @@ fn key_material(sh: &Shell, spec: &KernelSpec) -> Result<String> {
         &compiler,
         &fragments,
     );
-    // Only the Rust core adds lines, so the stock kernel keeps its key.
-    if spec.core == Core::Rust {
+    material.push_str(&test_modules_material()?);
+    if spec.core.is_rust() {
         material.push_str(&rust_core_material()?);
     }
     Ok(material)
+}
+
+/// The test modules' part of the key: their sources.
+fn test_modules_material() -> Result<String> {
+    let root = crate::project_root();
+    let mut text = String::new();
+    for (from, to) in TEST_MODULES {
+        let content = std::fs::read_to_string(root.join(from))
+            .with_context(|| format!("cannot read {from}"))?;
+        let _ = writeln!(text, "test module {from} as {to}, {} bytes", content.len());
+        text.push_str(&content);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Puts [`TEST_MODULES`] into the extracted tree `source` (this cache entry's own copy): each
+/// file in its directory with a Makefile that builds it as a module, and the directory added
+/// to its parent's Makefile.
+pub fn install_test_modules(source: &Path) -> Result<()> {
+    let root = crate::project_root();
+    let mut dirs: Vec<(&Path, Vec<String>)> = Vec::new();
+    for (from, to) in TEST_MODULES {
+        let to = Path::new(to);
+        let (Some(dir), Some(stem)) = (to.parent(), to.file_stem()) else {
+            bail!("test module path {} has no directory", to.display());
+        };
+        std::fs::create_dir_all(source.join(dir))
+            .with_context(|| format!("cannot create {}", source.join(dir).display()))?;
+        std::fs::copy(root.join(from), source.join(to))
+            .with_context(|| format!("cannot copy {from} into the kernel tree"))?;
+        let object = format!("{}.o", stem.to_string_lossy());
+        match dirs.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, objects)) => objects.push(object),
+            None => dirs.push((dir, vec![object])),
+        }
+    }
+    for (dir, objects) in dirs {
+        let makefile = source.join(dir).join("Makefile");
+        std::fs::write(
+            &makefile,
+            format!(
+                "# SPDX-License-Identifier: GPL-2.0\n# kpatch-rs test modules.\nobj-m += {}\n",
+                objects.join(" ")
+            ),
+        )
+        .with_context(|| format!("cannot write {}", makefile.display()))?;
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            bail!("test module directory {} has no parent", dir.display());
+        };
+        let parent_makefile = source.join(parent).join("Makefile");
+        let mut text = std::fs::read_to_string(&parent_makefile)
+            .with_context(|| format!("cannot read {}", parent_makefile.display()))?;
+        let _ = writeln!(text, "obj-y += {}/", name.to_string_lossy());
+        std::fs::write(&parent_makefile, text)
+            .with_context(|| format!("cannot write {}", parent_makefile.display()))?;
+    }
+    Ok(())
 }
 
 /// The Rust core's part of the key: the toolchain and every file that goes into the tree.
@@ -483,7 +576,8 @@ fn build(sh: &Shell, spec: &KernelSpec, dirs: &KernelDirs, material: &str) -> Re
     eprintln!("kernel: building into {}", dirs.root.display());
 
     extract(spec, dirs)?;
-    if spec.core == Core::Rust {
+    install_test_modules(&dirs.source)?;
+    if spec.core.is_rust() {
         install_rust_core(&dirs.source, &dirs.log)?;
         // Names the toolchain problem before Kconfig would quietly drop CONFIG_RUST.
         run_logged(
@@ -508,7 +602,7 @@ fn build(sh: &Shell, spec: &KernelSpec, dirs: &KernelDirs, material: &str) -> Re
             dirs.bzimage.display()
         );
     }
-    if spec.core == Core::Rust && !dirs.has_rust_core() {
+    if spec.core.is_rust() && !dirs.has_rust_core() {
         bail!(
             "kernel build finished but {} lacks {RUST_CORE_SYMBOL}: the Rust core was not \
              built in; see {}",
@@ -792,6 +886,7 @@ mod tests {
         assert_eq!(
             exported,
             [
+                "klp_rust_binds_on_enable",
                 "klp_rust_core_announce",
                 "klp_rust_module_coming",
                 "klp_rust_module_going"
@@ -828,40 +923,48 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap_or_default();
         let copied = copy_rust_core_files(&dir);
         assert!(copied.is_ok(), "{copied:?}");
-        let output = Command::new("rustc")
-            .current_dir(&dir)
-            .env("RUSTC_BOOTSTRAP", "1")
-            .args(["--edition=2021", "--target", target, "-Zcrate-attr=no_std"])
-            .args(["--crate-type", "rlib", "--emit=obj", "-Cpanic=abort"])
-            .args([
-                "-Dwarnings",
-                "-Dnon_ascii_idents",
-                "-Dunsafe_op_in_unsafe_fn",
-            ])
-            .args(["-Wmissing_docs", "-Wrust_2018_idioms", "-Wunreachable_pub"])
-            .arg("klp_core_rust.rs")
-            .output();
-        let output = match output {
-            Ok(output) => output,
-            Err(e) => panic!("cannot run rustc: {e}"),
-        };
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let nm = Command::new("nm").arg(dir.join("klp_core_rust.o")).output();
-        let symbols = nm.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        let symbols = symbols.unwrap_or_default();
-        for entry in [
-            "klp_rust_module_coming",
-            "klp_rust_module_going",
-            "klp_rust_core_announce",
-        ] {
+        // Both builds: the one with the fix and the pre-fix one of the race experiment, whose
+        // Kconfig option Kbuild hands to rustc as a cfg.
+        for cfg in [None, Some("CONFIG_LIVEPATCH_RUST_PRE_FIX")] {
+            let mut rustc = Command::new("rustc");
+            rustc
+                .current_dir(&dir)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .args(["--edition=2021", "--target", target, "-Zcrate-attr=no_std"])
+                .args(["--crate-type", "rlib", "--emit=obj", "-Cpanic=abort"])
+                .args([
+                    "-Dwarnings",
+                    "-Dnon_ascii_idents",
+                    "-Dunsafe_op_in_unsafe_fn",
+                ])
+                .args(["-Wmissing_docs", "-Wrust_2018_idioms", "-Wunreachable_pub"])
+                .arg("klp_core_rust.rs");
+            if let Some(cfg) = cfg {
+                rustc.args(["--cfg", cfg]);
+            }
+            let output = match rustc.output() {
+                Ok(output) => output,
+                Err(e) => panic!("cannot run rustc: {e}"),
+            };
             assert!(
-                symbols.lines().any(|l| l.ends_with(&format!(" T {entry}"))),
-                "{entry} not exported:\n{symbols}"
+                output.status.success(),
+                "{cfg:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
             );
+            let nm = Command::new("nm").arg(dir.join("klp_core_rust.o")).output();
+            let symbols = nm.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let symbols = symbols.unwrap_or_default();
+            for entry in [
+                "klp_rust_module_coming",
+                "klp_rust_module_going",
+                "klp_rust_core_announce",
+                "klp_rust_binds_on_enable",
+            ] {
+                assert!(
+                    symbols.lines().any(|l| l.ends_with(&format!(" T {entry}"))),
+                    "{cfg:?}: {entry} not exported:\n{symbols}"
+                );
+            }
         }
     }
 

@@ -28,14 +28,16 @@ commands:
   distro-test  livepatch Debian's own 6.12 kernel in QEMU: 3 patches, debug vmlinux and
             System.map as symbol sources [--bench: also estimate a full build]
   deps      install the Debian packages the harness needs (apt-get)
-  kernel    build the cached test kernel [--print-dirs] [--core c|rust]
+  kernel    build the cached test kernel [--print-dirs] [--core c|rust|rust-pre-fix]
             [--fragment FILE]...
   qemu-test run the livepatch selftests and tests/ scenarios in QEMU
-            [--core c|rust] [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
+            [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
             [--only selftests|scenarios]
   fixtures  build the kernel object pairs of fixtures/kernel/*.patch for the diff tests
   race-stress  the founding race on a real kernel: M comes and goes while P3 is
-            enabled and disabled [--core c|rust] [--rounds N] [--kernel-build DIR]
+            enabled and disabled [--core c|rust|rust-pre-fix] [--rounds N]
+            [--window-ms MS] [--kernel-build DIR]; --experiment [--rounds N]: every
+            kernel, with and without a widened race window, and the model's prediction
 ";
 
 /// Errors are printed as one chain of causes, without the backtrace that anyhow's default

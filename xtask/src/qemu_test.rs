@@ -38,7 +38,7 @@ enum Only {
     Scenarios,
 }
 
-/// `cargo xtask qemu-test [--core c|rust] [--fragment FILE]... [--kernel-build DIR]
+/// `cargo xtask qemu-test [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR]
 /// [--tests DIR] [--only selftests|scenarios]`
 pub fn run(args: &[String]) -> Result<()> {
     let mut spec = KernelSpec::stock();
@@ -55,7 +55,7 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         match arg.as_str() {
             "--fragment" => extra_fragments.push(std::path::absolute(value("a config fragment")?)?),
-            "--core" => spec = KernelSpec::for_core(kernel::Core::parse(&value("c or rust")?)?),
+            "--core" => spec = KernelSpec::for_core(kernel::Core::parse(&value("c, rust or rust-pre-fix")?)?),
             "--kernel-build" => {
                 kernel_build = Some(std::path::absolute(value("a kernel build directory")?)?)
             }
@@ -69,7 +69,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask qemu-test` \
-                 (expected --core c|rust, --fragment FILE, --kernel-build DIR, --tests DIR, \
+                 (expected --core c|rust|rust-pre-fix, --fragment FILE, --kernel-build DIR, --tests DIR, \
                  --only selftests|scenarios)"
             ),
         }

@@ -337,7 +337,7 @@ pub fn prepare(
 }
 
 /// Builds `kpatch-rs` from this workspace, once per run, and returns the binary.
-fn build_kpatch_rs(sh: &Shell) -> Result<PathBuf> {
+pub fn build_kpatch_rs(sh: &Shell) -> Result<PathBuf> {
     let root = crate::project_root();
     let _dir = sh.push_dir(&root);
     eprintln!("scenarios: building kpatch-rs (cargo build --release -p kpatch-rs)");

@@ -13,7 +13,7 @@
 use std::prelude::rust_2021::*;
 use std::{format, vec};
 
-use crate::module_notifier::{self as notifier, Errno, Event, KlpHost, EINVAL};
+use crate::module_notifier::{self as notifier, binds_on_enable, Errno, Event, KlpHost, EINVAL};
 
 /// `-EBUSY`: another patch is in transition.
 pub const EBUSY: Errno = -16;
@@ -168,21 +168,15 @@ impl Catalog {
     }
 }
 
-/// Which rule the enable path uses to bind an object to a module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Binding {
-    /// The fix: `find_module()` finds the module and `mod->klp_alive` is set.
-    KlpAlive,
-    /// Before the fix: `find_module()` finds the module (COMING, LIVE or GOING).
-    ///
-    /// This variant also models the coming notifier of that time where it differs from 6.12:
-    /// it did not refuse the load when an object was already patched. Its
-    /// `klp_enable_object()` warned and returned `-EINVAL`, the notifier logged and went on to
-    /// the next patch, and so the object stayed patched below the ones pushed after it. That
-    /// is how the founding commit's example ends with `b2,b1,b3`: P3 pushed `b3` while M was
-    /// COMING, then the notifier pushed `b1` and `b2` on top and left P3 as it was.
-    ModuleState,
-}
+// The binding rule is the algorithm's own (`module_notifier::Binding`), so that the model and
+// the kernel's `klp_find_object_module()` ask the same function. Its `ModuleState` variant also
+// models the coming notifier of that time where it differs from 6.12: it did not refuse the
+// load when an object was already patched. Its `klp_enable_object()` warned and returned
+// `-EINVAL`, the notifier logged and went on to the next patch, and so the object stayed
+// patched below the ones pushed after it. That is how the founding commit's example ends with
+// `b2,b1,b3`: P3 pushed `b3` while M was COMING, then the notifier pushed `b1` and `b2` on top
+// and left P3 as it was. The kernel host does the same in the pre-fix experiment.
+pub use crate::module_notifier::Binding;
 
 /// A module's loader state (`enum module_state`), plus absent (never loaded, or freed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -737,11 +731,7 @@ impl ModelHost<'_> {
             let bind = match self.object_target(object) {
                 Target::Vmlinux => true,
                 Target::Module(module) => self.kernel.module(module).is_some_and(|m| {
-                    m.state.visible()
-                        && match self.binding {
-                            Binding::KlpAlive => m.klp_alive,
-                            Binding::ModuleState => true,
-                        }
+                    m.state.visible() && binds_on_enable(self.binding, m.klp_alive)
                 }),
             };
             if let Some(record) = self.object_mut(object) {
