@@ -126,6 +126,8 @@ pub struct KernelBuild {
     /// The kernel release to build for (`KERNELRELEASE=`, which goes into the vermagic);
     /// `None` lets the tree's `scripts/setlocalversion` decide.
     pub release: Option<String>,
+    /// `VAR=VALUE` arguments for every make run (the kernel's toolchain).
+    pub make_vars: Vec<String>,
 }
 
 impl KernelBuild {
@@ -139,6 +141,7 @@ impl KernelBuild {
         if let Some(release) = &self.release {
             command.arg(format!("KERNELRELEASE={release}"));
         }
+        command.args(&self.make_vars);
         command
     }
 
@@ -221,6 +224,7 @@ impl KernelBuild {
         if let Some(release) = &self.release {
             command.arg(format!("KERNELRELEASE={release}"));
         }
+        command.args(&self.make_vars);
         if !extra_cflags.is_empty() {
             command.arg(format!("KCFLAGS={extra_cflags}"));
         }

@@ -97,6 +97,11 @@ struct BuildArgs {
     /// Stack on earlier livepatches instead of replacing them (replacing is the default).
     #[arg(long)]
     no_replace: bool,
+    /// A make variable for every Kbuild run, VAR=VALUE, repeatable: the toolchain the running
+    /// kernel was built with where it is not the default, such as RUSTC=/usr/bin/rustc and
+    /// BINDGEN=/path/to/bindgen for a kernel with Rust code.
+    #[arg(long = "make-var", value_name = "VAR=VALUE", value_parser = parse_make_var)]
+    make_vars: Vec<String>,
     /// Print the report as one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -109,7 +114,19 @@ struct BuildArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which here means "cannot be live patched": a script must
+    // be able to tell the two apart, so a usage error is an input error (1).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(kpatch_rs::exit::ERROR)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         None => {
             use clap::CommandFactory;
@@ -205,6 +222,7 @@ fn run_build(args: BuildArgs) -> ExitCode {
         patches: args.patches.clone(),
         replace: !args.no_replace,
         cache,
+        make_vars: args.make_vars.clone(),
     };
     match build(&options) {
         Ok(report) => {
@@ -227,6 +245,19 @@ fn run_build(args: BuildArgs) -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// A `--make-var`: `NAME=VALUE` with a make variable name (letters, digits, `_`).
+fn parse_make_var(text: &str) -> Result<String, String> {
+    let Some((name, _)) = text.split_once('=') else {
+        return Err(format!("`{text}` is not VAR=VALUE"));
+    };
+    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("`{name}` is not a make variable name"));
+    }
+    Ok(text.to_string())
 }
 
 fn run_inspect(args: &InspectArgs) -> anyhow::Result<u8> {

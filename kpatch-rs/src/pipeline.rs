@@ -55,6 +55,9 @@ pub struct BuildOptions {
     pub replace: bool,
     /// Where build directories and the patched tree are kept between runs.
     pub cache: PathBuf,
+    /// `VAR=VALUE` for every make run: the toolchain the running kernel was built with where
+    /// it is not the default one (`RUSTC=`, `BINDGEN=` for a kernel with Rust code).
+    pub make_vars: Vec<String>,
 }
 
 /// The symbols of the running kernel's vmlinux.
@@ -318,7 +321,7 @@ fn objects_to_build(
     Ok(objects)
 }
 
-/// The cache directory for this (source, config, compiler).
+/// The cache directory for this (source, config, compiler, make variables).
 fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
     let source = fs::canonicalize(&options.sourcedir).map_err(|e| {
         BuildError::Input(format!(
@@ -336,6 +339,7 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
         source.to_string_lossy().as_bytes(),
         &config,
         compiler.lines().next().unwrap_or("").as_bytes(),
+        options.make_vars.join("\n").as_bytes(),
     ] {
         for &byte in part.iter().chain(std::iter::once(&0u8)) {
             hash ^= u64::from(byte);
@@ -397,6 +401,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         jobs: jobs_each,
         log: cache.join("original.log"),
         release: release.clone(),
+        make_vars: options.make_vars.clone(),
     };
     let patched_build = KernelBuild {
         source: patched_source.clone(),
@@ -404,6 +409,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         jobs: jobs_each,
         log: cache.join("patched.log"),
         release,
+        make_vars: options.make_vars.clone(),
     };
     // A header change needs the dependency lists of a built original tree: the one beside the
     // symbols when it is a Kbuild build directory, else kpatch-rs's own original build

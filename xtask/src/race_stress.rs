@@ -344,6 +344,10 @@ fn build_livepatch(
         .args(["--name", &format!("race{n}"), "--no-replace", "--output"])
         .arg(&output_dir)
         .arg(fixture.join(format!("p{n}.patch")));
+    // A Rust-core kernel was built with Debian's rustc and bindgen: so is its livepatch.
+    for var in &kernel.make_vars {
+        command.args(["--make-var", var]);
+    }
     crate::process::run_logged(
         &mut command,
         &log,

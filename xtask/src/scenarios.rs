@@ -396,6 +396,9 @@ fn run_builds(
         if line.no_replace {
             command.arg("--no-replace");
         }
+        for var in &kernel.make_vars {
+            command.args(["--make-var", var]);
+        }
         for patch in &line.patches {
             let path = scenario.dir.join(patch);
             if !path.is_file() {
