@@ -4,7 +4,9 @@
 use std::process::Command;
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_kpatch-rs")).args(args).output();
+    let output = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(args)
+        .output();
     let Ok(output) = output else {
         panic!("cannot run kpatch-rs: {output:?}")
     };
@@ -22,7 +24,13 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
 fn usage_errors_exit_1_not_the_unpatchable_code() {
     for args in [
         &["build"][..],
-        &["build", "--no-such-option", "--sourcedir", "/tmp", "x.patch"],
+        &[
+            "build",
+            "--no-such-option",
+            "--sourcedir",
+            "/tmp",
+            "x.patch",
+        ],
         &["diff"],
         &["no-such-command"],
     ] {

@@ -5,12 +5,13 @@
 //! shows every problem; the exit status is non-zero when anything failed, and the last line
 //! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
 //! stock one and the Rust-core one, and their verdicts are printed side by side; then the
-//! race stress (`cargo xtask race-stress`) runs on both.
+//! race stress (`cargo xtask race-stress`) runs on both, clean required, and on the Rust core
+//! built with the pre-fix binding rule, where it must see the race.
 
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-use crate::kernel::{ensure_kernel, KernelSpec};
+use crate::kernel::{ensure_kernel, Core, KernelSpec};
 
 pub fn run(args: &[String]) -> Result<()> {
     if let Some(arg) = args.first() {
@@ -130,6 +131,41 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
         Err(error) => step("Rust-core kernel", Err(error)),
+    }
+
+    // The other side of the stress: on the Rust core built with the pre-fix binding rule, the
+    // same stress must see the race, or it could not see it on the kernels above either.
+    let verdict = ensure_kernel(&sh, &KernelSpec::for_core(Core::RustPreFix)).and_then(|dirs| {
+        let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
+        crate::race_stress::observe(
+            &sh,
+            &kpatch,
+            &dirs,
+            Core::RustPreFix.name(),
+            crate::race_stress::DEFAULT_ROUNDS,
+            crate::race_stress::EXPERIMENT_WINDOW_MS,
+        )
+    });
+    match verdict {
+        Ok(observation) if observation.tally.is_some_and(|t| t.shows_the_race()) => {
+            tally.passed += 1;
+            println!(
+                "PASS  race-stress sees the race without the fix: {}",
+                observation.describe()
+            );
+        }
+        Ok(observation) => {
+            tally.failed += 1;
+            println!(
+                "FAIL  race-stress did not see the race without the fix: {}; guest output in {}",
+                observation.describe(),
+                observation.output_file.display()
+            );
+        }
+        Err(error) => {
+            tally.failed += 1;
+            println!("FAIL  race-stress on the pre-fix Rust core: {error:#}");
+        }
     }
     eprintln!("ci: finished in {}s", started.elapsed().as_secs());
     if !failed_steps.is_empty() {

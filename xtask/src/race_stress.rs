@@ -73,6 +73,15 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// Whether the run shows the race the fix is about, as the model predicts it for the
+    /// pre-fix rule: a() and b() disagreeing, or the coming notifier finding P3 already applied
+    /// to M (bound while M was COMING).
+    pub fn shows_the_race(&self) -> bool {
+        self.inconsistencies > 0 || self.apply_failed > 0
+    }
+}
+
 /// One stress run: what was asked and what the guest showed.
 #[derive(Debug, Clone)]
 pub struct Observation {
@@ -232,7 +241,10 @@ fn run_experiment(sh: &Shell, rounds: u32) -> Result<()> {
     let mut failed = Vec::new();
     for (core, observation) in &observations {
         let verdict = match (core, observation.clean()) {
-            (Core::RustPreFix, _) => "observed",
+            (Core::RustPreFix, _) if observation.tally.is_some_and(|t| t.shows_the_race()) => {
+                "race"
+            }
+            (Core::RustPreFix, _) => "no race",
             (_, true) => "clean",
             (_, false) => {
                 failed.push(observation.describe());
@@ -470,5 +482,24 @@ mod tests {
         ] {
             assert!(!dirty.clean(10), "{dirty:?}");
         }
+        // The race shows as disagreeing reports or an already applied P3; failed loads and
+        // warnings alone can have other causes.
+        assert!(!clean.shows_the_race());
+        assert!(Tally {
+            inconsistencies: 1,
+            ..clean
+        }
+        .shows_the_race());
+        assert!(Tally {
+            apply_failed: 1,
+            ..clean
+        }
+        .shows_the_race());
+        assert!(!Tally {
+            warnings: 3,
+            m_failures: 2,
+            ..clean
+        }
+        .shows_the_race());
     }
 }
