@@ -339,27 +339,12 @@ fn build_livepatch(
     n: u32,
 ) -> Result<PathBuf> {
     let output_dir = work.join(format!("kpatch/race{n}"));
-    if output_dir.exists() {
-        std::fs::remove_dir_all(&output_dir)
-            .with_context(|| format!("cannot remove {}", output_dir.display()))?;
-    }
-    std::fs::create_dir_all(&output_dir)
-        .with_context(|| format!("cannot create {}", output_dir.display()))?;
     let log = work.join(format!("race{n}.build.log"));
-    let mut command = Command::new(kpatch);
+    let mut command =
+        crate::scenarios::kpatch_build_command(kpatch, kernel, &format!("race{n}"), &output_dir)?;
     command
-        .arg("build")
-        .arg("--sourcedir")
-        .arg(&kernel.source)
-        .arg("--vmlinux")
-        .arg(kernel.build.join("vmlinux"))
-        .args(["--name", &format!("race{n}"), "--no-replace", "--output"])
-        .arg(&output_dir)
+        .arg("--no-replace")
         .arg(fixture.join(format!("p{n}.patch")));
-    // A Rust-core kernel was built with Debian's rustc and bindgen: so is its livepatch.
-    for var in &kernel.make_vars {
-        command.args(["--make-var", var]);
-    }
     crate::process::run_logged(
         &mut command,
         &log,

@@ -364,6 +364,37 @@ pub fn build_kpatch_rs(sh: &Shell) -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// `kpatch-rs build --name NAME --output OUTPUT_DIR` against the test kernel `kernel`, with
+/// the make variables its toolchain needs; `OUTPUT_DIR` is emptied first. The caller adds the
+/// options and patches.
+pub fn kpatch_build_command(
+    kpatch: &Path,
+    kernel: &KernelDirs,
+    name: &str,
+    output_dir: &Path,
+) -> Result<Command> {
+    if output_dir.exists() {
+        std::fs::remove_dir_all(output_dir)
+            .with_context(|| format!("cannot remove {}", output_dir.display()))?;
+    }
+    std::fs::create_dir_all(output_dir)
+        .with_context(|| format!("cannot create {}", output_dir.display()))?;
+    let mut command = Command::new(kpatch);
+    command
+        .arg("build")
+        .arg("--sourcedir")
+        .arg(&kernel.source)
+        .arg("--vmlinux")
+        .arg(kernel.build.join("vmlinux"))
+        .args(["--name", name, "--output"])
+        .arg(output_dir);
+    // A Rust-core kernel was built with Debian's rustc and bindgen: so is its livepatch.
+    for var in &kernel.make_vars {
+        command.args(["--make-var", var]);
+    }
+    Ok(command)
+}
+
 /// Runs every line of the scenario's `build` file with `kpatch-rs build` against `kernel`,
 /// each into a fresh directory under `work`; stages the modules in `staged`. Returns the
 /// scenario's host verdict: every build did what its line says.
@@ -376,28 +407,9 @@ fn run_builds(
 ) -> Result<std::result::Result<(), String>> {
     for line in &scenario.builds {
         let output_dir = work.join("kpatch").join(&line.name);
-        if output_dir.exists() {
-            std::fs::remove_dir_all(&output_dir)
-                .with_context(|| format!("cannot remove {}", output_dir.display()))?;
-        }
-        std::fs::create_dir_all(&output_dir)
-            .with_context(|| format!("cannot create {}", output_dir.display()))?;
-        let mut command = Command::new(kpatch);
-        command
-            .arg("build")
-            .arg("--sourcedir")
-            .arg(&kernel.source)
-            .arg("--vmlinux")
-            .arg(kernel.build.join("vmlinux"))
-            .arg("--name")
-            .arg(&line.name)
-            .arg("--output")
-            .arg(&output_dir);
+        let mut command = kpatch_build_command(kpatch, kernel, &line.name, &output_dir)?;
         if line.no_replace {
             command.arg("--no-replace");
-        }
-        for var in &kernel.make_vars {
-            command.args(["--make-var", var]);
         }
         for patch in &line.patches {
             let path = scenario.dir.join(patch);
