@@ -284,6 +284,12 @@ pub fn observe(
             target.display()
         );
     }
+    if window_ms > 0 && !kernel.has_rust_core() {
+        bail!(
+            "--window-ms needs a Rust-core kernel (--core rust or rust-pre-fix): the race \
+             window is its test parameter livepatch.race_window_ms, which the stock kernel lacks"
+        );
+    }
     let rootfs = Rootfs::new(sh, &work.join("rootfs"))?;
     let guest_dir = Path::new(GUEST_DIR);
     for n in 1..=3 {
