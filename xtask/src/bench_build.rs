@@ -38,8 +38,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::project_root();
     sh.change_dir(&root);
     let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
-    cmd!(sh, "cargo build --release --quiet -p kpatch-rs").run()?;
-    let kpatch = root.join("target/release/kpatch-rs");
+    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
     let source = &kernel.source;
     let vmlinux = kernel.build.join("vmlinux");
     let patch = root.join("fixtures/build/cmdline.patch");

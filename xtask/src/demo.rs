@@ -40,12 +40,11 @@ pub fn run(args: &[String]) -> Result<()> {
     sh.change_dir(&root);
     crate::deps::ensure_packages(&sh)?;
     let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
-    cmd!(sh, "cargo build --release --quiet -p kpatch-rs").run()?;
+    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
 
     let work = root.join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let kpatch = root.join("target/release/kpatch-rs");
     let source = &kernel.source;
     let vmlinux = kernel.build.join("vmlinux");
     let patch = root.join("fixtures/build/cmdline.patch");

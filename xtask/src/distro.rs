@@ -215,8 +215,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::project_root();
     sh.change_dir(&root);
     let distro = ensure_distro(&sh)?;
-    cmd!(sh, "cargo build --release --quiet -p kpatch-rs").run()?;
-    let kpatch = root.join("target/release/kpatch-rs");
+    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
 
     let work = root.join("target/distro");
     let _ = std::fs::remove_dir_all(&work);

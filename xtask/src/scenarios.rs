@@ -340,7 +340,7 @@ pub fn prepare(
 pub fn build_kpatch_rs(sh: &Shell) -> Result<PathBuf> {
     let root = crate::project_root();
     let _dir = sh.push_dir(&root);
-    eprintln!("scenarios: building kpatch-rs (cargo build --release -p kpatch-rs)");
+    eprintln!("xtask: building kpatch-rs (cargo build --release -p kpatch-rs)");
     cmd!(sh, "cargo build --release --quiet -p kpatch-rs")
         .run()
         .context("cannot build kpatch-rs for the scenarios")?;
