@@ -118,17 +118,9 @@ struct Distro {
     modules: PathBuf,
 }
 
-fn cache_root() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("kpatch-rs/distro")
-}
-
 /// Downloads and unpacks what is missing; a package is unpacked once (a stamp file marks it).
 fn ensure_distro(sh: &Shell) -> Result<Distro> {
-    let cache = cache_root();
+    let cache = crate::cache_dir("distro")?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
     for package in PACKAGES {

@@ -65,19 +65,6 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn cache_base() -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => match std::env::var_os("HOME") {
-            Some(home) => PathBuf::from(home).join(".cache"),
-            None => {
-                bail!("cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set")
-            }
-        },
-    };
-    Ok(base.join("kpatch-rs"))
-}
-
 /// The source tree and `.config` of the test kernel: asks `cargo xtask kernel --print-dirs`
 /// (which builds it when missing), else takes the newest complete entry of its cache.
 fn test_kernel() -> Result<(PathBuf, PathBuf)> {
@@ -104,7 +91,7 @@ fn test_kernel() -> Result<(PathBuf, PathBuf)> {
     eprintln!(
         "fixtures: `cargo xtask kernel --print-dirs` gave no kernel; using the newest cached one"
     );
-    let kernels = cache_base()?.join("kernel");
+    let kernels = crate::kernel::cache_root()?;
     let mut complete: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&kernels)
         .into_iter()
         .flatten()
@@ -286,7 +273,7 @@ fn build_fixtures(source: &Path, config: &Path) -> Result<PathBuf> {
     );
     let parts: Vec<&[u8]> = material.iter().map(Vec::as_slice).collect();
     let key = format!("{:016x}", fnv1a(&parts));
-    let base = cache_base()?.join("fixtures");
+    let base = crate::cache_dir("fixtures")?;
     let root = base.join(&key);
     let latest = base.join("latest");
     if root.join("complete").is_file() {

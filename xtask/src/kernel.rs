@@ -236,16 +236,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// The root of the kernel cache.
 pub fn cache_root() -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => match std::env::var_os("HOME") {
-            Some(home) => PathBuf::from(home).join(".cache"),
-            None => {
-                bail!("cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set")
-            }
-        },
-    };
-    Ok(base.join("kpatch-rs/kernel"))
+    crate::cache_dir("kernel")
 }
 
 /// Returns the cached kernel for `spec`, building it first when the cache lacks it.

@@ -77,6 +77,20 @@ fn dispatch() -> Result<()> {
 }
 
 /// The workspace root: xtask lives one level below it.
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/kpatch-rs/<part>`: where each cache of xtask lives.
+pub fn cache_dir(part: &str) -> anyhow::Result<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => match std::env::var_os("HOME") {
+            Some(home) => std::path::PathBuf::from(home).join(".cache"),
+            None => {
+                bail!("cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set")
+            }
+        },
+    };
+    Ok(base.join("kpatch-rs").join(part))
+}
+
 pub fn project_root() -> std::path::PathBuf {
     let manifest_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir

@@ -867,31 +867,37 @@ impl ModelHost<'_> {
             return;
         };
         self.complete_transition();
-        let (enabled, replace) = (
-            self.kernel
-                .patches
-                .get(usize::from(patch.0))
-                .is_some_and(|p| p.enabled),
-            self.catalog
-                .patches
-                .get(usize::from(patch.0))
-                .is_some_and(|p| p.replace),
-        );
+        let enabled = self
+            .kernel
+            .patches
+            .get(usize::from(patch.0))
+            .is_some_and(|p| p.enabled);
         if !enabled {
             self.free_patch(patch);
-        } else if replace {
-            // klp_free_replaced_patches_async(): every patch before the new one.
-            let replaced: Vec<PatchId> = self
-                .kernel
-                .klp_patches
-                .iter()
-                .copied()
-                .take_while(|&p| p != patch)
-                .collect();
-            for old in replaced {
+        } else if self.replaces(patch) {
+            // klp_free_replaced_patches_async().
+            for old in self.patches_before(patch) {
                 self.free_patch(old);
             }
         }
+    }
+
+    /// Whether `patch` replaces the patches before it (`klp_patch.replace`).
+    fn replaces(&self, patch: PatchId) -> bool {
+        self.catalog
+            .patches
+            .get(usize::from(patch.0))
+            .is_some_and(|p| p.replace)
+    }
+
+    /// The patches before `patch` on `klp_patches`: the ones a replacing patch replaces.
+    fn patches_before(&self, patch: PatchId) -> Vec<PatchId> {
+        self.kernel
+            .klp_patches
+            .iter()
+            .copied()
+            .take_while(|&p| p != patch)
+            .collect()
     }
 
     /// `klp_complete_transition()`.
@@ -907,21 +913,9 @@ impl ModelHost<'_> {
                 target.word()
             )
         });
-        let replace = self
-            .catalog
-            .patches
-            .get(usize::from(patch.0))
-            .is_some_and(|p| p.replace);
-        if replace && target == TransitionTarget::Patched {
+        if self.replaces(patch) && target == TransitionTarget::Patched {
             // klp_unpatch_replaced_patches(): no callbacks for the replaced patches.
-            let replaced: Vec<PatchId> = self
-                .kernel
-                .klp_patches
-                .iter()
-                .copied()
-                .take_while(|&p| p != patch)
-                .collect();
-            for old in replaced {
+            for old in self.patches_before(patch) {
                 if let Some(record) = self.patch_mut(old) {
                     record.enabled = false;
                 }
