@@ -71,9 +71,7 @@ impl Tally {
             && self.bugs == 0
             && self.apply_failed == 0
     }
-}
 
-impl Tally {
     /// Whether the run shows the race the fix is about, as the model predicts it for the
     /// pre-fix rule: a() and b() disagreeing, or the coming notifier finding P3 already applied
     /// to M (bound while M was COMING).
