@@ -5,6 +5,11 @@
 //! The builds need the `x86_64-unknown-none` target (`rustup target add x86_64-unknown-none`);
 //! without it they are skipped with a message, except under `CI`, where they fail.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

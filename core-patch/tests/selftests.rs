@@ -26,6 +26,11 @@
 //! Debian's `/usr/src/linux-source-6.12.tar.xz` (package linux-source-6.12). Without any, the
 //! tests are skipped with a message, except under `CI`, where they fail.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

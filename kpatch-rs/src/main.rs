@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod diff_command;
+mod cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Diff an original and a patched object (create-diff-object): report changed and new
     /// functions and write an object holding them and what they need.
-    Diff(diff_command::DiffArgs),
+    Diff(cli::diff::DiffArgs),
     /// Build a livepatch module from patch files against a kernel source tree.
     Build(BuildArgs),
     /// Show a livepatch module's objects, functions, sympos and livepatch relocations.
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         Err(error) => {
             let _ = error.print();
             return if error.use_stderr() {
-                ExitCode::from(kpatch_rs::exit::ERROR)
+                ExitCode::from(kpatch_build::exit::ERROR)
             } else {
                 ExitCode::SUCCESS
             };
@@ -132,18 +132,18 @@ fn main() -> ExitCode {
             use clap::CommandFactory;
             // Printing help can only fail on a closed stdout, where there is no one to tell.
             let _ = Cli::command().print_help();
-            ExitCode::from(kpatch_rs::exit::ERROR)
+            ExitCode::from(kpatch_build::exit::ERROR)
         }
         Some(Command::Core {
             command: CoreCommand::Explore { pre_fix, scenario },
-        }) => match kpatch_rs::core_explore::run(&scenario, pre_fix, &mut std::io::stdout()) {
+        }) => match cli::core_explore::run(&scenario, pre_fix, &mut std::io::stdout()) {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
                 eprintln!("error: {error}");
-                ExitCode::from(kpatch_rs::exit::ERROR)
+                ExitCode::from(kpatch_build::exit::ERROR)
             }
         },
-        Some(Command::Diff(args)) => exit_code(diff_command::run(&args)),
+        Some(Command::Diff(args)) => exit_code(cli::diff::run(&args)),
         Some(Command::Build(args)) => run_build(args),
         Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
     }
@@ -154,20 +154,20 @@ fn exit_code(result: anyhow::Result<u8>) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(kpatch_rs::exit::ERROR)
+            ExitCode::from(kpatch_build::exit::ERROR)
         }
     }
 }
 
 fn run_build(args: BuildArgs) -> ExitCode {
-    use kpatch_rs::pipeline::{build, BuildOptions, SymbolSource};
+    use kpatch_build::build::{build, BuildOptions, SymbolSource};
 
     let symbols = match (&args.vmlinux, &args.system_map) {
         (Some(vmlinux), _) => SymbolSource::Vmlinux(vmlinux.clone()),
         (None, Some(map)) => SymbolSource::SystemMap(map.clone()),
         (None, None) => {
             eprintln!("error: pass the kernel's symbols with --vmlinux or --system-map");
-            return ExitCode::from(kpatch_rs::exit::ERROR);
+            return ExitCode::from(kpatch_build::exit::ERROR);
         }
     };
     let symbol_file = args.vmlinux.as_ref().or(args.system_map.as_ref());
@@ -233,10 +233,10 @@ fn run_build(args: BuildArgs) -> ExitCode {
                 report.write_human(stdout)
             };
             match written {
-                Ok(()) => ExitCode::from(kpatch_rs::exit::SUCCESS),
+                Ok(()) => ExitCode::from(kpatch_build::exit::SUCCESS),
                 Err(error) => {
                     eprintln!("error: cannot print the report: {error}");
-                    ExitCode::from(kpatch_rs::exit::ERROR)
+                    ExitCode::from(kpatch_build::exit::ERROR)
                 }
             }
         }
@@ -265,12 +265,12 @@ fn run_inspect(args: &InspectArgs) -> anyhow::Result<u8> {
 
     let data = std::fs::read(&args.module)
         .with_context(|| format!("cannot read {}", args.module.display()))?;
-    let inspection = kpatch_rs::inspect::inspect(&args.module.display().to_string(), &data)?;
+    let inspection = kpatch_build::inspect::inspect(&args.module.display().to_string(), &data)?;
     let stdout = &mut std::io::stdout().lock();
     if args.json {
         inspection.write_json(stdout)?;
     } else {
         inspection.write_human(stdout)?;
     }
-    Ok(kpatch_rs::exit::SUCCESS)
+    Ok(kpatch_build::exit::SUCCESS)
 }

@@ -6,6 +6,11 @@
 //! skipped with a message, except under `CI`, where that is a failure. Loading the modules
 //! into a running kernel is the QEMU scenarios' job (`tests/`).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

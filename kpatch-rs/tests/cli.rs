@@ -1,6 +1,11 @@
 //! The command line as scripts meet it: usage errors exit 1 (2 means "cannot be live patched"),
 //! help exits 0, and `--make-var` takes only `VAR=VALUE`.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 use std::process::Command;
 
 fn run(args: &[&str]) -> (Option<i32>, String) {

@@ -1,5 +1,10 @@
 //! `kpatch-rs core explore` as users run it: the built binary, its exit codes and its trace.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

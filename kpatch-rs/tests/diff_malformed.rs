@@ -2,12 +2,18 @@
 //! panic: truncated objects, a wrong machine, garbage, executables, and every single-byte
 //! corruption of a real object.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
+#[path = "../../kpatch-diff/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use kpatch_rs::diff::{diff, Pair};
+use kpatch_diff::{diff, Pair};
 
 fn kpatch_rs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))

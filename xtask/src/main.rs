@@ -2,6 +2,11 @@
 //!
 //! CI calls `cargo xtask ci` and nothing else.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "developer automation: running programs is what xtask does"
+)]
+
 mod bench_build;
 mod ci;
 mod demo;

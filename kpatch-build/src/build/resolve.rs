@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use object::read::elf::{ElfFile64, FileHeader, Sym};
 use object::{elf, Endianness};
 
-use crate::module::Target;
+use crate::build::module::Target;
 
 /// The position of a symbol among same-named symbols of its object: 0 when the name is unique,
 /// otherwise 1-based, as `klp_func.old_sympos` and `.klp.sym` names take it.
@@ -636,7 +636,7 @@ mod tests {
     #[test]
     fn system_map_neighbours_pick_each_duplicated_local_of_debian_vmlinux() {
         let map = TargetSymbols::from_system_map(
-            include_str!("../../fixtures/distro/system-map-type_show.txt")
+            include_str!("../../../fixtures/distro/system-map-type_show.txt")
                 .lines()
                 .filter(|line| !line.starts_with('#'))
                 .collect::<Vec<_>>()
@@ -644,7 +644,7 @@ mod tests {
                 .as_str(),
         )
         .expect("read map");
-        let cases: Vec<&str> = include_str!("../../fixtures/distro/type_show-units.txt")
+        let cases: Vec<&str> = include_str!("../../../fixtures/distro/type_show-units.txt")
             .lines()
             .filter(|line| !line.starts_with('#'))
             .collect();

@@ -1,11 +1,16 @@
 //! The diff rules, each proven on a C pair under `fixtures/` compiled by gcc with the kernel's
 //! code-generation flags: exact changed, new and refused functions and the refusal texts.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 mod common;
 
-use kpatch_rs::compare::Status;
-use kpatch_rs::diff::{diff, Pair};
-use kpatch_rs::report::Outcome;
+use kpatch_diff::compare::Status;
+use kpatch_diff::report::Outcome;
+use kpatch_diff::{diff, Pair};
 
 /// What one fixture pair must produce.
 #[derive(Debug)]
@@ -38,7 +43,7 @@ fn check(name: &str, expect: Expect) {
 }
 
 /// Like [`check`], returning the diff for further assertions (`None` when gcc is missing).
-fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_rs::diff::DiffOutput> {
+fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_diff::DiffOutput> {
     if !common::have_tool("gcc") {
         return None;
     }
@@ -245,7 +250,7 @@ fn special_section_entries_follow_their_code() {
     let Some(object) = result.and_then(|r| r.object) else {
         return;
     };
-    let object = kpatch_rs::elf::Object::parse("output", &object).expect("output reads back");
+    let object = kpatch_diff::elf::Object::parse("output", &object).expect("output reads back");
     let replacement = object
         .sections
         .iter()
@@ -317,9 +322,9 @@ fn symbol_moved_between_sections_is_refused() {
 }
 
 /// The names of the functions and objects an output object defines.
-fn defined_symbols(output: Option<kpatch_rs::diff::DiffOutput>) -> Option<Vec<String>> {
+fn defined_symbols(output: Option<kpatch_diff::DiffOutput>) -> Option<Vec<String>> {
     let bytes = output?.object?;
-    let object = kpatch_rs::elf::Object::parse("output", &bytes).expect("output reads back");
+    let object = kpatch_diff::elf::Object::parse("output", &bytes).expect("output reads back");
     Some(
         object
             .symbols
@@ -328,7 +333,7 @@ fn defined_symbols(output: Option<kpatch_rs::diff::DiffOutput>) -> Option<Vec<St
             .filter(|s| {
                 matches!(
                     s.kind,
-                    kpatch_rs::elf::SymbolKind::Func | kpatch_rs::elf::SymbolKind::Object
+                    kpatch_diff::elf::SymbolKind::Func | kpatch_diff::elf::SymbolKind::Object
                 )
             })
             .map(|s| s.name.clone())

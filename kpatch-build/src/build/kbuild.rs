@@ -5,6 +5,11 @@
 //! writes into the user's source tree: builds go to `O=` directories, and the patched tree is
 //! a hard-linked copy that `patch` breaks file by file as it writes.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one place kpatch-rs runs programs"
+)]
+
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +29,15 @@ pub struct CommandError {
     pub command: String,
     /// The end of the command's output, with a pointer to the full log.
     pub tail: String,
+}
+
+/// The first line of `gcc --version`: the compiler that builds the patch, part of the cache key.
+pub fn compiler_version() -> Result<String, CommandError> {
+    let version = run_captured(
+        "asking gcc for its version",
+        Command::new("gcc").arg("--version"),
+    )?;
+    Ok(version.lines().next().unwrap_or("").to_string())
 }
 
 /// Runs `command`, appending its output to `log`; `what` describes the step for the error.

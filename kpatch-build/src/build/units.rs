@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use crate::module::Target;
+use crate::build::module::Target;
 
 /// Why the patch's targets could not be worked out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! The diff phase driver (create-diff-object's job): bytes of an original and a patched object
+//! The object diff (create-diff-object's job): bytes of an original and a patched object
 //! in, a report and the output object's bytes out. Pure: no files, no processes.
 //!
 //! Order: read both objects ([`crate::elf`]), pair them ([`crate::correlate`]), judge each
@@ -6,17 +6,21 @@
 //! ([`crate::include`] with [`crate::special_sections`]), write the result
 //! ([`crate::output`]) and describe it ([`crate::report`]).
 
+pub mod compare;
+pub mod correlate;
+pub mod elf;
+pub mod include;
+pub mod output;
+pub mod report;
+pub mod special_sections;
+
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use crate::compare::{self, Status};
-use crate::correlate;
+use crate::compare::Status;
 use crate::elf::{Binding, ElfError, Object, SymbolId, SymbolKind};
-use crate::include;
-use crate::output;
 use crate::report::{FunctionReport, Outcome, Reference, Replaced, Report, Resolution};
-use crate::special_sections;
 
 /// What went wrong while diffing one pair, other than a refusal (which is an outcome).
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,8 @@
 use object::build::elf::{Builder, SectionData, SymbolId};
 use object::elf;
 
-use crate::module::Callbacks;
-use crate::report::Report;
+use crate::build::module::Callbacks;
+use kpatch_diff::report::Report;
 
 /// The prefix of the sections where `kpatch-macros.h` records callbacks.
 pub const CALLBACK_SECTION_PREFIX: &str = ".kpatch.callbacks.";
@@ -123,7 +123,7 @@ pub fn prepare_object(
         builder
             .sections
             .iter()
-            .filter(|s| s.name.as_slice() == crate::output::METADATA_SECTION.as_bytes())
+            .filter(|s| s.name.as_slice() == kpatch_diff::output::METADATA_SECTION.as_bytes())
             .map(|s| s.id()),
     );
     for section in builder.sections.iter_mut() {

@@ -4,12 +4,17 @@
 //! turns the references to unreachable symbols into records, `ld -r` links the object after
 //! another one (as Kbuild does for a module), and `post_link` rewrites the result.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kpatch_rs::klp_records::convert_references;
-use kpatch_rs::post_link::{rewrite_module, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH};
+use kpatch_build::build::klp_records::convert_references;
+use kpatch_build::build::post_link::{rewrite_module, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH};
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, Rela, SectionHeader, Sym};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol};

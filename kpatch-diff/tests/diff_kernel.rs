@@ -4,13 +4,18 @@
 //!
 //! Skipped with a message when the fixtures are not built, except under CI.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 mod common;
 
 use std::path::PathBuf;
 
-use kpatch_rs::compare::Status;
-use kpatch_rs::diff::{diff, Pair};
-use kpatch_rs::report::{Outcome, Resolution};
+use kpatch_diff::compare::Status;
+use kpatch_diff::report::{Outcome, Resolution};
+use kpatch_diff::{diff, Pair};
 
 fn fixtures_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("KPATCH_RS_KERNEL_FIXTURES") {
@@ -118,7 +123,7 @@ fn check_variant(
     common::check_output(object, bytes, report);
     common::check_relocations_preserved(object, &patched, bytes, report);
     // ORC's two tables run in parallel: one 6-byte entry per 4-byte instruction address.
-    let output = kpatch_rs::elf::Object::parse("output", bytes).expect("output reads back");
+    let output = kpatch_diff::elf::Object::parse("output", bytes).expect("output reads back");
     let size = |name: &str| {
         output
             .sections
@@ -134,7 +139,7 @@ fn check_variant(
     if variant == "-objtool" {
         // Every ORC entry of the changed functions' sections is kept, the one objtool puts at
         // each section's end included; counted here straight from the relocations.
-        let input = kpatch_rs::elf::Object::parse("patched", &patched).expect("input reads back");
+        let input = kpatch_diff::elf::Object::parse("patched", &patched).expect("input reads back");
         let sections: Vec<&str> = report
             .functions
             .iter()
@@ -287,7 +292,7 @@ fn transition_patch_copies_the_dynamic_debug_descriptor_of_its_pr_debug() {
 }
 
 /// Diffs `object` of one variant and returns the report.
-fn report_of(dir: &std::path::Path, variant: &str, object: &str) -> kpatch_rs::report::Report {
+fn report_of(dir: &std::path::Path, variant: &str, object: &str) -> kpatch_diff::report::Report {
     let orig = read(&dir.join(format!("orig{variant}")).join(object));
     let patched = read(&dir.join(format!("patched{variant}")).join(object));
     diff(&Pair {
@@ -428,7 +433,7 @@ fn diffing_all_pairs_in_parallel_gives_the_same_results_as_one_by_one() {
         })
         .collect();
     assert!(pairs.len() >= 5, "manifest lists {} objects", pairs.len());
-    let parallel = kpatch_rs::diff::diff_all(&pairs);
+    let parallel = kpatch_diff::diff_all(&pairs);
     for (pair, result) in pairs.iter().zip(parallel) {
         let result = result.unwrap_or_else(|e| panic!("{}: {e}", pair.name));
         let single = diff(pair).unwrap_or_else(|e| panic!("{}: {e}", pair.name));

@@ -19,7 +19,7 @@ use object::build::elf::{Builder, Relocation, SectionData, SectionId, SymbolId};
 use object::build::Id;
 use object::elf;
 
-use crate::klp_records::{
+use crate::build::klp_records::{
     object_of_klp_symbol, ADDEND_OFFSET, KLP_RELA_PREFIX, NAME_OFFSET, PLACE_OFFSET,
     RECORDS_SECTION, RECORD_SIZE, STRINGS_SECTION, TYPE_OFFSET,
 };

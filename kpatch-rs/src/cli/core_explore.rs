@@ -12,7 +12,7 @@ use core_patch::model::explore::ExploreError;
 use core_patch::model::scenario::{self, ScenarioError};
 use core_patch::model::{Binding, Explorer};
 
-use crate::exit;
+use kpatch_build::exit;
 
 /// Why a scenario could not be explored.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kpatch_rs::elf::{Object, Placement, SymbolKind};
-use kpatch_rs::report::Report;
+use kpatch_diff::elf::{Object, Placement, SymbolKind};
+use kpatch_diff::report::Report;
 
 /// The x86_64 code-generation flags of a Linux 6.12 object as Kbuild compiles it (taken from a
 /// real `.o.cmd` file of the test kernel), at -O2 as distributions build, plus
@@ -159,7 +159,7 @@ pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
         assert_eq!(alias.kind, SymbolKind::Func, "{name}: {}", function.symbol);
         assert_eq!(
             alias.binding,
-            kpatch_rs::elf::Binding::Global,
+            kpatch_diff::elf::Binding::Global,
             "{name}: {}",
             function.symbol
         );
@@ -180,7 +180,7 @@ pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
     let metadata = object
         .sections
         .iter()
-        .find(|s| s.name == kpatch_rs::output::METADATA_SECTION)
+        .find(|s| s.name == kpatch_diff::output::METADATA_SECTION)
         .unwrap_or_else(|| panic!("{name}: no metadata section"));
     let json = metadata
         .data
@@ -245,11 +245,11 @@ fn body_relocations(object: &Object, function: &str) -> Vec<(u64, u32, String)> 
         .iter()
         .map(|r| {
             let target = match object.resolve(r) {
-                kpatch_rs::elf::Target::Symbol { symbol, offset } => {
+                kpatch_diff::elf::Target::Symbol { symbol, offset } => {
                     let name = &object.symbol(symbol).name;
-                    format!("{}{offset:+}", kpatch_rs::correlate::name_key(name).base)
+                    format!("{}{offset:+}", kpatch_diff::correlate::name_key(name).base)
                 }
-                kpatch_rs::elf::Target::String {
+                kpatch_diff::elf::Target::String {
                     section,
                     string_start,
                     offset,
@@ -257,7 +257,7 @@ fn body_relocations(object: &Object, function: &str) -> Vec<(u64, u32, String)> 
                     "{:?}{offset:+}",
                     String::from_utf8_lossy(object.string_at(section, string_start))
                 ),
-                kpatch_rs::elf::Target::Section { section, addend } => {
+                kpatch_diff::elf::Target::Section { section, addend } => {
                     format!("{}{addend:+}", object.section(section).name)
                 }
             };

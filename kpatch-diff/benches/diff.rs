@@ -1,4 +1,4 @@
-//! `cargo bench -p kpatch-rs --bench diff`: time per object pair of the diff engine on the
+//! `cargo bench -p kpatch-diff --bench diff`: time per object pair of the diff engine on the
 //! kernel fixtures of `cargo xtask fixtures`, in all three variants (best and median of many
 //! runs, in one thread),
 //! and the time to diff all pairs at once in parallel.
@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kpatch_rs::diff::{diff, diff_all, Pair};
+use kpatch_diff::{diff, diff_all, Pair};
 
 const RUNS: usize = 50;
 

@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::kbuild::{self, CommandError};
+use crate::build::kbuild::{self, CommandError};
 
 /// Why the patched tree could not be made.
 #[derive(Debug, thiserror::Error)]

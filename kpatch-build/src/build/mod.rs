@@ -12,17 +12,25 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::diff::{self, Pair};
-use crate::elf::{Binding, Object, Placement, SymbolKind};
-use crate::kbuild::{self, CommandError, KernelBuild};
-use crate::klp_records::{self, klp_symbol_name};
-use crate::module::{self, KlpFunction, KlpObject, LivepatchModule, Target};
-use crate::post_link;
-use crate::prepare;
-use crate::report::{Outcome, Report};
-use crate::resolve::{Exports, ResolveError, TargetSymbols, Unit};
-use crate::targets::{self, TargetError};
-use crate::trees::{self, TreeError};
+use kpatch_diff::elf::{Binding, Object, Placement, SymbolKind};
+use kpatch_diff::report::{Outcome, Report};
+use kpatch_diff::{self as diff, Pair};
+
+use kbuild::{CommandError, KernelBuild};
+use klp_records::klp_symbol_name;
+use module::{KlpFunction, KlpObject, LivepatchModule, Target};
+use resolve::{Exports, ResolveError, TargetSymbols, Unit};
+use trees::TreeError;
+use units::TargetError;
+
+pub mod kbuild;
+pub mod klp_records;
+pub mod module;
+pub mod post_link;
+pub mod prepare;
+pub mod resolve;
+pub mod trees;
+pub mod units;
 
 /// What `kpatch-rs build` was asked to do.
 #[derive(Debug, Clone)]
@@ -165,9 +173,9 @@ impl BuildReport {
             writeln!(out, "{} ({}):", object.object, object.target)?;
             for function in &object.diff.functions {
                 let status = match function.status {
-                    crate::compare::Status::Changed => "changed",
-                    crate::compare::Status::New => "new",
-                    crate::compare::Status::Same => "same",
+                    kpatch_diff::compare::Status::Changed => "changed",
+                    kpatch_diff::compare::Status::New => "new",
+                    kpatch_diff::compare::Status::Same => "same",
                 };
                 writeln!(out, "  {status:8} {}", function.name)?;
             }
@@ -277,7 +285,7 @@ fn touched_files(options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
     for patch in &options.patches {
         let text = read_file(patch, "patch", "pass an existing patch file")?;
         let text = String::from_utf8_lossy(&text);
-        touched.extend(targets::touched_files(&patch.display().to_string(), &text)?);
+        touched.extend(units::touched_files(&patch.display().to_string(), &text)?);
     }
     Ok(touched)
 }
@@ -302,10 +310,10 @@ fn objects_to_build(
         }
         // Kbuild records a header by the source path make was given; try it as given and
         // with symlinks resolved.
-        let mut dependents = targets::objects_including(reference, &options.sourcedir.join(file))?;
+        let mut dependents = units::objects_including(reference, &options.sourcedir.join(file))?;
         if dependents.is_empty() {
             if let Ok(canonical) = fs::canonicalize(options.sourcedir.join(file)) {
-                dependents = targets::objects_including(reference, &canonical)?;
+                dependents = units::objects_including(reference, &canonical)?;
             }
         }
         if dependents.is_empty() {
@@ -330,15 +338,12 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
         ))
     })?;
     let config = read_file(&options.config, "kernel config", "pass --config")?;
-    let compiler = kbuild::run_captured(
-        "asking gcc for its version",
-        std::process::Command::new("gcc").arg("--version"),
-    )?;
+    let compiler = kbuild::compiler_version()?;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in [
         source.to_string_lossy().as_bytes(),
         &config,
-        compiler.lines().next().unwrap_or("").as_bytes(),
+        compiler.as_bytes(),
         options.make_vars.join("\n").as_bytes(),
     ] {
         for &byte in part.iter().chain(std::iter::once(&0u8)) {
@@ -467,9 +472,9 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let mut inputs = Vec::new();
     for object in &objects {
         let orig_name = format!("{} (original)", object.display());
-        let cmd = fs::read_to_string(targets::cmd_file(&original_build.output, object))
-            .unwrap_or_default();
-        let target = targets::attribute(&cmd);
+        let cmd =
+            fs::read_to_string(units::cmd_file(&original_build.output, object)).unwrap_or_default();
+        let target = units::attribute(&cmd);
         let orig = read_file(
             &original_build.output.join(object),
             "object",

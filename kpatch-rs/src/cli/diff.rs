@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kpatch_rs::diff::{diff_all, Pair};
-use kpatch_rs::exit;
-use kpatch_rs::report::{Outcome, Report};
+use kpatch_build::exit;
+use kpatch_diff::report::{Outcome, Report};
+use kpatch_diff::{diff_all, Pair};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {

@@ -11,8 +11,8 @@ use std::io::{self, Write};
 use object::read::elf::{ElfFile64, FileHeader, Rela, SectionHeader, Sym};
 use object::{elf, Endianness};
 
-use crate::module::LivepatchModule;
-use crate::post_link::{INFO_SECTION, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH};
+use crate::build::module::LivepatchModule;
+use crate::build::post_link::{INFO_SECTION, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH};
 
 /// Why a file could not be inspected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,11 +2,16 @@
 //! `show()`, linked the way vmlinux is, and the resolver must tell them apart by their other
 //! local symbols.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests compile fixtures and run the binary"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kpatch_rs::module::Target;
-use kpatch_rs::resolve::{Sympos, TargetSymbols, Unit};
+use kpatch_build::build::module::Target;
+use kpatch_build::build::resolve::{Sympos, TargetSymbols, Unit};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/resolve")

@@ -1,0 +1,11 @@
+//! The build side of kpatch-rs: from patch files and a kernel tree to a livepatch module, and
+//! back from a built module to what it patches.
+//!
+//! [`build`] is the pipeline `kpatch-rs build` runs (its phases are the files of `build/`);
+//! it is the only code of kpatch-rs that touches files or runs programs, and of it only
+//! `build/kbuild.rs` spawns processes (`clippy.toml` enforces that). The object diff it calls
+//! is the pure `kpatch_diff` crate. [`inspect`] reads a built module back.
+
+pub mod build;
+pub mod exit;
+pub mod inspect;
