@@ -56,6 +56,17 @@ impl Inclusion {
     }
 }
 
+/// Whether a local read-only object is one the compiler made rather than one the source
+/// names: `__func__` and its GNU spellings, and switch tables (`CSWTCH.N`). No code can take
+/// their address by name, so a copy cannot be told from the original.
+pub fn is_compiler_constant(name: &str) -> bool {
+    let base = name.split('.').next().unwrap_or(name);
+    matches!(
+        base,
+        "__func__" | "__FUNCTION__" | "__PRETTY_FUNCTION__" | "CSWTCH"
+    )
+}
+
 struct Closure<'a> {
     patched: &'a Object,
     comparison: &'a Comparison,
@@ -108,13 +119,18 @@ impl Closure<'_> {
             SymbolKind::Object => {
                 let read_only = !self.patched.section(section).is_write()
                     && !self.patched.section(section).is_nobits();
-                // Local read-only data (a `__func__` string, a const table) holds no state, so
-                // a copy is as good as the original and needs no livepatch relocation, which
-                // matters in sections the kernel reads before those are applied (`__dyndbg`).
+                // An unchanged named object stays the original's, read-only or not: unchanged
+                // code compares its address (`io_is_uring_fops()` checks `f_op ==
+                // &io_uring_fops`, `sock_from_file()` checks `&socket_file_ops`), and files
+                // opened while the patch is loaded keep pointing at it after the module is
+                // gone. Only the compiler's own constants, whose address no code can name, are
+                // copied unchanged: they need no livepatch relocation, which matters in
+                // sections the kernel reads before those are applied (`__dyndbg`).
                 status == Some(Status::New)
                     || special_sections::is_dyndbg(&self.patched.section(section).name)
                     || (read_only
-                        && (status == Some(Status::Changed) || sym.binding == Binding::Local))
+                        && (status == Some(Status::Changed)
+                            || (sym.binding == Binding::Local && is_compiler_constant(&sym.name))))
             }
             _ => true,
         }

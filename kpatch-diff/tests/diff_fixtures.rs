@@ -420,3 +420,42 @@ fn a_changed_constant_passed_to_printk_is_a_change() {
         },
     );
 }
+
+#[test]
+fn an_unchanged_const_ops_table_stays_the_original() {
+    let Some(result) = checked_diff(
+        "const_ops",
+        Expect {
+            changed: &["thing_open"],
+            references: &["thing_ops"],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    // Unchanged code compares `f_op == &thing_ops`: a copy in the module would make every
+    // file the patched code opens look like another kind of file.
+    let object = result.object.expect("an output object");
+    let output = kpatch_diff::elf::Object::parse("output", &object).expect("output parses");
+    let defined: Vec<&str> = output
+        .symbols
+        .iter()
+        .filter(|s| s.section().is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        !defined.contains(&"thing_ops"),
+        "thing_ops was copied into the output: {defined:?}"
+    );
+    let reference = result
+        .report
+        .references
+        .iter()
+        .find(|r| r.name == "thing_ops")
+        .expect("a reference to thing_ops");
+    assert_eq!(
+        reference.binding,
+        Some(kpatch_diff::elf::Binding::Local),
+        "the original's local table is reached through a livepatch relocation"
+    );
+}
