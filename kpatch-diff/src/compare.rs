@@ -21,6 +21,17 @@ pub enum Status {
     New,
 }
 
+impl Status {
+    /// The word reports use, as in the JSON: `same`, `changed`, `new`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Same => "same",
+            Status::Changed => "changed",
+            Status::New => "new",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FunctionVerdict {
     pub patched: SymbolId,

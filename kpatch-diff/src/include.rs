@@ -25,6 +25,25 @@ pub struct Inclusion {
     pub symbols: BTreeSet<SymbolId>,
     /// Symbols referenced by copied bytes and left in the original binary.
     pub external: BTreeSet<SymbolId>,
+    /// Entries (by index) of special tables whose code is copied but which are left out on
+    /// purpose: in a module klp object, static call sites and tracepoint jump labels whose
+    /// key lies outside the output (see [`Closure::module_key`]).
+    pub dropped: BTreeMap<SectionId, BTreeSet<u64>>,
+    /// Kept jump labels of a module klp object whose key lies outside the output: the build,
+    /// which knows the exports, refuses each one whose key would need a livepatch relocation.
+    /// (table section, entry offset, key symbol)
+    pub external_keys: BTreeSet<(SectionId, u64, SymbolId)>,
+}
+
+/// What to do with a special table entry of copied code in a module klp object.
+enum ModuleKey {
+    /// The entry has no key, or its key is copied with the code.
+    Keep,
+    /// The key lies outside the output, and without the entry the code is still right.
+    Drop,
+    /// The key lies outside the output, and only the build can tell whether it is reachable
+    /// when the kernel reads the table.
+    Judge(SymbolId),
 }
 
 impl Inclusion {
@@ -67,9 +86,21 @@ pub fn is_compiler_constant(name: &str) -> bool {
     )
 }
 
+/// The address the relocation of the field at `field` in `section` points at (data fields
+/// such as `.long 1b - .` carry no PC bias).
+pub fn field_address(object: &Object, section: SectionId, field: u64) -> Option<(SectionId, u64)> {
+    let relocation = object.relocations_in(section, field, field + 1).first()?;
+    let symbol = object.symbol(relocation.symbol);
+    let target_section = symbol.section()?;
+    let address = (symbol.value as i64).checked_add(relocation.addend)?;
+    Some((target_section, u64::try_from(address).ok()?))
+}
+
 struct Closure<'a> {
     patched: &'a Object,
     comparison: &'a Comparison,
+    /// Whether the klp object is a module rather than vmlinux.
+    module_target: bool,
     inclusion: Inclusion,
     /// Ranges whose relocations still have to be followed.
     pending: Vec<(SectionId, u64, u64)>,
@@ -173,14 +204,62 @@ impl Closure<'_> {
     /// The address the relocation of the field at `field` in `section` points at (data
     /// fields such as `.long 1b - .` carry no PC bias).
     fn field_address(&self, section: SectionId, field: u64) -> Option<(SectionId, u64)> {
-        let relocation = self
+        field_address(self.patched, section, field)
+    }
+
+    /// The offset inside a table entry of its key field, for the tables that have one.
+    fn key_field(table: &str) -> Option<u64> {
+        match table {
+            // struct jump_entry: code, target (s32 each), key (long).
+            "__jump_table" => Some(8),
+            // struct static_call_site: addr, key (s32 each).
+            ".static_call_sites" => Some(4),
+            _ => None,
+        }
+    }
+
+    /// The rule for special entries of a module klp object that name a key.
+    ///
+    /// The module loader reads `__jump_table` and `.static_call_sites` while the livepatch
+    /// module itself loads, but a livepatch relocation into a module klp object is applied
+    /// only later, when that module comes: an entry whose key needs one is read with a key
+    /// of zero (`static_call_del_module` then faults on it, and the loader later finds the
+    /// call site already rewritten: "existing value is nonzero"). vmlinux klp objects do not
+    /// have the problem: their livepatch relocations are applied while the module loads.
+    ///
+    /// A static call site is only an optimisation: without its entry the call still goes
+    /// through the trampoline, which always calls the current target. A tracepoint's jump
+    /// label without its entry keeps its compiled state, off: the patched code does not
+    /// trace, and does nothing else differently. Every other jump label is judged by the build.
+    fn module_key(&self, table: SectionId, entry: u64) -> ModuleKey {
+        if !self.module_target {
+            return ModuleKey::Keep;
+        }
+        let table_name = self.patched.section(table).name.as_str();
+        let Some(field) = Self::key_field(table_name) else {
+            return ModuleKey::Keep;
+        };
+        let Some(relocation) = self
             .patched
-            .relocations_in(section, field, field + 1)
-            .first()?;
-        let symbol = self.patched.symbol(relocation.symbol);
-        let target_section = symbol.section()?;
-        let address = (symbol.value as i64).checked_add(relocation.addend)?;
-        Some((target_section, u64::try_from(address).ok()?))
+            .relocations_in(table, entry + field, entry + field + 1)
+            .first()
+        else {
+            return ModuleKey::Keep;
+        };
+        let Target::Symbol { symbol, .. } = self.patched.resolve(relocation) else {
+            // A key inside a section of this object that is copied whole.
+            return ModuleKey::Keep;
+        };
+        let sym = self.patched.symbol(symbol);
+        let defined_here = sym.section().is_some();
+        if defined_here && (self.must_copy(symbol) || sym.kind == SymbolKind::Section) {
+            return ModuleKey::Keep;
+        }
+        if table_name == ".static_call_sites" || sym.name.starts_with("__tracepoint_") {
+            ModuleKey::Drop
+        } else {
+            ModuleKey::Judge(symbol)
+        }
     }
 
     /// Copies the replacement code of one kept alternative: `length` bytes (read from the
@@ -215,12 +294,12 @@ impl Closure<'_> {
             };
             let count = section.size / table.entry_size;
             for index in 0..count {
-                if self
-                    .inclusion
-                    .entries
-                    .get(&section.id)
-                    .is_some_and(|kept| kept.contains(&index))
-                {
+                let seen = |entries: &BTreeMap<SectionId, BTreeSet<u64>>| {
+                    entries
+                        .get(&section.id)
+                        .is_some_and(|done| done.contains(&index))
+                };
+                if seen(&self.inclusion.entries) || seen(&self.inclusion.dropped) {
                     continue;
                 }
                 let start = index * table.entry_size;
@@ -238,6 +317,22 @@ impl Closure<'_> {
                         && self.inclusion.covers(code_section, address - 1));
                 if !covered {
                     continue;
+                }
+                match self.module_key(section.id, start) {
+                    ModuleKey::Keep => {}
+                    ModuleKey::Drop => {
+                        self.inclusion
+                            .dropped
+                            .entry(section.id)
+                            .or_default()
+                            .insert(index);
+                        continue;
+                    }
+                    ModuleKey::Judge(key) => {
+                        self.inclusion
+                            .external_keys
+                            .insert((section.id, start, key));
+                    }
                 }
                 self.inclusion
                     .entries
@@ -264,11 +359,13 @@ impl Closure<'_> {
     }
 }
 
-/// Computes what the output object holds for the changed and new functions of `comparison`.
-pub fn include(patched: &Object, comparison: &Comparison) -> Inclusion {
+/// Computes what the output object holds for the changed and new functions of `comparison`;
+/// `module_target` says whether the klp object is a module (see [`Closure::module_key`]).
+pub fn include(patched: &Object, comparison: &Comparison, module_target: bool) -> Inclusion {
     let mut closure = Closure {
         patched,
         comparison,
+        module_target,
         inclusion: Inclusion::default(),
         pending: Vec::new(),
     };

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::compare::Status;
 use crate::elf::{Binding, ElfError, Object, SymbolId, SymbolKind};
-use crate::report::{FunctionReport, Outcome, Reference, Replaced, Report, Resolution};
+use crate::report::{FunctionReport, ModuleKey, Outcome, Reference, Replaced, Report, Resolution};
 
 /// What went wrong while diffing one pair, other than a refusal (which is an outcome).
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,8 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         line_only,
         data: Vec::new(),
         special_entries: BTreeMap::new(),
+        dropped_entries: BTreeMap::new(),
+        module_keys: Vec::new(),
         references: Vec::new(),
         refusals: comparison.refusals.clone(),
     };
@@ -122,7 +124,7 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
     comparison
         .functions
         .retain(|v| !special_sections::is_dropped(compare::section_name_of(&patched, v.patched)));
-    let inclusion = include::include(&patched, &comparison);
+    let inclusion = include::include(&patched, &comparison, pair.target != "vmlinux");
     report.data = inclusion
         .symbols
         .iter()
@@ -133,6 +135,30 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         report
             .special_entries
             .insert(patched.section(section).name.clone(), kept.len());
+    }
+    for (&section, dropped) in &inclusion.dropped {
+        report
+            .dropped_entries
+            .insert(patched.section(section).name.clone(), dropped.len());
+    }
+    for &(table, entry, key) in &inclusion.external_keys {
+        let (function, offset) = include::field_address(&patched, table, entry)
+            .and_then(|(section, address)| {
+                patched.symbols_in(section).iter().find_map(|&id| {
+                    let symbol = patched.symbol(id);
+                    (symbol.kind == SymbolKind::Func
+                        && symbol.value <= address
+                        && address < symbol.value + symbol.size.max(1))
+                    .then(|| (symbol.name.clone(), address - symbol.value))
+                })
+            })
+            .unwrap_or_else(|| ("?".to_string(), 0));
+        report.module_keys.push(ModuleKey {
+            section: patched.section(table).name.clone(),
+            function,
+            offset,
+            key: output::external_name(&orig, &patched, &twins, key),
+        });
     }
     let mut references: BTreeMap<String, Reference> = BTreeMap::new();
     for &symbol in &inclusion.external {

@@ -80,9 +80,27 @@ pub struct Report {
     pub data: Vec<String>,
     /// Kept entries per special section.
     pub special_entries: BTreeMap<String, usize>,
+    /// Entries of special sections left out on purpose, per section: in a module klp object,
+    /// static call sites and tracepoint jump labels whose key the output does not hold.
+    pub dropped_entries: BTreeMap<String, usize>,
+    /// Jump labels kept in a module klp object whose key the output does not hold: each one
+    /// must reach its key through a normal relocation (a vmlinux export), or the build refuses.
+    pub module_keys: Vec<ModuleKey>,
     /// Symbols the output refers to in the target binary.
     pub references: Vec<Reference>,
     pub refusals: Vec<Refusal>,
+}
+
+/// A jump label of copied code whose static key lies outside the output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModuleKey {
+    /// The table, `__jump_table`.
+    pub section: String,
+    /// The function the jump label is in, and the label's offset in it.
+    pub function: String,
+    pub offset: u64,
+    /// The key, named as the output's reference to it.
+    pub key: String,
 }
 
 impl Report {
@@ -119,11 +137,7 @@ impl Report {
             )?,
         }
         for function in &self.functions {
-            let status = match function.status {
-                Status::Changed => "changed",
-                Status::New => "new",
-                Status::Same => "same",
-            };
+            let status = function.status.as_str();
             if function.difference.is_empty() {
                 writeln!(out, "  {status:8} {} ({})", function.name, function.section)?;
             } else {
@@ -142,6 +156,19 @@ impl Report {
         }
         for (section, count) in &self.special_entries {
             writeln!(out, "  entries  {section}: {count}")?;
+        }
+        for (section, count) in &self.dropped_entries {
+            writeln!(
+                out,
+                "  dropped  {section}: {count} (keys in the module, inert without their entries)"
+            )?;
+        }
+        for key in &self.module_keys {
+            writeln!(
+                out,
+                "  key      {} at {}+{:#x} ({})",
+                key.key, key.function, key.offset, key.section
+            )?;
         }
         for reference in &self.references {
             let how = match reference.resolution {

@@ -459,3 +459,78 @@ fn an_unchanged_const_ops_table_stays_the_original() {
         "the original's local table is reached through a livepatch relocation"
     );
 }
+
+/// Diffs a fixture pair as part of the klp object `target`.
+fn diff_for(name: &str, target: &str) -> Option<kpatch_diff::DiffOutput> {
+    if !common::have_tool("gcc") {
+        return None;
+    }
+    let orig = common::compile_fixture(name, "orig");
+    let patched = common::compile_fixture(name, "patched");
+    let object_name = format!("{name}.o");
+    let output = diff(&Pair {
+        name: &object_name,
+        orig_name: "original",
+        orig: &orig,
+        patched: &patched,
+        target,
+    })
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    if let Some(object) = &output.object {
+        common::check_output(name, object, &output.report);
+    }
+    Some(output)
+}
+
+#[test]
+fn keyed_sites_of_a_module_are_dropped_when_inert_and_judged_otherwise() {
+    let Some(module) = diff_for("module_keys", "demo_mod") else {
+        return;
+    };
+    let report = &module.report;
+    assert_eq!(report.functions_with(Status::Changed), ["demo_handler"]);
+    // The static call still goes through its trampoline; the tracepoint stays off.
+    assert_eq!(
+        report.dropped_entries,
+        [
+            (".static_call_sites".to_string(), 1),
+            ("__jump_table".to_string(), 1)
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(report.special_entries.get("__jump_table"), Some(&2));
+    assert_eq!(report.special_entries.get(".static_call_sites"), None);
+    let keys: Vec<(&str, &str)> = report
+        .module_keys
+        .iter()
+        .map(|k| (k.function.as_str(), k.key.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("demo_handler", "local_feature"),
+            ("demo_handler", "exported_feature")
+        ]
+    );
+    assert!(
+        !report
+            .references
+            .iter()
+            .any(|r| r.name.starts_with("__SCK__")),
+        "a dropped static call site leaves no reference to its key: {:?}",
+        report.references
+    );
+
+    // vmlinux applies its livepatch relocations while the module loads: everything is kept.
+    let Some(vmlinux) = diff_for("module_keys", "vmlinux") else {
+        return;
+    };
+    assert!(vmlinux.report.dropped_entries.is_empty());
+    assert!(vmlinux.report.module_keys.is_empty());
+    assert_eq!(vmlinux.report.special_entries.get("__jump_table"), Some(&3));
+    assert_eq!(
+        vmlinux.report.special_entries.get(".static_call_sites"),
+        Some(&1)
+    );
+}

@@ -172,11 +172,7 @@ impl BuildReport {
         for object in self.objects.iter().filter(|o| !o.diff.functions.is_empty()) {
             writeln!(out, "{} ({}):", object.object, object.target)?;
             for function in &object.diff.functions {
-                let status = match function.status {
-                    kpatch_diff::compare::Status::Changed => "changed",
-                    kpatch_diff::compare::Status::New => "new",
-                    kpatch_diff::compare::Status::Same => "same",
-                };
+                let status = function.status.as_str();
                 writeln!(out, "  {status:8} {}", function.name)?;
             }
         }
@@ -506,6 +502,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let results = diff::diff_all(&pairs);
     timer.lap("diff");
 
+    let symvers = read_file(&options.symvers, "Module.symvers", "pass --symvers")?;
+    let exports = Exports::parse(&String::from_utf8_lossy(&symvers))?;
     let mut refusals = Vec::new();
     let mut diffed = Vec::new();
     for (result, (name, _, target, orig, _)) in results.into_iter().zip(&inputs) {
@@ -515,7 +513,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
                 refusals.extend(output.report.refusals.iter().map(|r| r.to_string()))
             }
             Outcome::NoChange => {}
-            Outcome::Changed => {}
+            Outcome::Changed => refusals.extend(unreachable_keys(&output.report, &exports)),
         }
         diffed.push((name.clone(), target.clone(), orig, output));
     }
@@ -546,8 +544,6 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             TargetSymbols::from_system_map(&String::from_utf8_lossy(&map))?
         }
     };
-    let symvers = read_file(&options.symvers, "Module.symvers", "pass --symvers")?;
-    let exports = Exports::parse(&String::from_utf8_lossy(&symvers))?;
     let reference_build = options
         .modules
         .as_deref()
@@ -755,6 +751,34 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     })
 }
 
+/// The jump labels of a module klp object that the kernel could not read: the module loader
+/// reads the livepatch module's `__jump_table` while it loads, and a key that only a
+/// livepatch relocation reaches is resolved later, when the target module comes (see
+/// `kpatch_diff::include`). Only a key exported by vmlinux, reached through a normal
+/// relocation, is there in time.
+pub fn unreachable_keys(report: &Report, exports: &Exports) -> Vec<String> {
+    report
+        .module_keys
+        .iter()
+        .filter(|use_| {
+            let local = report
+                .references
+                .iter()
+                .any(|r| r.name == use_.key && r.binding == Some(Binding::Local));
+            local || exports.exporter(&use_.key) != Some("vmlinux")
+        })
+        .map(|use_| {
+            format!(
+                "cannot patch {}: the jump label at {}+{:#x} uses static key {} of {}, which \
+                 only a livepatch relocation reaches, and the kernel reads {} when the \
+                 livepatch module loads, before that relocation is applied; test the key with \
+                 static_key_enabled() in the patch instead of static_branch_*()",
+                report.object, use_.function, use_.offset, use_.key, report.target, use_.section
+            )
+        })
+        .collect()
+}
+
 /// Refuses a build whose configuration lost options on the way through `olddefconfig`: an
 /// option whose dependency this machine cannot meet (`DEBUG_INFO_BTF` without pahole) is
 /// dropped silently, and changes the layout of `struct module` and others, so the running
@@ -925,4 +949,73 @@ fn link_module(
         "module",
         "see the build log",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpatch_diff::report::{ModuleKey, Reference, Resolution};
+
+    /// A module object's report with one kept jump label per key, each key referenced with
+    /// the given binding in the original object.
+    fn report_with(keys: &[(&str, Option<Binding>)]) -> Report {
+        Report {
+            object: "drivers/demo/demo.o".to_string(),
+            target: "demo".to_string(),
+            outcome: Outcome::Changed,
+            functions: Vec::new(),
+            line_only: Vec::new(),
+            data: Vec::new(),
+            special_entries: BTreeMap::new(),
+            dropped_entries: BTreeMap::new(),
+            module_keys: keys
+                .iter()
+                .map(|(key, _)| ModuleKey {
+                    section: "__jump_table".to_string(),
+                    function: "demo_handler".to_string(),
+                    offset: 0x1c,
+                    key: key.to_string(),
+                })
+                .collect(),
+            references: keys
+                .iter()
+                .map(|(key, binding)| Reference {
+                    name: key.to_string(),
+                    binding: *binding,
+                    resolution: Resolution::UnlessExported,
+                })
+                .collect(),
+            refusals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_module_jump_label_is_refused_unless_vmlinux_exports_its_key() {
+        let exports = Exports::parse(
+            "0x1\tvm_key\tvmlinux\tEXPORT_SYMBOL\t\n\
+             0x2\tother_key\tdrivers/other/other\tEXPORT_SYMBOL_GPL\t\n\
+             0x3\tlocal_key\tvmlinux\tEXPORT_SYMBOL\t\n",
+        )
+        .expect("symvers parses");
+        let check = |key: &str, binding: Option<Binding>, refused: bool| {
+            let refusals = unreachable_keys(&report_with(&[(key, binding)]), &exports);
+            assert_eq!(refusals.len(), usize::from(refused), "{key}: {refusals:?}");
+            if refused {
+                assert!(
+                    refusals[0].contains(&format!("static key {key} of demo"))
+                        && refusals[0].contains("demo_handler+0x1c")
+                        && refusals[0].contains("static_key_enabled()"),
+                    "{}",
+                    refusals[0]
+                );
+            }
+        };
+        check("vm_key", Some(Binding::Global), false);
+        check("vm_key", None, false);
+        check("other_key", None, true);
+        check("unexported_key", None, true);
+        check("unexported_key", Some(Binding::Global), true);
+        // A key static to the unit is the module's own, whatever another binary exports.
+        check("local_key", Some(Binding::Local), true);
+    }
 }
