@@ -15,6 +15,8 @@
 //! | 0      | 8    | the place to relocate: an `R_X86_64_64` relocation against it      |
 //! | 8      | 8    | the livepatch symbol name: an `R_X86_64_64` relocation to a C string |
 //! |        |      | in [`STRINGS_SECTION`], such as `.klp.sym.vmlinux.saved_command_line,0` |
+//! |        |      | ([`record_name`]: `btusb/.klp.sym.bluetooth.bt_err,0` when the      |
+//! |        |      | relocation section is another klp object's than the symbol's)      |
 //! | 16     | 4    | the relocation type (`R_X86_64_PC32`, `R_X86_64_32S`, ...)          |
 //! | 20     | 4    | zero                                                                |
 //! | 24     | 8    | the relocation addend                                               |
@@ -54,6 +56,29 @@ pub fn klp_symbol_name(object: &str, symbol: &str, sympos: u64) -> String {
     format!("{KLP_SYM_PREFIX}{object}.{symbol},{sympos}")
 }
 
+/// The text a record carries for a livepatch symbol: the symbol name alone when its
+/// relocation section belongs to the symbol's own klp object, else `<section object>/` before
+/// it (a module's code calling another module's export: the relocation is applied when the
+/// patched module comes, from that module's section).
+pub fn record_name(section_object: &str, klp_symbol: &str) -> String {
+    if object_of_klp_symbol(klp_symbol) == Some(section_object) {
+        klp_symbol.to_string()
+    } else {
+        format!("{section_object}/{klp_symbol}")
+    }
+}
+
+/// The (relocation section's klp object, livepatch symbol name) of a record's text.
+pub fn parse_record_name(text: &str) -> Option<(&str, &str)> {
+    match text.split_once('/') {
+        Some((section_object, symbol)) => {
+            object_of_klp_symbol(symbol)?;
+            (!section_object.is_empty()).then_some((section_object, symbol))
+        }
+        None => Some((object_of_klp_symbol(text)?, text)),
+    }
+}
+
 /// The object part of a livepatch symbol name, as the kernel parses it: everything between the
 /// prefix and the next dot. `None` when the name is not a livepatch symbol name.
 pub fn object_of_klp_symbol(name: &str) -> Option<&str> {
@@ -88,7 +113,7 @@ pub enum RecordError {
 }
 
 /// Replaces every relocation in `object_bytes` whose symbol is an undefined symbol named in
-/// `klp_names` (object symbol name to livepatch symbol name) by a record, and drops those
+/// `klp_names` (object symbol name to the record's text, [`record_name`]) by a record, and drops those
 /// symbols. Returns the new object and how many relocations became records.
 ///
 /// The bytes at each converted place stay as the compiler left them (zero for `RELA`), which

@@ -19,7 +19,7 @@ use kpatch_diff::{self as diff, Pair};
 use kbuild::{CommandError, KernelBuild};
 use klp_records::klp_symbol_name;
 use module::{KlpFunction, KlpObject, LivepatchModule, Target};
-use resolve::{Exports, ResolveError, TargetSymbols, Unit};
+use resolve::{Exports, Reach, ReferenceFacts, ResolveError, TargetSymbols, Unit};
 use trees::TreeError;
 use units::TargetError;
 
@@ -549,6 +549,32 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         .as_deref()
         .unwrap_or(options.symbols.reference_build());
     let mut module_symbols: BTreeMap<String, TargetSymbols> = BTreeMap::new();
+    let mut module_depends: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Globals that one unit's output defines for another's to use (a new function the patch
+    // adds in one file and calls from another): the module's own link resolves them.
+    let mut defined_by_patch: std::collections::BTreeSet<String> = Default::default();
+    for (name, _, orig_bytes, output) in &diffed {
+        if let Some(bytes) = &output.object {
+            let defined_globals = |object: &Object| -> std::collections::BTreeSet<String> {
+                object
+                    .symbols
+                    .iter()
+                    .filter(|s| s.binding != Binding::Local && s.section().is_some())
+                    .map(|s| s.name.clone())
+                    .collect()
+            };
+            let parse = |bytes: &[u8]| {
+                Object::parse(name, bytes).map_err(|e| BuildError::Diff(e.to_string()))
+            };
+            let before = defined_globals(&parse(orig_bytes)?);
+            defined_by_patch.extend(
+                defined_globals(&parse(bytes)?)
+                    .into_iter()
+                    .filter(|symbol| !before.contains(symbol)),
+            );
+        }
+    }
+    let mut refusals = Vec::new();
 
     let module_dir = cache.join("module");
     let _ = fs::remove_dir_all(&module_dir);
@@ -580,6 +606,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
                         ))
                     })?;
                     let data = read_file(&ko, "module", "build the original modules")?;
+                    module_depends.insert(module_name.clone(), resolve::module_depends(&data));
                     module_symbols.insert(
                         module_name.clone(),
                         TargetSymbols::from_elf(target.clone(), &data)?,
@@ -637,28 +664,47 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         let mut klp_names = BTreeMap::new();
         for reference in &output.report.references {
             let local = reference.binding == Some(Binding::Local);
-            let exported_by = exports.exporter(&reference.name);
-            let reachable_normally = match (&target, exported_by) {
-                (_, Some("vmlinux")) => !local,
-                // A module's own exports may not be loaded yet: only livepatch relocations
-                // are applied when the module comes.
-                (Target::Vmlinux, Some(_)) => !local,
-                (Target::Module(_), Some(_)) => false,
-                (_, None) => false,
+            let facts = ReferenceFacts {
+                local,
+                exporter: exports.exporter(&reference.name),
+                global_of_target: symbols.has_global(&reference.name),
+                defined_by_patch: !local && defined_by_patch.contains(reference.name.as_str()),
             };
-            if reachable_normally {
+            let Reach::Livepatch {
+                owner,
+                section_object,
+            } = resolve::reach(&target, facts)
+            else {
                 continue;
-            }
-            let (owner, owner_symbols) = if local || symbols.has_global(&reference.name) {
-                (target.klp_name().to_string(), symbols)
-            } else {
-                ("vmlinux".to_string(), &vmlinux_symbols)
             };
-            let sympos =
-                owner_symbols.sympos(&reference.name, if local { block.as_ref() } else { None })?;
+            let sympos = if owner == target.klp_name() {
+                symbols.sympos(&reference.name, if local { block.as_ref() } else { None })?
+            } else if owner == "vmlinux" {
+                vmlinux_symbols.sympos(&reference.name, None)?
+            } else {
+                // Another module's export: a global, unique in the module that exports it.
+                // The relocation is applied when the patched module comes, so that module
+                // must depend on the exporter, or it could come without it.
+                let depends = module_depends.get(target.klp_name());
+                if !depends.is_some_and(|d| d.contains(&owner)) {
+                    refusals.push(format!(
+                        "cannot patch {name}: the patched code calls {} exported by module \
+                         {owner}, which {} does not depend on; the livepatch relocation to it \
+                         could not be resolved when {} loads without {owner}",
+                        reference.name,
+                        target.klp_name(),
+                        target.klp_name()
+                    ));
+                    continue;
+                }
+                resolve::Sympos(0)
+            };
             klp_names.insert(
                 reference.name.clone(),
-                klp_symbol_name(&owner, &reference.name, sympos.0),
+                klp_records::record_name(
+                    &section_object,
+                    &klp_symbol_name(&owner, &reference.name, sympos.0),
+                ),
             );
         }
 
@@ -696,6 +742,9 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             target: target.klp_name().to_string(),
             diff: output.report,
         });
+    }
+    if !refusals.is_empty() {
+        return Err(BuildError::Unpatchable { refusals });
     }
     timer.lap("resolve");
 

@@ -20,8 +20,8 @@ use object::build::Id;
 use object::elf;
 
 use crate::build::klp_records::{
-    object_of_klp_symbol, ADDEND_OFFSET, KLP_RELA_PREFIX, NAME_OFFSET, PLACE_OFFSET,
-    RECORDS_SECTION, RECORD_SIZE, STRINGS_SECTION, TYPE_OFFSET,
+    parse_record_name, ADDEND_OFFSET, KLP_RELA_PREFIX, NAME_OFFSET, PLACE_OFFSET, RECORDS_SECTION,
+    RECORD_SIZE, STRINGS_SECTION, TYPE_OFFSET,
 };
 
 /// `SHF_RELA_LIVEPATCH` from the kernel's `include/uapi/linux/elf.h`.
@@ -62,6 +62,8 @@ pub struct PostLinkSummary {
 struct Record {
     target_section: SectionId,
     target_offset: u64,
+    /// The klp object whose `.klp.rela.<object>.<section>` holds the relocation.
+    section_object: String,
     symbol_name: String,
     r_type: u32,
     addend: i64,
@@ -196,12 +198,14 @@ fn read_records(module: &str, builder: &Builder<'_>) -> Result<Vec<Record>, Post
         let symbol_name = section_bytes(builder, strings)
             .and_then(|bytes| read_c_string(bytes, string_offset))
             .ok_or_else(|| malformed(index, "symbol name is not a terminated string".into()))?;
-        if object_of_klp_symbol(&symbol_name).is_none() {
+        let Some((section_object, symbol_name)) = parse_record_name(&symbol_name)
+            .map(|(object, symbol)| (object.to_string(), symbol.to_string()))
+        else {
             return Err(malformed(
                 index,
                 format!("`{symbol_name}` is not a livepatch symbol name"),
             ));
-        }
+        };
         let r_type = read_u32(base + TYPE_OFFSET)
             .ok_or_else(|| malformed(index, "truncated relocation type".into()))?;
         let addend = read_i64(base + ADDEND_OFFSET)
@@ -209,6 +213,7 @@ fn read_records(module: &str, builder: &Builder<'_>) -> Result<Vec<Record>, Post
         records.push(Record {
             target_section: place.0,
             target_offset: place.1,
+            section_object,
             symbol_name,
             r_type,
             addend,
@@ -233,11 +238,8 @@ fn apply_records(builder: &mut Builder<'_>, records: Vec<Record>) -> PostLinkSum
     // Group by (object, target section); the BTreeMap fixes the output order.
     let mut groups: BTreeMap<(String, usize), Vec<Record>> = BTreeMap::new();
     for record in records {
-        let object = object_of_klp_symbol(&record.symbol_name)
-            .unwrap_or_default()
-            .to_string();
         groups
-            .entry((object, record.target_section.index()))
+            .entry((record.section_object.clone(), record.target_section.index()))
             .or_default()
             .push(record);
     }

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use object::read::elf::{ElfFile64, FileHeader, Sym};
-use object::{elf, Endianness};
+use object::{elf, Endianness, Object as _, ObjectSection as _};
 
 use crate::build::module::Target;
 
@@ -592,9 +592,147 @@ impl Exports {
     }
 }
 
+/// How the livepatch module reaches one symbol its copied code refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// An ordinary relocation, resolved by the module loader or by the module's own link.
+    Normal,
+    /// A livepatch relocation: `.klp.sym.<owner>.<name>,<sympos>` in the relocation section
+    /// of `section_object`, applied when that klp object is there (vmlinux: while the module
+    /// loads; a module: when it comes).
+    Livepatch {
+        owner: String,
+        section_object: String,
+    },
+}
+
+/// What is known of one reference, for [`reach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferenceFacts<'a> {
+    /// The original unit defined the symbol as a local.
+    pub local: bool,
+    /// The binary that exports it by `Module.symvers`: `vmlinux` or a module's path.
+    pub exporter: Option<&'a str>,
+    /// The klp object's symbol table has it as a global.
+    pub global_of_target: bool,
+    /// Another unit of the same livepatch defines it (a new global the patch adds there).
+    pub defined_by_patch: bool,
+}
+
+/// The module name of a `Module.symvers` exporter path (`net/bluetooth/bluetooth`), as the
+/// kernel names the module (`-` becomes `_`).
+pub fn module_of_exporter(exporter: &str) -> String {
+    exporter
+        .rsplit('/')
+        .next()
+        .unwrap_or(exporter)
+        .replace('-', "_")
+}
+
+/// The one rule that decides which references become livepatch relocations.
+///
+/// A vmlinux export is always there: an ordinary relocation. So is a module's export for
+/// vmlinux code (the livepatch module then depends on that module, as a normal module would).
+/// A module klp object's code reaches everything else through livepatch relocations applied
+/// when the module comes, since the module may load after the livepatch: its own symbols,
+/// exported or not, and other modules' exports (by that module's name, from the klp object's
+/// own relocation section, as the kernel requires: a module's section may not name vmlinux
+/// symbols). A symbol that only vmlinux has, unexported, goes in vmlinux's section. What the
+/// patch itself defines in another unit is linked into the module.
+pub fn reach(target: &Target, facts: ReferenceFacts<'_>) -> Reach {
+    let livepatch = |owner: &str| Reach::Livepatch {
+        owner: owner.to_string(),
+        section_object: if owner == "vmlinux" {
+            "vmlinux".to_string()
+        } else {
+            target.klp_name().to_string()
+        },
+    };
+    if facts.local {
+        return livepatch(target.klp_name());
+    }
+    if facts.defined_by_patch {
+        return Reach::Normal;
+    }
+    match (target, facts.exporter) {
+        (_, Some("vmlinux")) => Reach::Normal,
+        (Target::Vmlinux, Some(_)) => Reach::Normal,
+        (Target::Module(name), Some(exporter)) => {
+            let exporter = module_of_exporter(exporter);
+            if exporter == *name || facts.global_of_target {
+                livepatch(name)
+            } else {
+                livepatch(&exporter)
+            }
+        }
+        (_, None) if facts.global_of_target => livepatch(target.klp_name()),
+        (_, None) => livepatch("vmlinux"),
+    }
+}
+
+/// The modules a module depends on, from its `.modinfo` `depends=` entry.
+pub fn module_depends(data: &[u8]) -> Vec<String> {
+    let Ok(file) = ElfFile64::<Endianness>::parse(data) else {
+        return Vec::new();
+    };
+    let Some(modinfo) = file
+        .section_by_name(".modinfo")
+        .and_then(|section| section.data().ok())
+    else {
+        return Vec::new();
+    };
+    modinfo
+        .split(|&byte| byte == 0)
+        .filter_map(|entry| entry.strip_prefix(b"depends="))
+        .flat_map(|list| list.split(|&byte| byte == b','))
+        .filter(|name| !name.is_empty())
+        .map(|name| String::from_utf8_lossy(name).replace('-', "_"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_relocation_rule_by_klp_object_and_symbol() {
+        let module = Target::Module("btusb".to_string());
+        let facts = |local, exporter, global_of_target, defined_by_patch| ReferenceFacts {
+            local,
+            exporter,
+            global_of_target,
+            defined_by_patch,
+        };
+        let klp = |owner: &str, section_object: &str| Reach::Livepatch {
+            owner: owner.to_string(),
+            section_object: section_object.to_string(),
+        };
+        let bt = Some("net/bluetooth/bluetooth");
+        let own = Some("drivers/bluetooth/btusb");
+        let vm = Some("vmlinux");
+        #[rustfmt::skip]
+        let table: &[(&Target, ReferenceFacts<'_>, Reach)] = &[
+            // klp object  local  exporter global  patch   reach
+            (&Target::Vmlinux, facts(false, vm, false, false), Reach::Normal),
+            (&Target::Vmlinux, facts(true, vm, false, false), klp("vmlinux", "vmlinux")),
+            (&Target::Vmlinux, facts(false, None, false, false), klp("vmlinux", "vmlinux")),
+            (&Target::Vmlinux, facts(false, None, false, true), Reach::Normal),
+            (&Target::Vmlinux, facts(false, bt, false, false), Reach::Normal),
+            (&module, facts(false, vm, false, false), Reach::Normal),
+            (&module, facts(true, None, false, false), klp("btusb", "btusb")),
+            (&module, facts(true, vm, false, false), klp("btusb", "btusb")),
+            (&module, facts(false, None, true, false), klp("btusb", "btusb")),
+            (&module, facts(false, own, true, false), klp("btusb", "btusb")),
+            (&module, facts(false, None, false, false), klp("vmlinux", "vmlinux")),
+            (&module, facts(false, bt, false, false), klp("bluetooth", "btusb")),
+            (&module, facts(false, None, false, true), Reach::Normal),
+        ];
+        for (target, facts, expected) in table {
+            assert_eq!(&reach(target, *facts), expected, "{target:?} {facts:?}");
+        }
+        assert_eq!(module_of_exporter("drivers/hid/hid-generic"), "hid_generic");
+        assert_eq!(module_of_exporter("vmlinux"), "vmlinux");
+    }
 
     #[test]
     fn module_symvers_lines_map_symbols_to_their_exporter() {
