@@ -129,6 +129,15 @@ fn section_class<'s>(section: &'s str, symbol: &str) -> &'s str {
         .unwrap_or(section)
 }
 
+/// Whether a function's section class is ordinary code that GCC picks by its own heuristics
+/// (`__cold`, profile hints, `-freorder-functions`): a function that moves between `.text`,
+/// `.text.unlikely` and `.text.hot` has changed, and its copy goes wherever the patched
+/// object put it. Moves into or out of any other class (`.init.text`, `.noinstr.text`,
+/// `.entry.text`) change what the kernel does with the code and are refused.
+fn is_ordinary_text(class: &str) -> bool {
+    matches!(class, ".text" | ".text.unlikely" | ".text.hot")
+}
+
 impl Comparer<'_> {
     fn same_target(&self, orig_target: Target, patched_target: Target) -> bool {
         match (orig_target, patched_target) {
@@ -591,14 +600,17 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
                 unconfirmed.push((functions.len(), uncertain));
             }
         }
-        let verdict_status = if same || line_only {
+        let orig_class = section_class(orig_section_name, &orig_symbol.name);
+        let patched_class = section_class(&section.name, &symbol.name);
+        let moved = orig_class != patched_class;
+        let moved_in_text =
+            moved && is_ordinary_text(orig_class) && is_ordinary_text(patched_class);
+        let verdict_status = if (same || line_only) && !moved_in_text {
             Status::Same
         } else {
             Status::Changed
         };
-        if section_class(orig_section_name, &orig_symbol.name)
-            != section_class(&section.name, &symbol.name)
-        {
+        if moved && !moved_in_text {
             refuse(
                 &mut refusals,
                 &section.name,
@@ -619,7 +631,12 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
                 ),
             );
         }
-        let difference = if verdict_status == Status::Changed {
+        let difference = if moved_in_text {
+            format!(
+                "moved from section {orig_section_name} to section {}",
+                section.name
+            )
+        } else if verdict_status == Status::Changed {
             comparer.explain(orig_id, symbol.id)
         } else {
             String::new()
@@ -783,7 +800,7 @@ pub fn section_name_of(object: &Object, symbol: SymbolId) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::section_class;
+    use super::{is_ordinary_text, section_class};
 
     #[test]
     fn strings_differing_in_a_trailing_line_number_are_the_same() {
@@ -805,5 +822,14 @@ mod tests {
         assert_eq!(section_class(".text.unlikely.foo", "foo"), ".text.unlikely");
         assert_eq!(section_class(".init.text", "foo"), ".init.text");
         assert_eq!(section_class(".bss.count.2", "count.2"), ".bss");
+    }
+
+    #[test]
+    fn only_moves_between_ordinary_text_classes_are_changes() {
+        assert!(is_ordinary_text(".text"));
+        assert!(is_ordinary_text(".text.unlikely"));
+        assert!(is_ordinary_text(".text.hot"));
+        assert!(!is_ordinary_text(".init.text"));
+        assert!(!is_ordinary_text(".noinstr.text"));
     }
 }

@@ -309,13 +309,29 @@ fn changed_section_without_symbols_is_refused() {
 }
 
 #[test]
-fn symbol_moved_between_sections_is_refused() {
-    check(
+fn a_function_that_moves_to_text_unlikely_is_changed() {
+    let Some(result) = checked_diff(
         "moved",
         Expect {
-            outcome: Outcome::Unpatchable,
             changed: &["rarely_called"],
-            refusals: &["cannot patch moved.o: function rarely_called moved from section .text.rarely_called to section .text.unlikely.rarely_called"],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    assert_eq!(
+        result.report.functions[0].difference,
+        "moved from section .text.rarely_called to section .text.unlikely.rarely_called"
+    );
+}
+
+#[test]
+fn a_function_that_moves_out_of_ordinary_text_is_refused() {
+    check(
+        "moved_noinstr",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            refusals: &["cannot patch moved_noinstr.o: function guarded moved from section .text.guarded to section .noinstr.text"],
             ..NOTHING
         },
     );
