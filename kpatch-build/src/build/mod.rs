@@ -301,7 +301,7 @@ fn objects_to_build(
     let mut objects = Vec::new();
     for file in touched {
         if file.extension().and_then(|e| e.to_str()) == Some("c") {
-            objects.push(file.with_extension("o"));
+            objects.push(units::unit_of_c_file(&options.sourcedir, file));
             continue;
         }
         // Kbuild records a header by the source path make was given; try it as given and

@@ -96,6 +96,46 @@ fn strip_first_component(path: &str) -> Option<PathBuf> {
     Some(PathBuf::from(rest))
 }
 
+/// The unit that compiles a touched `.c` file (relative to `source`): the file's own object
+/// when its directory's Makefile names it, else the object of a `.c` file beside it that
+/// `#include`s it. The scheduler builds `rt.c`, `deadline.c` and others only as part of
+/// `kernel/sched/build_policy.c`, and `make kernel/sched/rt.o` would fail with "No rule".
+pub fn unit_of_c_file(source: &Path, file: &Path) -> PathBuf {
+    let own = file.with_extension("o");
+    let (Some(directory), Some(name), Some(object)) = (
+        file.parent(),
+        file.file_name().and_then(|n| n.to_str()),
+        own.file_name().and_then(|n| n.to_str()),
+    ) else {
+        return own;
+    };
+    let named_by_makefile = ["Makefile", "Kbuild"].iter().any(|makefile| {
+        std::fs::read_to_string(source.join(directory).join(makefile)).is_ok_and(|text| {
+            text.split(|c: char| c.is_whitespace() || c == '=' || c == '+' || c == ':')
+                .any(|word| word == object)
+        })
+    });
+    if named_by_makefile {
+        return own;
+    }
+    let include = format!("#include \"{name}\"");
+    let Ok(entries) = std::fs::read_dir(source.join(directory)) else {
+        return own;
+    };
+    let mut includers: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "c"))
+        .filter(|path| {
+            std::fs::read_to_string(path)
+                .is_ok_and(|text| text.lines().any(|line| line.trim() == include))
+        })
+        .filter_map(|path| Some(directory.join(path.file_name()?).with_extension("o")))
+        .collect();
+    includers.sort();
+    includers.into_iter().next().unwrap_or(own)
+}
+
 /// The `.cmd` file Kbuild writes beside `object` in build directory `build`.
 pub fn cmd_file(build: &Path, object: &Path) -> PathBuf {
     let name = object
@@ -178,6 +218,40 @@ pub fn objects_including(build: &Path, header: &Path) -> Result<Vec<PathBuf>, Ta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_c_file_that_another_unit_includes_builds_as_that_unit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sched = dir.path().join("kernel/sched");
+        std::fs::create_dir_all(&sched).expect("mkdir");
+        std::fs::write(
+            sched.join("Makefile"),
+            "obj-y += core.o fair.o\nobj-y += build_policy.o\n",
+        )
+        .expect("write");
+        std::fs::write(
+            sched.join("build_policy.c"),
+            "#include \"idle.c\"\n#include \"rt.c\"\n",
+        )
+        .expect("write");
+        for file in ["core.c", "rt.c", "fair.c", "orphan.c"] {
+            std::fs::write(sched.join(file), "int x;\n").expect("write");
+        }
+        let unit = |file: &str| unit_of_c_file(dir.path(), Path::new(file));
+        assert_eq!(
+            unit("kernel/sched/rt.c"),
+            Path::new("kernel/sched/build_policy.o")
+        );
+        assert_eq!(
+            unit("kernel/sched/core.c"),
+            Path::new("kernel/sched/core.o")
+        );
+        // Nothing names or includes it: make says why.
+        assert_eq!(
+            unit("kernel/sched/orphan.c"),
+            Path::new("kernel/sched/orphan.o")
+        );
+    }
 
     #[test]
     fn touched_files_follow_patch_p1() {
