@@ -61,11 +61,23 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
 
     let mut functions = Vec::new();
     let mut line_only = Vec::new();
+    let mut left_out = Vec::new();
     for verdict in &comparison.functions {
         let symbol = patched.symbol(verdict.patched);
         let section = compare::section_name_of(&patched, verdict.patched).to_string();
         if special_sections::is_dropped(&section) {
-            // New boot-time functions never run in a patched kernel; changed ones are refused.
+            // New boot-time functions never run in a patched kernel; changed ones are refused
+            // (compare). A changed `__exit` function runs only when its module unloads, from
+            // the module's own copy, which no livepatch replaces.
+            // `cleanup_module` is module_exit()'s alias of the same function.
+            let alias = matches!(symbol.name.as_str(), "cleanup_module" | "init_module");
+            if verdict.status != Status::Same && !section.starts_with(".init.") && !alias {
+                left_out.push(format!(
+                    "{} function {} in {section}, which a livepatch does not replace",
+                    verdict.status.as_str(),
+                    symbol.name
+                ));
+            }
             continue;
         }
         if verdict.line_only {
@@ -106,6 +118,7 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         outcome,
         functions,
         line_only,
+        left_out,
         data: Vec::new(),
         special_entries: BTreeMap::new(),
         dropped_entries: BTreeMap::new(),

@@ -76,6 +76,9 @@ pub struct Report {
     pub functions: Vec<FunctionReport>,
     /// Functions that differ only in `__LINE__` values and are treated as unchanged.
     pub line_only: Vec<String>,
+    /// Changed or new functions that no livepatch replaces, with why (a changed `__exit`
+    /// function): the reason a patch whose only change is there changes nothing.
+    pub left_out: Vec<String>,
     /// Data copied into the output: new objects, changed read-only data, debug descriptors.
     pub data: Vec<String>,
     /// Kept entries per special section.
@@ -150,6 +153,9 @@ impl Report {
         }
         for name in &self.line_only {
             writeln!(out, "  same     {name} (only __LINE__ values differ)")?;
+        }
+        for reason in &self.left_out {
+            writeln!(out, "  left out {reason}")?;
         }
         for name in &self.data {
             writeln!(out, "  data     {name}")?;

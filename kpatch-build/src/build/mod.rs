@@ -524,12 +524,21 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         .iter()
         .all(|(_, _, _, output)| output.object.is_none())
     {
+        let mut why: Vec<String> = diffed
+            .iter()
+            .flat_map(|(name, _, _, output)| {
+                output
+                    .report
+                    .left_out
+                    .iter()
+                    .map(move |reason| format!("{name}: {reason}"))
+            })
+            .collect();
+        if why.is_empty() {
+            why = objects.iter().map(|o| o.display().to_string()).collect();
+        }
         return Err(BuildError::NoChange {
-            objects: objects
-                .iter()
-                .map(|o| o.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            objects: why.join("; "),
         });
     }
 
@@ -745,6 +754,26 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     }
     if !refusals.is_empty() {
         return Err(BuildError::Unpatchable { refusals });
+    }
+    // New functions that no changed function calls never run: a module of them alone would
+    // patch nothing (and the kernel would load it for no effect).
+    if klp_objects
+        .values()
+        .all(|object| object.functions.is_empty() && object.callbacks.is_empty())
+    {
+        let new: Vec<String> = summaries
+            .iter()
+            .flat_map(|summary| {
+                summary
+                    .diff
+                    .functions
+                    .iter()
+                    .map(move |f| format!("{}: {}", summary.object, f.name))
+            })
+            .collect();
+        return Err(BuildError::NoChange {
+            objects: format!("only new functions that nothing calls ({})", new.join(", ")),
+        });
     }
     timer.lap("resolve");
 
@@ -1014,6 +1043,7 @@ mod tests {
             outcome: Outcome::Changed,
             functions: Vec::new(),
             line_only: Vec::new(),
+            left_out: Vec::new(),
             data: Vec::new(),
             special_entries: BTreeMap::new(),
             dropped_entries: BTreeMap::new(),

@@ -70,6 +70,14 @@ pub struct Callbacks {
 
 impl Callbacks {
     /// Takes the callbacks `other` sets; an object's callbacks come from all its source files.
+    /// Whether no callback is set.
+    pub fn is_empty(&self) -> bool {
+        self.pre_patch.is_none()
+            && self.post_patch.is_none()
+            && self.pre_unpatch.is_none()
+            && self.post_unpatch.is_none()
+    }
+
     pub fn merge(&mut self, other: Callbacks) {
         for (slot, value) in [
             (&mut self.pre_patch, other.pre_patch),
