@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         }) => match cli::core_explore::run(&scenario, pre_fix, &mut std::io::stdout()) {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
-                eprintln!("error: {error}");
+                print_error(&error);
                 ExitCode::from(kpatch_build::exit::ERROR)
             }
         },
@@ -153,7 +153,7 @@ fn exit_code(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            print_error(&error);
             ExitCode::from(kpatch_build::exit::ERROR)
         }
     }
@@ -241,10 +241,20 @@ fn run_build(args: BuildArgs) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            if args.json {
+                // A pipeline reads the outcome from stdout whatever it is; the message still
+                // goes to stderr for the person reading the log.
+                let _ = error.write_json(&mut std::io::stdout().lock());
+            }
+            print_error(&error);
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// The one way every subcommand prints an error: `error: ` and the chain of causes.
+fn print_error(error: &dyn std::fmt::Display) {
+    eprintln!("error: {error:#}");
 }
 
 /// A `--make-var`: `NAME=VALUE` with a make variable name (letters, digits, `_`).

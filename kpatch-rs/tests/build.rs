@@ -196,6 +196,21 @@ fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
         "failed: `patch -p1 --batch --forward",
     );
     check(&[], "data-init.patch", 2, "cannot patch kernel/panic.o");
+    // A refusal is a document on stdout with --json, each refusal as data.
+    let refused = build(&kernel, &output, &["--json"], &[fixture("data-init.patch")]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let document: serde_json::Value =
+        serde_json::from_slice(&refused.stdout).expect("--json prints a document on refusal");
+    assert_eq!(document["outcome"], "refused");
+    assert_eq!(document["exit_code"], 2);
+    assert_eq!(document["refusals"][0]["object"], "kernel/panic.o");
+    assert_eq!(document["refusals"][0]["symbol"], "panic_timeout");
+    assert!(
+        document["refusals"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("moved from section .bss.panic_timeout")),
+        "{document}"
+    );
     check(&[], "comment-only.patch", 3, "the patches change no code");
 
     let no_livepatch = dir.path().join("no-livepatch.config");

@@ -87,3 +87,28 @@ fn make_var_needs_a_name_and_a_value() {
     assert_eq!(code, Some(1), "{text}");
     assert!(!text.contains("--make-var"), "{text}");
 }
+
+#[test]
+fn build_json_prints_a_document_when_no_module_is_built() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["build", "--json", "--sourcedir"])
+        .arg(dir.path())
+        .args(["--system-map", "/nonexistent/System.map", "fix.patch"])
+        .output()
+        .expect("run kpatch-rs");
+    assert_eq!(output.status.code(), Some(1));
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
+    assert_eq!(document["outcome"], "error");
+    assert_eq!(document["exit_code"], 1);
+    assert!(
+        document["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not a kernel source tree")),
+        "{document}"
+    );
+    assert_eq!(document["refusals"], serde_json::json!([]));
+    // The message is on stderr too, for the log.
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: "));
+}

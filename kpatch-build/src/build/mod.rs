@@ -12,6 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kpatch_diff::compare::Refusal;
 use kpatch_diff::elf::{Binding, Object, Placement, SymbolKind};
 use kpatch_diff::report::{Outcome, Report};
 use kpatch_diff::{self as diff, Pair};
@@ -108,8 +109,8 @@ pub enum BuildError {
     Resolve(#[from] ResolveError),
     #[error("{0}")]
     Diff(String),
-    #[error("{}", .refusals.join("\n"))]
-    Unpatchable { refusals: Vec<String> },
+    #[error("{}", .refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Unpatchable { refusals: Vec<Refusal> },
     #[error("the patches change no code: {objects}")]
     NoChange { objects: String },
     #[error("{0}")]
@@ -117,6 +118,33 @@ pub enum BuildError {
 }
 
 impl BuildError {
+    /// The outcome word of the JSON document: `refused`, `no-change` or `error`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            BuildError::Unpatchable { .. } => "refused",
+            BuildError::NoChange { .. } => "no-change",
+            _ => "error",
+        }
+    }
+
+    /// The error as the one JSON document `kpatch-rs build --json` prints when no module was
+    /// built: its outcome, exit code and message, and each refusal's object, section, symbol
+    /// and reason.
+    pub fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let refusals: &[Refusal] = match self {
+            BuildError::Unpatchable { refusals } => refusals,
+            _ => &[],
+        };
+        let document = serde_json::json!({
+            "outcome": self.outcome(),
+            "exit_code": self.exit_code(),
+            "message": self.to_string(),
+            "refusals": refusals,
+        });
+        serde_json::to_writer_pretty(&mut *out, &document)?;
+        writeln!(out)
+    }
+
     /// The exit code scripts see for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -141,6 +169,9 @@ pub struct ObjectSummary {
 /// What a build produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildReport {
+    /// Always `built`: the word that tells this document from an error's
+    /// ([`BuildError::write_json`]).
+    pub outcome: &'static str,
     /// The module written.
     pub module: PathBuf,
     /// The module's name as the kernel shows it (`/sys/kernel/livepatch/<name>`).
@@ -509,9 +540,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     for (result, (name, _, target, orig, _)) in results.into_iter().zip(&inputs) {
         let output = result.map_err(|e| BuildError::Diff(e.to_string()))?;
         match output.report.outcome {
-            Outcome::Unpatchable => {
-                refusals.extend(output.report.refusals.iter().map(|r| r.to_string()))
-            }
+            Outcome::Unpatchable => refusals.extend(output.report.refusals.iter().cloned()),
             Outcome::NoChange => {}
             Outcome::Changed => refusals.extend(unreachable_keys(&output.report, &exports)),
         }
@@ -696,14 +725,19 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
                 // must depend on the exporter, or it could come without it.
                 let depends = module_depends.get(target.klp_name());
                 if !depends.is_some_and(|d| d.contains(&owner)) {
-                    refusals.push(format!(
-                        "cannot patch {name}: the patched code calls {} exported by module \
-                         {owner}, which {} does not depend on; the livepatch relocation to it \
-                         could not be resolved when {} loads without {owner}",
-                        reference.name,
-                        target.klp_name(),
-                        target.klp_name()
-                    ));
+                    refusals.push(Refusal {
+                        object: name.clone(),
+                        section: String::new(),
+                        symbol: reference.name.clone(),
+                        reason: format!(
+                            "the patched code calls {} exported by module {owner}, which {} \
+                             does not depend on; the livepatch relocation to it could not be \
+                             resolved when {} loads without {owner}",
+                            reference.name,
+                            target.klp_name(),
+                            target.klp_name()
+                        ),
+                    });
                     continue;
                 }
                 resolve::Sympos(0)
@@ -821,6 +855,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
 
     drop(lock);
     Ok(BuildReport {
+        outcome: "built",
         module: module_path,
         kernel_name: livepatch.kernel_name(),
         objects: summaries,
@@ -834,7 +869,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
 /// livepatch relocation reaches is resolved later, when the target module comes (see
 /// `kpatch_diff::include`). Only a key exported by vmlinux, reached through a normal
 /// relocation, is there in time.
-pub fn unreachable_keys(report: &Report, exports: &Exports) -> Vec<String> {
+pub fn unreachable_keys(report: &Report, exports: &Exports) -> Vec<Refusal> {
     report
         .module_keys
         .iter()
@@ -845,14 +880,17 @@ pub fn unreachable_keys(report: &Report, exports: &Exports) -> Vec<String> {
                 .any(|r| r.name == use_.key && r.binding == Some(Binding::Local));
             local || exports.exporter(&use_.key) != Some("vmlinux")
         })
-        .map(|use_| {
-            format!(
-                "cannot patch {}: the jump label at {}+{:#x} uses static key {} of {}, which \
-                 only a livepatch relocation reaches, and the kernel reads {} when the \
-                 livepatch module loads, before that relocation is applied; test the key with \
-                 static_key_enabled() in the patch instead of static_branch_*()",
-                report.object, use_.function, use_.offset, use_.key, report.target, use_.section
-            )
+        .map(|use_| Refusal {
+            object: report.object.clone(),
+            section: use_.section.clone(),
+            symbol: use_.key.clone(),
+            reason: format!(
+                "the jump label at {}+{:#x} uses static key {} of {}, which only a livepatch \
+                 relocation reaches, and the kernel reads {} when the livepatch module loads, \
+                 before that relocation is applied; test the key with static_key_enabled() in \
+                 the patch instead of static_branch_*()",
+                use_.function, use_.offset, use_.key, report.target, use_.section
+            ),
         })
         .collect()
 }
@@ -1080,13 +1118,16 @@ mod tests {
             let refusals = unreachable_keys(&report_with(&[(key, binding)]), &exports);
             assert_eq!(refusals.len(), usize::from(refused), "{key}: {refusals:?}");
             if refused {
+                let text = refusals[0].to_string();
                 assert!(
-                    refusals[0].contains(&format!("static key {key} of demo"))
-                        && refusals[0].contains("demo_handler+0x1c")
-                        && refusals[0].contains("static_key_enabled()"),
-                    "{}",
-                    refusals[0]
+                    text.starts_with("cannot patch drivers/demo/demo.o: ")
+                        && text.contains(&format!("static key {key} of demo"))
+                        && text.contains("demo_handler+0x1c")
+                        && text.contains("static_key_enabled()"),
+                    "{text}"
                 );
+                assert_eq!(refusals[0].symbol, key);
+                assert_eq!(refusals[0].section, "__jump_table");
             }
         };
         check("vm_key", Some(Binding::Global), false);
