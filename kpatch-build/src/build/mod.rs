@@ -588,6 +588,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         .unwrap_or(options.symbols.reference_build());
     let mut module_symbols: BTreeMap<String, TargetSymbols> = BTreeMap::new();
     let mut module_depends: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut import_namespaces: std::collections::BTreeSet<String> = Default::default();
     // Globals that one unit's output defines for another's to use (a new function the patch
     // adds in one file and calls from another): the module's own link resolves them.
     let mut defined_by_patch: std::collections::BTreeSet<String> = Default::default();
@@ -713,6 +714,9 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
                 section_object,
             } = resolve::reach(&target, facts)
             else {
+                if let Some(namespace) = exports.namespace(&reference.name) {
+                    import_namespaces.insert(namespace.to_string());
+                }
                 continue;
             };
             let sympos = if owner == target.klp_name() {
@@ -825,6 +829,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             .collect(),
         replace: options.replace,
         objects: klp_objects.into_values().collect(),
+        import_namespaces: import_namespaces.into_iter().collect(),
     };
     let source =
         module::render_source(&livepatch).map_err(|e| BuildError::Module(e.to_string()))?;

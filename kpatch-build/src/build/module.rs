@@ -114,6 +114,9 @@ pub struct LivepatchModule {
     pub replace: bool,
     /// Its objects.
     pub objects: Vec<KlpObject>,
+    /// The symbol namespaces its code uses exports of (`MODULE_IMPORT_NS`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub import_namespaces: Vec<String>,
 }
 
 /// Why a module could not be generated.
@@ -201,6 +204,16 @@ fn asm_label(symbol: &str) -> String {
     c_string(&format!("\"{symbol}\""))
 }
 
+/// One `import_ns` entry per namespace, spelled as `MODULE_INFO` so that kernels before and
+/// after 6.13 (where `MODULE_IMPORT_NS` began to take a string) read it alike.
+fn imports(module: &LivepatchModule) -> String {
+    module
+        .import_namespaces
+        .iter()
+        .map(|namespace| format!("MODULE_INFO(import_ns, {});\n", c_string(namespace)))
+        .collect()
+}
+
 /// Renders the module's C source.
 pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
     module.validate()?;
@@ -280,7 +293,8 @@ pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
         .replace("@DECLARATIONS@", declarations.trim_end())
         .replace("@FUNCTION_TABLES@", &tables)
         .replace("@OBJECT_ENTRIES@", &entries)
-        .replace("@REPLACE@", if module.replace { "true" } else { "false" }))
+        .replace("@REPLACE@", if module.replace { "true" } else { "false" })
+        + &imports(module))
 }
 
 #[cfg(test)]
@@ -302,6 +316,7 @@ mod tests {
             name: "livepatch-demo".to_string(),
             patches: vec!["demo.patch".to_string()],
             replace: true,
+            import_namespaces: vec!["CXL".to_string()],
             objects: vec![
                 KlpObject {
                     target: Target::Module("kpatch_test_mod".to_string()),
@@ -366,6 +381,10 @@ mod tests {
         .assert_eq(&source[start..end]);
         assert!(source.contains(".replace = true,"));
         assert!(source.contains("MODULE_INFO(livepatch, \"Y\");"));
+        assert!(
+            source.ends_with("MODULE_INFO(import_ns, \"CXL\");\n"),
+            "{source}"
+        );
         assert_eq!(module.kernel_name(), "livepatch_demo");
     }
 
@@ -382,6 +401,7 @@ mod tests {
                 patches: Vec::new(),
                 replace: false,
                 objects,
+                import_namespaces: Vec::new(),
             };
             let error = render_source(&module).expect_err("must refuse");
             assert_eq!(error.to_string(), expected);

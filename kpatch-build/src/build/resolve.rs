@@ -563,6 +563,7 @@ fn is_init_section(
 #[derive(Debug, Clone, Default)]
 pub struct Exports {
     owner: BTreeMap<String, String>,
+    namespace: BTreeMap<String, String>,
 }
 
 impl Exports {
@@ -570,6 +571,7 @@ impl Exports {
     /// reported with their line number.
     pub fn parse(content: &str) -> Result<Exports, ResolveError> {
         let mut owner = BTreeMap::new();
+        let mut namespace = BTreeMap::new();
         for (number, line) in content.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -582,8 +584,17 @@ impl Exports {
                 });
             };
             owner.insert(symbol.to_string(), module.to_string());
+            if let Some(ns) = fields.get(4).map(|f| f.trim()).filter(|f| !f.is_empty()) {
+                namespace.insert(symbol.to_string(), ns.to_string());
+            }
         }
-        Ok(Exports { owner })
+        Ok(Exports { owner, namespace })
+    }
+
+    /// The namespace `symbol` is exported in (`EXPORT_SYMBOL_NS`), if any: a module that
+    /// uses it must import the namespace, or modpost and the loader refuse it.
+    pub fn namespace(&self, symbol: &str) -> Option<&str> {
+        self.namespace.get(symbol).map(String::as_str)
     }
 
     /// The binary that exports `symbol` (`vmlinux` or a module path), if any.
@@ -741,6 +752,8 @@ mod tests {
              0x00000000\tsnd_card_new\tsound/core/snd\tEXPORT_SYMBOL_GPL\tSND\n",
         )
         .expect("parse");
+        assert_eq!(exports.namespace("snd_card_new"), Some("SND"));
+        assert_eq!(exports.namespace("printk"), None);
         assert_eq!(exports.exporter("printk"), Some("vmlinux"));
         assert_eq!(exports.exporter("snd_card_new"), Some("sound/core/snd"));
         assert_eq!(exports.exporter("saved_command_line"), None);
