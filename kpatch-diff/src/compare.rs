@@ -682,6 +682,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
         }
     }
     propagate_untraceable_changes(patched, &mut functions);
+    refusals.extend(unreachable_untraceable_changes(patched, &functions));
     for verdict in &functions {
         status.insert(verdict.patched, verdict.status);
     }
@@ -751,6 +752,87 @@ fn propagate_untraceable_changes(patched: &Object, functions: &mut [FunctionVerd
             break;
         }
     }
+}
+
+/// Whether the relocation at `offset` of an executable section is the displacement of a call
+/// or jump (`call`/`jmp rel32`, `jcc rel32`) rather than an address the code takes.
+fn is_branch_displacement(data: &[u8], offset: u64) -> bool {
+    let Ok(offset) = usize::try_from(offset) else {
+        return false;
+    };
+    let before = |back: usize| {
+        offset
+            .checked_sub(back)
+            .and_then(|at| data.get(at))
+            .copied()
+    };
+    matches!(before(1), Some(0xe8 | 0xe9))
+        || (before(2) == Some(0x0f) && matches!(before(1), Some(0x80..=0x8f)))
+}
+
+/// Changed functions without a `call __fentry__` that replacing their callers in this object
+/// does not cover: ftrace cannot redirect them, so a global one is still called, unchanged,
+/// from other units, and one whose address is taken is still reached through that pointer.
+/// Either would leave the change silently unapplied.
+fn unreachable_untraceable_changes(
+    patched: &Object,
+    functions: &[FunctionVerdict],
+) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    for verdict in functions {
+        let symbol = patched.symbol(verdict.patched);
+        if verdict.status != Status::Changed
+            || verdict.orig.is_none()
+            || cold_parent(&symbol.name).is_some()
+            || calls_fentry(patched, verdict.patched)
+        {
+            continue;
+        }
+        let Some(section) = symbol.section() else {
+            continue;
+        };
+        let section_name = &patched.section(section).name;
+        if special_sections::is_dropped(section_name) {
+            continue;
+        }
+        let refuse = |reason: String| Refusal {
+            object: patched.name.clone(),
+            section: section_name.clone(),
+            symbol: symbol.name.clone(),
+            reason,
+        };
+        if symbol.binding != crate::elf::Binding::Local {
+            refusals.push(refuse(format!(
+                "function {} changed and has no __fentry__ call for the livepatch to hook \
+                 (it is notrace or inline), and it is global: calls from other units would \
+                 keep reaching the old code",
+                symbol.name
+            )));
+            continue;
+        }
+        let taken_at = patched.sections.iter().find_map(|from| {
+            if !from.is_alloc() || special_sections::is_special(&from.name) {
+                return None;
+            }
+            from.relocations.iter().find_map(|relocation| {
+                let Target::Symbol { symbol: target, .. } = patched.resolve(relocation) else {
+                    return None;
+                };
+                let taken = target == verdict.patched
+                    && !(from.is_exec() && is_branch_displacement(&from.data, relocation.offset));
+                taken.then(|| format!("{}+{:#x}", from.name, relocation.offset))
+            })
+        });
+        if let Some(place) = taken_at {
+            refusals.push(refuse(format!(
+                "function {} changed and has no __fentry__ call for the livepatch to hook \
+                 (it is notrace or inline), and its address is taken at {place}: calls \
+                 through that pointer would keep reaching the old code",
+                symbol.name
+            )));
+        }
+    }
+    refusals
 }
 
 /// Allocated sections that hold no function or object, are not special, and changed: nothing

@@ -550,3 +550,19 @@ fn keyed_sites_of_a_module_are_dropped_when_inert_and_judged_otherwise() {
         Some(&1)
     );
 }
+
+#[test]
+fn an_untraceable_change_that_callers_here_cannot_carry_is_refused() {
+    check(
+        "untraceable",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["hook", "shared_helper", "uses_both"],
+            refusals: &[
+                "cannot patch untraceable.o: function hook changed and has no __fentry__ call for the livepatch to hook (it is notrace or inline), and its address is taken at .rodata.hook_ops+0x0: calls through that pointer would keep reaching the old code",
+                "cannot patch untraceable.o: function shared_helper changed and has no __fentry__ call for the livepatch to hook (it is notrace or inline), and it is global: calls from other units would keep reaching the old code",
+            ],
+            ..NOTHING
+        },
+    );
+}
