@@ -486,72 +486,84 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
     };
 
     // Data first, since references to changed read-only data make functions differ.
-    for symbol in patched
-        .symbols
-        .iter()
-        .filter(|s| s.kind == SymbolKind::Object)
-    {
-        let Some(section_id) = symbol.section() else {
-            continue;
-        };
-        let section = patched.section(section_id);
-        // A twin that the original only declared (`extern`) is no twin for contents.
-        let defined_twin = twins
-            .symbol(symbol.id)
-            .filter(|&o| orig.symbol(o).section().is_some());
-        let Some(orig_id) = defined_twin else {
-            status.insert(symbol.id, Status::New);
-            continue;
-        };
-        if special_sections::is_special(&section.name) {
-            // Dynamic debug descriptors and boot-time data are never compared: included code
-            // gets its own descriptors, and init data has done its work before a patch loads.
-            status.insert(symbol.id, Status::Same);
-            continue;
-        }
-        let orig_symbol = orig.symbol(orig_id);
-        let Some(orig_section_id) = orig_symbol.section() else {
-            status.insert(symbol.id, Status::Same);
-            continue;
-        };
-        let orig_section = orig.section(orig_section_id);
-        let orig_class = section_class(&orig_section.name, &orig_symbol.name);
-        let patched_class = section_class(&section.name, &symbol.name);
-        if orig_class != patched_class {
-            refuse(
-                &mut refusals,
-                &section.name,
-                &symbol.name,
-                format!(
-                    "data symbol {} moved from section {} to section {}",
-                    symbol.name, orig_section.name, section.name
-                ),
-            );
-            status.insert(symbol.id, Status::Changed);
-            continue;
-        }
-        let (same, _) = comparer.compare_extents(orig_id, symbol.id);
-        let same_size = orig_symbol.size == symbol.size;
-        if same && same_size {
-            status.insert(symbol.id, Status::Same);
-            continue;
-        }
-        status.insert(symbol.id, Status::Changed);
-        if section.is_write() || section.is_nobits() {
-            let reason = if !same_size {
-                format!(
-                    "data symbol {} in section {} changed size ({} -> {} bytes)",
-                    symbol.name, section.name, orig_symbol.size, symbol.size
-                )
-            } else {
-                format!(
-                    "data symbol {} in section {} changed its initial value",
-                    symbol.name, section.name
-                )
+    // A read-only object that refers to one that changed must be copied too (its copy points
+    // at the new one), and that can make a third change: repeat until nothing more changes,
+    // so the verdicts do not depend on the order of the symbol table.
+    let data_refusals_before = refusals.len();
+    loop {
+        refusals.truncate(data_refusals_before);
+        status.clear();
+        let changed_before = comparer.changed_readonly.len();
+        for symbol in patched
+            .symbols
+            .iter()
+            .filter(|s| s.kind == SymbolKind::Object)
+        {
+            let Some(section_id) = symbol.section() else {
+                continue;
             };
-            refuse(&mut refusals, &section.name, &symbol.name, reason);
-        } else {
-            comparer.changed_readonly.insert(symbol.id, true);
+            let section = patched.section(section_id);
+            // A twin that the original only declared (`extern`) is no twin for contents.
+            let defined_twin = twins
+                .symbol(symbol.id)
+                .filter(|&o| orig.symbol(o).section().is_some());
+            let Some(orig_id) = defined_twin else {
+                status.insert(symbol.id, Status::New);
+                continue;
+            };
+            if special_sections::is_special(&section.name) {
+                // Dynamic debug descriptors and boot-time data are never compared: included code
+                // gets its own descriptors, and init data has done its work before a patch loads.
+                status.insert(symbol.id, Status::Same);
+                continue;
+            }
+            let orig_symbol = orig.symbol(orig_id);
+            let Some(orig_section_id) = orig_symbol.section() else {
+                status.insert(symbol.id, Status::Same);
+                continue;
+            };
+            let orig_section = orig.section(orig_section_id);
+            let orig_class = section_class(&orig_section.name, &orig_symbol.name);
+            let patched_class = section_class(&section.name, &symbol.name);
+            if orig_class != patched_class {
+                refuse(
+                    &mut refusals,
+                    &section.name,
+                    &symbol.name,
+                    format!(
+                        "data symbol {} moved from section {} to section {}",
+                        symbol.name, orig_section.name, section.name
+                    ),
+                );
+                status.insert(symbol.id, Status::Changed);
+                continue;
+            }
+            let (same, _) = comparer.compare_extents(orig_id, symbol.id);
+            let same_size = orig_symbol.size == symbol.size;
+            if same && same_size {
+                status.insert(symbol.id, Status::Same);
+                continue;
+            }
+            status.insert(symbol.id, Status::Changed);
+            if section.is_write() || section.is_nobits() {
+                let reason = if !same_size {
+                    format!(
+                        "data symbol {} in section {} changed size ({} -> {} bytes)",
+                        symbol.name, section.name, orig_symbol.size, symbol.size
+                    )
+                } else {
+                    format!(
+                        "data symbol {} in section {} changed its initial value",
+                        symbol.name, section.name
+                    )
+                };
+                refuse(&mut refusals, &section.name, &symbol.name, reason);
+            } else {
+                comparer.changed_readonly.insert(symbol.id, true);
+            }
+        }
+        if comparer.changed_readonly.len() == changed_before {
+            break;
         }
     }
 

@@ -566,3 +566,15 @@ fn an_untraceable_change_that_callers_here_cannot_carry_is_refused() {
         },
     );
 }
+
+#[test]
+fn a_const_table_pointing_at_changed_data_is_copied_whatever_the_symbol_order() {
+    check(
+        "data_chain",
+        Expect {
+            changed: &["limit_for"],
+            data: &["limit_table", "limits"],
+            ..NOTHING
+        },
+    );
+}
