@@ -57,11 +57,12 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
     let mut patched = Object::parse(pair.name, pair.patched)?;
     patched.name = pair.name.to_string();
     let twins = correlate::correlate(&orig, &patched);
-    let comparison = compare::compare(&orig, &patched, &twins);
+    let mut comparison = compare::compare(&orig, &patched, &twins);
+    let ignored = ignore_by_author(&patched, &mut comparison);
 
     let mut functions = Vec::new();
     let mut line_only = Vec::new();
-    let mut left_out = Vec::new();
+    let mut left_out = ignored;
     for verdict in &comparison.functions {
         let symbol = patched.symbol(verdict.patched);
         let section = compare::section_name_of(&patched, verdict.patched).to_string();
@@ -133,7 +134,6 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         });
     }
 
-    let mut comparison = comparison;
     comparison
         .functions
         .retain(|v| !special_sections::is_dropped(compare::section_name_of(&patched, v.patched)));
@@ -220,6 +220,57 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         report,
         object: Some(object),
     })
+}
+
+/// The functions a patch author told the diff to leave alone, with kpatch-macros.h's
+/// `KPATCH_IGNORE_FUNCTION(f)` (a pointer to `f` in `.kpatch.ignore.functions`) and
+/// `KPATCH_IGNORE_SECTION(".text.f")` (a pointer to the name in `.kpatch.ignore.sections`):
+/// they count as unchanged, so they are neither replaced nor copied.
+fn ignore_by_author(patched: &Object, comparison: &mut compare::Comparison) -> Vec<String> {
+    let mut functions: Vec<SymbolId> = Vec::new();
+    let mut sections: Vec<String> = Vec::new();
+    for section in &patched.sections {
+        let by_name = match section.name.as_str() {
+            ".kpatch.ignore.functions" => false,
+            ".kpatch.ignore.sections" => true,
+            _ => continue,
+        };
+        for relocation in &section.relocations {
+            match patched.resolve(relocation) {
+                elf::Target::Symbol { symbol, .. } if !by_name => functions.push(symbol),
+                elf::Target::String {
+                    section,
+                    string_start,
+                    ..
+                } if by_name => sections.push(
+                    String::from_utf8_lossy(patched.string_at(section, string_start)).into_owned(),
+                ),
+                _ => {}
+            }
+        }
+    }
+    let mut left_out = Vec::new();
+    if functions.is_empty() && sections.is_empty() {
+        return left_out;
+    }
+    for verdict in &mut comparison.functions {
+        let section = compare::section_name_of(patched, verdict.patched);
+        let ignored = functions.contains(&verdict.patched) || sections.iter().any(|s| s == section);
+        if ignored && verdict.orig.is_some() {
+            if verdict.status != Status::Same {
+                left_out.push(format!(
+                    "{} function {}, which the patch ignores (KPATCH_IGNORE_FUNCTION or \
+                     KPATCH_IGNORE_SECTION)",
+                    verdict.status.as_str(),
+                    patched.symbol(verdict.patched).name
+                ));
+            }
+            verdict.status = Status::Same;
+            verdict.line_only = false;
+            comparison.status.insert(verdict.patched, Status::Same);
+        }
+    }
+    left_out
 }
 
 /// Diffs many pairs in parallel; results come back in the order of `pairs`.

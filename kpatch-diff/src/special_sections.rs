@@ -138,6 +138,10 @@ pub fn is_dropped(section_name: &str) -> bool {
         ".modinfo",
         "__param",
         ".export_symbol",
+        // kpatch-macros.h's KPATCH_IGNORE_FUNCTION/SECTION and KPATCH_FORCE_UNSAFE lists:
+        // read by the diff (`ignored_by_author`), never copied.
+        ".kpatch.ignore.",
+        ".kpatch.force",
         // objtool seals the ENDBR of every function whose address this one object does not
         // take, as if the object were all of vmlinux; the module loader would apply that
         // list, and a replacement called through a pointer from elsewhere would then fault on

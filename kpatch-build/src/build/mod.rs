@@ -992,12 +992,14 @@ fn write_headers(cache: &Path) -> Result<PathBuf, BuildError> {
     let include = cache.join("include");
     let write = |name: &str, text: &str| {
         let path = include.join(name);
-        fs::create_dir_all(&include)
+        path.parent()
+            .map_or(Ok(()), fs::create_dir_all)
             .and_then(|_| fs::write(&path, text))
             .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))
     };
     write("kpatch-macros.h", module::KPATCH_MACROS_H)?;
     write("kpatch-syscall.h", module::KPATCH_SYSCALL_H)?;
+    write("linux/livepatch_helpers.h", module::LIVEPATCH_HELPERS_H)?;
     Ok(include)
 }
 

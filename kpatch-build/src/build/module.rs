@@ -20,6 +20,8 @@ pub const KBUILD_TEMPLATE: &str = include_str!("../../templates/Kbuild");
 pub const KPATCH_MACROS_H: &str = include_str!("../../templates/include/kpatch-macros.h");
 /// `kpatch-syscall.h`, for patches that change a system call.
 pub const KPATCH_SYSCALL_H: &str = include_str!("../../templates/include/kpatch-syscall.h");
+/// klp-build's patch-author header, `<linux/livepatch_helpers.h>`, for kernels without it.
+pub const LIVEPATCH_HELPERS_H: &str = include_str!("../../templates/include/livepatch_helpers.h");
 
 /// The longest module name the kernel accepts (`MODULE_NAME_LEN` minus the terminating NUL).
 const MAX_MODULE_NAME: usize = 55;
