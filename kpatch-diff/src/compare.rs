@@ -700,6 +700,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
     }
 
     refusals.extend(changed_anonymous_sections(&comparer));
+    refusals.extend(unpaired_static_locals(orig, patched, twins));
     Comparison {
         functions,
         status,
@@ -843,6 +844,53 @@ fn unreachable_untraceable_changes(
                 symbol.name
             )));
         }
+    }
+    refusals
+}
+
+/// Writable static locals of the patched object that could not be paired with the original's
+/// of the same name: the patch would get a fresh copy and lose the running kernel's value
+/// (a counter restarting at zero, a lock no one else takes). Once-only flags of `WARN_ONCE`
+/// and friends lose nothing that matters and are let through.
+fn unpaired_static_locals(orig: &Object, patched: &Object, twins: &Twins) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    for (symbol, candidates) in &twins.unpaired_static_locals {
+        let symbol = patched.symbol(*symbol);
+        let Some(section) = symbol.section().map(|s| patched.section(s)) else {
+            continue;
+        };
+        let writable = section.is_write() || section.is_nobits();
+        // The kernel's own per-site statics whose loss costs nothing: once-only flags
+        // (`WARN_ONCE`, `RCU_LOCKDEP_WARN`, `printk_once`), lockdep class keys (a new one is a
+        // new lock class to lockdep only) and ratelimit states.
+        let base = symbol.name.split('.').next().unwrap_or("");
+        let harmless = matches!(
+            base,
+            "__already_done" | "__warned" | "__print_once" | "__key" | "_rs"
+        );
+        if !writable
+            || harmless
+            || special_sections::is_special(&section.name)
+            || section.name.starts_with(".data.once")
+        {
+            continue;
+        }
+        let names: Vec<&str> = candidates
+            .iter()
+            .map(|&o| orig.symbol(o).name.as_str())
+            .collect();
+        refusals.push(Refusal {
+            object: patched.name.clone(),
+            section: section.name.clone(),
+            symbol: symbol.name.clone(),
+            reason: format!(
+                "static local {} cannot be paired with the original's ({}): the functions that \
+                 use it changed too much to tell which it is, and a new copy would lose the \
+                 running kernel's value",
+                symbol.name,
+                names.join(", ")
+            ),
+        });
     }
     refusals
 }

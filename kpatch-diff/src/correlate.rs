@@ -17,6 +17,10 @@ pub struct Twins {
     patched_to_orig_symbol: Vec<Option<SymbolId>>,
     orig_to_patched_symbol: Vec<Option<SymbolId>>,
     patched_to_orig_section: Vec<Option<SectionId>>,
+    /// Static locals of the patched object that no rule could pair although the original has
+    /// unpaired ones of the same name (their users changed beyond recognition), with those
+    /// candidates. `compare` refuses the writable ones: a new copy would lose live state.
+    pub unpaired_static_locals: Vec<(SymbolId, Vec<SymbolId>)>,
 }
 
 impl Twins {
@@ -171,6 +175,7 @@ pub fn correlate(orig: &Object, patched: &Object) -> Twins {
         patched_to_orig_symbol: vec![None; patched.symbols.len()],
         orig_to_patched_symbol: vec![None; orig.symbols.len()],
         patched_to_orig_section: vec![None; patched.sections.len()],
+        unpaired_static_locals: Vec::new(),
     };
 
     // Global and undefined names are unique in an object, so they pair by exact name.
@@ -373,17 +378,57 @@ fn pair_static_locals(
             }
         }
     }
+    // Last, exact names, but only where the users agree (an object paired with itself) or
+    // neither side has any: a counter suffix alone is no evidence, and pairing two statics
+    // that different functions use would hand one function's state to another.
+    let orig_users = data_users(orig, true);
+    let patched_users = data_users(patched, true);
+    let users_named_as_in_orig = |users: Option<&Users>, patched_side: bool| -> BTreeSet<String> {
+        users
+            .map(|u| {
+                u.referrers
+                    .iter()
+                    .map(|&r| match (patched_side, twins.symbol(r)) {
+                        (false, _) => orig.symbol(r).name.clone(),
+                        (true, Some(o)) => orig.symbol(o).name.clone(),
+                        (true, None) => format!("\0new {}", patched.symbol(r).name),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut by_name = Vec::new();
     for (orig_ids, patched_ids) in groups {
         for &p in patched_ids {
             if twins.symbol(p).is_some() {
                 continue;
             }
             let name = &patched.symbol(p).name;
-            if let Some(&o) = orig_ids
-                .iter()
-                .find(|&&o| twins.patched_symbol(o).is_none() && &orig.symbol(o).name == name)
-            {
-                twins.pair(o, p);
+            let patched_signature = users_named_as_in_orig(patched_users.get(&p), true);
+            if let Some(&o) = orig_ids.iter().find(|&&o| {
+                twins.patched_symbol(o).is_none()
+                    && &orig.symbol(o).name == name
+                    && users_named_as_in_orig(orig_users.get(&o), false) == patched_signature
+            }) {
+                by_name.push((o, p));
+            }
+        }
+    }
+    for (o, p) in by_name {
+        twins.pair(o, p);
+    }
+    for (orig_ids, patched_ids) in groups {
+        let orig_left: Vec<SymbolId> = orig_ids
+            .iter()
+            .copied()
+            .filter(|&o| twins.patched_symbol(o).is_none())
+            .collect();
+        if orig_left.is_empty() {
+            continue;
+        }
+        for &p in patched_ids {
+            if twins.symbol(p).is_none() {
+                twins.unpaired_static_locals.push((p, orig_left.clone()));
             }
         }
     }

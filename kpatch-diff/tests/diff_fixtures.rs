@@ -578,3 +578,24 @@ fn a_const_table_pointing_at_changed_data_is_copied_whatever_the_symbol_order() 
         },
     );
 }
+
+#[test]
+fn a_static_local_that_cannot_be_paired_is_refused() {
+    let Some(result) = diff_for("static_unpaired", "vmlinux") else {
+        return;
+    };
+    let refusals: Vec<String> = result
+        .report
+        .refusals
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(result.report.outcome, Outcome::Unpatchable, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|r| r.contains("cannot be paired with the original's (count.")),
+        "{refusals:?}"
+    );
+    assert!(!refusals.is_empty());
+}
