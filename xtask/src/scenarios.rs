@@ -19,6 +19,8 @@
 //!   test. `module/kernel-sources` may list files of the kernel source tree (one per line,
 //!   relative to its top) to copy in first, so a scenario can build the kernel's own samples
 //!   without carrying a copy of them;
+//! - `program/*.c`: user programs the script runs, compiled on the host with `gcc -static`
+//!   (the guest has no C library of its own) into `./NAME` beside `guest.sh`;
 //! - `timeout` (optional): seconds the script may run, 120 when absent;
 //! - `disabled` (optional): why the scenario cannot pass yet; it is then neither built nor
 //!   run, and reported as skipped, never as passed.
@@ -320,6 +322,26 @@ pub fn prepare(
                 let name = module.file_name().unwrap_or_default();
                 std::fs::copy(&module, staged.join(name))
                     .with_context(|| format!("cannot stage {}", module.display()))?;
+            }
+        }
+        let programs = scenario.dir.join("program");
+        if programs.is_dir() {
+            for source in files_with_extension(&programs, "c")? {
+                let name = source.file_stem().unwrap_or_default();
+                let output = Command::new("gcc")
+                    .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+                    .arg(staged.join(name))
+                    .arg(&source)
+                    .output()
+                    .with_context(|| format!("cannot run gcc for {}", source.display()))?;
+                if !output.status.success() {
+                    bail!(
+                        "scenario {}: gcc failed on {}:\n{}",
+                        scenario.name,
+                        source.display(),
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
             }
         }
         let script = staged.join("guest.sh");
