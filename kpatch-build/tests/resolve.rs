@@ -196,3 +196,31 @@ fn a_module_stripped_of_file_symbols_is_one_block_and_refuses_duplicates() {
          distribution's -dbg package) with --modules"
     );
 }
+
+#[test]
+fn a_units_locals_are_only_those_the_binary_keeps() {
+    if !tools_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let object = dir.path().join("exports.o");
+    let status = Command::new("gcc")
+        .args(["-c", "-O2", "-ffunction-sections", "-fdata-sections", "-o"])
+        .arg(&object)
+        .arg(fixtures().join("exports/exports.c"))
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed on exports.c");
+    let bytes = std::fs::read(&object).expect("read object");
+    let parsed = kpatch_diff::elf::Object::parse("exports.o", &bytes).expect("parse");
+    assert_eq!(
+        kpatch_build::build::resolve::unit_locals(&parsed),
+        ["helper"]
+    );
+    let defined = kpatch_build::build::resolve::unit_defined(&parsed);
+    assert!(
+        !defined.iter().any(|s| s.contains("addressable")),
+        "{defined:?}"
+    );
+    assert!(defined.contains(&"exported") && defined.contains(&"exports_setup"));
+}

@@ -75,10 +75,31 @@ pub fn run_logged(what: &str, command: &mut Command, log: &Path) -> Result<(), C
         return Ok(());
     }
     let tail = log_tail(log, start, 25);
+    let first = first_error(log, start)
+        .map(|line| format!("; first error: {line}"))
+        .unwrap_or_default();
     Err(error(format!(
-        " ({status}); last lines of {}:\n{tail}",
+        " ({status}){first}; last lines of {}:\n{tail}",
         log.display()
     )))
+}
+
+/// The first line of the compiler's, the linker's or modpost's own error in what the log got
+/// after byte `start`: what a user needs first, which the tail often lost behind make's
+/// "Error 2" lines.
+fn first_error(log: &Path, start: u64) -> Option<String> {
+    let mut text = String::new();
+    let mut file = File::open(log).ok()?;
+    file.seek(SeekFrom::Start(start)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|line| {
+            line.contains(": error:")
+                || line.contains(": fatal error:")
+                || line.starts_with("ERROR: ")
+                || line.contains(": undefined reference to ")
+        })
+        .map(|line| line.trim().to_string())
 }
 
 /// Runs `command` and returns its standard output; for short queries such as a version.
@@ -300,4 +321,35 @@ pub fn link_relocatable(output: &Path, inputs: &[PathBuf], log: &Path) -> Result
         .arg(output)
         .args(inputs);
     run_logged("linking the livepatch objects", &mut command, log)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_first_compiler_error_of_this_run_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("log");
+        let earlier = "x.c:1:1: error: from an earlier run\n";
+        std::fs::write(
+            &log,
+            format!(
+                "{earlier}$ make fs/x.o\n  CC fs/x.o\nfs/x.c:3:9: error: 'y' undeclared\n\
+                 fs/x.c:4:1: error: later\nmake[2]: *** Error 1\n"
+            ),
+        )
+        .expect("write");
+        assert_eq!(
+            super::first_error(&log, earlier.len() as u64).as_deref(),
+            Some("fs/x.c:3:9: error: 'y' undeclared")
+        );
+        std::fs::write(
+            &log,
+            "ERROR: modpost: module m uses symbol s from namespace N\n",
+        )
+        .expect("write");
+        assert_eq!(
+            super::first_error(&log, 0).as_deref(),
+            Some("ERROR: modpost: module m uses symbol s from namespace N")
+        );
+    }
 }

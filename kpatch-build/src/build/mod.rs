@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kpatch_diff::compare::Refusal;
-use kpatch_diff::elf::{Binding, Object, Placement, SymbolKind};
+use kpatch_diff::elf::{Binding, Object};
 use kpatch_diff::report::{Outcome, Report};
 use kpatch_diff::{self as diff, Pair};
 
@@ -656,35 +656,10 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         };
         let original =
             Object::parse(&name, orig_bytes).map_err(|e| BuildError::Diff(e.to_string()))?;
-        let locals: Vec<&str> = original
-            .symbols
-            .iter()
-            .filter(|s| {
-                s.binding == Binding::Local
-                    && matches!(s.kind, SymbolKind::Func | SymbolKind::Object)
-                    && !s.name.is_empty()
-                    && !s.name.contains('.')
-                    && match s.placement {
-                        Placement::Section(section) => {
-                            !original.section(section).name.starts_with(".init")
-                        }
-                        _ => false,
-                    }
-            })
-            .map(|s| s.name.as_str())
-            .collect();
+        let locals = resolve::unit_locals(&original);
         // Every function and object the unit defines: a symbol map's neighbours are
         // compared with these.
-        let defined: Vec<&str> = original
-            .symbols
-            .iter()
-            .filter(|s| {
-                matches!(s.kind, SymbolKind::Func | SymbolKind::Object)
-                    && !s.name.is_empty()
-                    && matches!(s.placement, Placement::Section(_))
-            })
-            .map(|s| s.name.as_str())
-            .collect();
+        let defined = resolve::unit_defined(&original);
         let file = Path::new(&name)
             .with_extension("c")
             .file_name()
@@ -705,7 +680,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
             let local = reference.binding == Some(Binding::Local);
             let facts = ReferenceFacts {
                 local,
-                exporter: exports.exporter(&reference.name),
+                exporter: exports.exporter_to_livepatch(&reference.name),
                 global_of_target: symbols.has_global(&reference.name),
                 defined_by_patch: !local && defined_by_patch.contains(reference.name.as_str()),
             };

@@ -591,6 +591,20 @@ impl Exports {
         Ok(Exports { owner, namespace })
     }
 
+    /// The binary that exports `symbol` to a livepatch module: as [`Exports::exporter`], but
+    /// none for an export reserved to named modules (`EXPORT_SYMBOL_GPL_FOR_MODULES`, namespace
+    /// `module:kvm`), which the loader lets no other module import; the livepatch reaches
+    /// such a symbol like an unexported one.
+    pub fn exporter_to_livepatch(&self, symbol: &str) -> Option<&str> {
+        if self
+            .namespace(symbol)
+            .is_some_and(|namespace| namespace.starts_with("module:"))
+        {
+            return None;
+        }
+        self.exporter(symbol)
+    }
+
     /// The namespace `symbol` is exported in (`EXPORT_SYMBOL_NS`), if any: a module that
     /// uses it must import the namespace, or modpost and the loader refuse it.
     pub fn namespace(&self, symbol: &str) -> Option<&str> {
@@ -601,6 +615,56 @@ impl Exports {
     pub fn exporter(&self, symbol: &str) -> Option<&str> {
         self.owner.get(symbol).map(String::as_str)
     }
+}
+
+/// Whether a symbol of a compiled unit is in the running binary at all: not in a section the
+/// link drops (`EXPORT_SYMBOL`'s `__UNIQUE_ID___addressable_*` in `.discard.addressable`,
+/// `__init` code and data, export tables).
+fn reaches_the_binary(
+    object: &kpatch_diff::elf::Object,
+    symbol: &kpatch_diff::elf::Symbol,
+) -> bool {
+    symbol.section().is_some_and(|section| {
+        let name = &object.section(section).name;
+        !name.starts_with(".init") && !kpatch_diff::special_sections::is_dropped(name)
+    })
+}
+
+/// The local functions and objects of a unit that its file block in the klp object's symbol
+/// table holds: what tells that block (and so the `sympos` of a duplicated name) apart. Names
+/// with a compiler suffix (`count.2`, `foo.isra.0`) are left out, since their numbers differ
+/// between builds.
+pub fn unit_locals(object: &kpatch_diff::elf::Object) -> Vec<&str> {
+    use kpatch_diff::elf::{Binding, SymbolKind};
+    object
+        .symbols
+        .iter()
+        .filter(|s| {
+            s.binding == Binding::Local
+                && matches!(s.kind, SymbolKind::Func | SymbolKind::Object)
+                && !s.name.is_empty()
+                && !s.name.contains('.')
+                && reaches_the_binary(object, s)
+        })
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
+/// Every function and object a unit defines, but those the link discards: a symbol map's
+/// neighbours are compared with these.
+pub fn unit_defined(object: &kpatch_diff::elf::Object) -> Vec<&str> {
+    use kpatch_diff::elf::SymbolKind;
+    object
+        .symbols
+        .iter()
+        .filter(|s| {
+            matches!(s.kind, SymbolKind::Func | SymbolKind::Object)
+                && !s.name.is_empty()
+                && s.section()
+                    .is_some_and(|section| !object.section(section).name.starts_with(".discard"))
+        })
+        .map(|s| s.name.as_str())
+        .collect()
 }
 
 /// How the livepatch module reaches one symbol its copied code refers to.
@@ -753,6 +817,22 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(exports.namespace("snd_card_new"), Some("SND"));
+        let reserved = Exports::parse(
+            "0x1\tanon_inode_make_secure_inode\tvmlinux\tEXPORT_SYMBOL_GPL\tmodule:kvm\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            reserved.exporter("anon_inode_make_secure_inode"),
+            Some("vmlinux")
+        );
+        assert_eq!(
+            reserved.exporter_to_livepatch("anon_inode_make_secure_inode"),
+            None
+        );
+        assert_eq!(
+            exports.exporter_to_livepatch("snd_card_new"),
+            Some("sound/core/snd")
+        );
         assert_eq!(exports.namespace("printk"), None);
         assert_eq!(exports.exporter("printk"), Some("vmlinux"));
         assert_eq!(exports.exporter("snd_card_new"), Some("sound/core/snd"));
