@@ -166,6 +166,27 @@ pub struct Object {
     pub symbols: Vec<Symbol>,
     /// Function and object symbols of each section, sorted by value.
     symbols_by_section: Vec<Vec<SymbolId>>,
+    /// For each executable section, its instructions as (start, length), in order, from a
+    /// linear decode: where a PC-relative field's instruction ends.
+    instructions: Vec<Vec<(u32, u8)>>,
+}
+
+/// Decodes an executable section into (start, length) per instruction.
+fn decode_instructions(data: &[u8]) -> Vec<(u32, u8)> {
+    let mut decoder = iced_x86::Decoder::with_ip(64, data, 0, iced_x86::DecoderOptions::NONE);
+    let mut instructions = Vec::new();
+    let mut instruction = iced_x86::Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        let (Ok(start), Ok(length)) = (
+            u32::try_from(instruction.ip()),
+            u8::try_from(instruction.len()),
+        ) else {
+            break;
+        };
+        instructions.push((start, length.max(1)));
+    }
+    instructions
 }
 
 const R_X86_64_PC32: u32 = 2;
@@ -472,12 +493,50 @@ impl Object {
         for list in &mut symbols_by_section {
             list.sort_by_key(|id| (symbols[id.0].value, id.0));
         }
+        let instructions = sections
+            .iter()
+            .map(|section| {
+                if section.is_exec() && !section.is_nobits() {
+                    decode_instructions(&section.data)
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
         Ok(Object {
             name: name.to_string(),
             sections,
             symbols,
             symbols_by_section,
+            instructions,
         })
+    }
+
+    /// Bytes between a relocated field and the address its displacement counts from: for a
+    /// PC-relative field in code, the end of its instruction, which lies further than the
+    /// field's own end when an immediate follows (`cmpl $0x5, x(%rip)` ends 4 bytes after the
+    /// displacement: `x - 8`). Data fields (`.long 1b - .`) count from themselves: 0.
+    pub fn reference_bias(&self, relocation: &Relocation) -> i64 {
+        let fixed = pc_relative_bias(relocation.r_type);
+        if fixed == 0 || !self.section(relocation.section).is_exec() {
+            return 0;
+        }
+        let Some(instructions) = self.instructions.get(relocation.section.0) else {
+            return fixed;
+        };
+        let offset = relocation.offset;
+        let index = instructions.partition_point(|&(start, _)| u64::from(start) <= offset);
+        let Some(&(start, length)) = index.checked_sub(1).and_then(|i| instructions.get(i)) else {
+            return fixed;
+        };
+        let end = u64::from(start) + u64::from(length);
+        // The field must lie inside the instruction, and what may follow a 32-bit
+        // displacement is an immediate of 1, 2 or 4 bytes; anything else means the linear
+        // decode lost its way here, and the assembler's usual layout is the better guess.
+        match end.checked_sub(offset).and_then(|b| i64::try_from(b).ok()) {
+            Some(bias) if bias == fixed || (fixed == 4 && matches!(bias, 5 | 6 | 8)) => bias,
+            _ => fixed,
+        }
     }
 
     pub fn section(&self, id: SectionId) -> &Section {
@@ -563,11 +622,7 @@ impl Object {
         let section = self.section(section_id);
         // Only instructions end after their displacement; a table's `.long 1b - .` points
         // straight at its target.
-        let bias = if self.section(relocation.section).is_exec() {
-            pc_relative_bias(relocation.r_type)
-        } else {
-            0
-        };
+        let bias = self.reference_bias(relocation);
         let location = addend.saturating_add(bias);
         if section.is_string_merge() {
             let at = u64::try_from(location.max(0))

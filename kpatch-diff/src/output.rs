@@ -17,7 +17,7 @@ use object::{
 };
 
 use crate::correlate::Twins;
-use crate::elf::{pc_relative_bias, Binding, Object, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{Binding, Object, SectionId, SymbolId, SymbolKind, Target};
 use crate::include::Inclusion;
 use crate::special_sections;
 
@@ -222,16 +222,9 @@ pub fn write_object(
         };
         // Instructions refer to their target minus the bytes after the displacement; table
         // fields (`.long 6641f - .`) refer to it directly.
-        let bias_for = |r_type: u32| {
-            if patched.section(section_id).is_exec() {
-                pc_relative_bias(r_type)
-            } else {
-                0
-            }
-        };
         for &(start, end) in ranges {
             for relocation in patched.relocations_in(section_id, start, end) {
-                let bias = bias_for(relocation.r_type);
+                let bias = patched.reference_bias(relocation);
                 let Some(offset) = layout.map(relocation.offset) else {
                     continue;
                 };

@@ -599,3 +599,27 @@ fn a_static_local_that_cannot_be_paired_is_refused() {
     );
     assert!(!refusals.is_empty());
 }
+
+#[test]
+fn a_rip_relative_field_before_an_immediate_reaches_its_own_variable() {
+    let Some(result) = checked_diff(
+        "rip_immediate",
+        Expect {
+            changed: &["limit_reached"],
+            references: &["limit"],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    let names: Vec<&str> = result
+        .report
+        .references
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert!(
+        !names.contains(&"spare"),
+        "the field is limit's, not spare's: {names:?}"
+    );
+}
