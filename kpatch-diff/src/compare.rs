@@ -361,11 +361,14 @@ fn body(object: &Object, symbol: SymbolId) -> (u64, u64) {
     (sym.value, sym.value + sym.size)
 }
 
-/// The `__LINE__` immediates in which two equally long bodies differ, if every differing
-/// byte lies in the 32-bit immediate of a `mov $imm32, %r32` (opcode `b8+r`) holding a
-/// plausible line number, followed in the code by a call to a function taking a line. This is
-/// how `might_sleep()` and `printk("%d", __LINE__)` show up when lines are added above a
-/// function: `be 2a 00 00 00` becomes `be 2d 00 00 00`.
+/// The `__LINE__` immediates in which two equally long bodies differ, if every difference is
+/// the immediate of a `mov $imm, %reg` (decoded, in both bodies) holding a plausible line
+/// number, into an argument register that the next call reads as a line: `%esi` for a
+/// function taking `(file, line, ...)`, any argument register but the first for a printing
+/// function. This is how `might_sleep()` and `printk("%d", __LINE__)` show up when lines are
+/// added above a function: `be 2a 00 00 00` (`mov $0x2a, %esi`) becomes `be 2d 00 00 00`.
+/// A constant in any other instruction, or in a register the call does not take as the
+/// line (`mov $0x8, %edx` before `__might_sleep`), is a real change.
 fn line_shifts(
     patched: &Object,
     orig_bytes: &[u8],
@@ -373,57 +376,91 @@ fn line_shifts(
     relocations: &[Relocation],
     base: u64,
 ) -> Option<Vec<LineShift>> {
-    // The first call after `position` to a function known to take a line, if any.
-    let next_line_call = |position: usize| {
+    use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+    let decode = |bytes: &[u8]| -> Vec<Instruction> {
+        let mut decoder = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+        let mut out = Vec::new();
+        while decoder.can_decode() {
+            out.push(decoder.decode());
+        }
+        out
+    };
+    let orig_code = decode(orig_bytes);
+    let patched_code = decode(patched_bytes);
+    if orig_code.len() != patched_code.len() {
+        return None;
+    }
+    // The function a call at `instruction` reaches, by the relocation of its displacement.
+    let callee = |instruction: &Instruction| {
+        let field = base + instruction.ip() + 1;
         relocations
             .iter()
-            .filter(|r| r.offset - base > position as u64)
-            .find_map(|r| {
-                let name = patched.symbol(r.symbol).name.as_str();
-                if FILE_LINE_FUNCTIONS.contains(&name) {
-                    Some(true)
-                } else if PRINTING_FUNCTIONS.contains(&name) {
-                    Some(false)
-                } else {
-                    None
-                }
-            })
+            .find(|r| r.offset == field)
+            .map(|r| patched.symbol(r.symbol).name.as_str())
     };
-    let covered_by_relocation = |start: usize, end: usize| {
+    let covered_by_relocation = |start: u64, end: u64| {
         relocations.iter().any(|r| {
-            let field = (r.offset - base) as usize;
+            let field = r.offset - base;
             field < end && field + 4 > start
         })
     };
-    let immediate = |bytes: &[u8], at: usize| {
-        bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
     let mut shifts = Vec::new();
-    let mut index = 0;
-    while index < orig_bytes.len() {
-        if orig_bytes[index] == patched_bytes[index] {
-            index += 1;
+    for (index, (old, new)) in orig_code.iter().zip(&patched_code).enumerate() {
+        let range = old.ip() as usize..old.next_ip() as usize;
+        if orig_bytes.get(range.clone()) == patched_bytes.get(range) {
             continue;
         }
-        let opcode = (index.saturating_sub(4)..index).find(|&p| {
-            (0xb8..=0xbf).contains(&orig_bytes[p])
-                && orig_bytes[p] == patched_bytes[p]
-                && p + 5 > index
-                && p + 5 <= orig_bytes.len()
-        })?;
-        let old = immediate(orig_bytes, opcode + 1)?;
-        let new = immediate(patched_bytes, opcode + 1)?;
-        if old >= 1 << 20 || new >= 1 << 20 || covered_by_relocation(opcode + 1, opcode + 5) {
+        let is_mov_immediate = |i: &Instruction| {
+            matches!(
+                i.code(),
+                Code::Mov_r32_imm32 | Code::Mov_rm32_imm32 | Code::Mov_rm64_imm32
+            ) && i.op0_kind() == OpKind::Register
+        };
+        if !is_mov_immediate(old)
+            || new.code() != old.code()
+            || new.op0_register() != old.op0_register()
+            || new.len() != old.len()
+        {
             return None;
         }
-        let certain = next_line_call(opcode)?;
+        let (old_value, new_value) = (old.immediate32(), new.immediate32());
+        if old_value >= 1 << 20
+            || new_value >= 1 << 20
+            || covered_by_relocation(old.ip(), old.next_ip())
+        {
+            return None;
+        }
+        let register = old.op0_register().full_register();
+        // The next call, with nothing in between writing the register again.
+        let mut certain = None;
+        for later in &patched_code[index + 1..] {
+            // A sibling call (`jmp _printk`) passes its arguments like a call.
+            if matches!(later.mnemonic(), Mnemonic::Call | Mnemonic::Jmp) {
+                let name = callee(later)?;
+                certain = if FILE_LINE_FUNCTIONS.contains(&name) {
+                    (register == Register::RSI).then_some(true)
+                } else if PRINTING_FUNCTIONS.contains(&name) {
+                    matches!(
+                        register,
+                        Register::RSI | Register::RDX | Register::RCX | Register::R8 | Register::R9
+                    )
+                    .then_some(false)
+                } else {
+                    None
+                };
+                break;
+            }
+            if later.op0_kind() == OpKind::Register
+                && later.op0_register().full_register() == register
+            {
+                return None;
+            }
+        }
         shifts.push(LineShift {
-            delta: i64::from(new) - i64::from(old),
-            certain,
+            delta: i64::from(new_value) - i64::from(old_value),
+            certain: certain?,
         });
-        index = opcode + 5;
     }
     Some(shifts)
 }

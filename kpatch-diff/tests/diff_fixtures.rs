@@ -623,3 +623,14 @@ fn a_rip_relative_field_before_an_immediate_reaches_its_own_variable() {
         "the field is limit's, not spare's: {names:?}"
     );
 }
+
+#[test]
+fn a_constant_beside_a_moved_line_is_a_change() {
+    check(
+        "line_constant",
+        Expect {
+            changed: &["sleepy"],
+            ..NOTHING
+        },
+    );
+}
