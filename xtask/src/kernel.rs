@@ -41,10 +41,16 @@ pub const RUST_PRE_FIX_FRAGMENT: &str = "fixtures/kernel-config/rust-pre-fix.con
 /// The project's own test modules, put into every test kernel's tree so that `kpatch-rs build`
 /// can patch them like any module of the kernel: (project path, path in the tree). Kbuild
 /// builds them as modules under `samples/` (`CONFIG_SAMPLES`).
-pub const TEST_MODULES: &[(&str, &str)] = &[(
-    "fixtures/race-stress/race_target.c",
-    "samples/kpatch-rs/race_target.c",
-)];
+pub const TEST_MODULES: &[(&str, &str)] = &[
+    (
+        "fixtures/race-stress/race_target.c",
+        "samples/kpatch-rs/race_target.c",
+    ),
+    (
+        "fixtures/test-modules/keyed_target.c",
+        "samples/kpatch-rs/keyed_target.c",
+    ),
+];
 
 /// The kernel patch that makes `klp_module_coming()`/`klp_module_going()` call the Rust core.
 pub const RUST_CORE_PATCH: &str = "core-patch/kernel/livepatch-rust-core.patch";
