@@ -1,0 +1,183 @@
+//! The compile phase: the touched units built twice by Kbuild, from the user's tree and from
+//! the patched one, each into its cached `O=` directory, in parallel. A header change first
+//! needs the units that include it, from the `.cmd` files of a built original tree.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::inputs::{read_file, Inputs};
+use super::kbuild::KernelBuild;
+use super::module;
+use super::units::{self, TargetError};
+use super::{BuildError, BuildOptions};
+
+/// What the compile phase hands on: both builds and the units compiled in each.
+#[derive(Debug)]
+pub struct Compiled {
+    pub original: KernelBuild,
+    pub patched: KernelBuild,
+    /// The units, as object paths relative to the tree (`fs/proc/cmdline.o`).
+    pub units: Vec<PathBuf>,
+}
+
+/// Builds the touched units of both trees.
+pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, BuildError> {
+    let jobs_each = (options.jobs / 2).max(1);
+    let original_build = KernelBuild {
+        source: options.sourcedir.clone(),
+        output: inputs.cache.join("original"),
+        jobs: jobs_each,
+        log: inputs.cache.join("original.log"),
+        release: inputs.release.clone(),
+        make_vars: options.make_vars.clone(),
+    };
+    let patched_build = KernelBuild {
+        source: inputs.patched_source(),
+        output: inputs.cache.join("patched"),
+        jobs: jobs_each,
+        log: inputs.cache.join("patched.log"),
+        release: inputs.release.clone(),
+        make_vars: options.make_vars.clone(),
+    };
+    let touched_files = &inputs.touched;
+    // A header change needs the dependency lists of a built original tree: the one beside the
+    // symbols when it is a Kbuild build directory, else kpatch-rs's own original build
+    // directory, built in full once and kept in the cache.
+    let needs_reference = touched_files
+        .iter()
+        .any(|file| file.extension().and_then(|e| e.to_str()) != Some("c"));
+    let given_reference = options.symbols.reference_build().to_path_buf();
+    let reference = if !needs_reference || has_cmd_files(&given_reference) {
+        given_reference
+    } else {
+        original_build.prepare(&options.config)?;
+        if !has_cmd_files(&original_build.output) {
+            eprintln!(
+                "kpatch-rs: a header changed and {} has no .cmd files; building the original \
+                 tree once (kept in {}, log {})",
+                given_reference.display(),
+                original_build.output.display(),
+                original_build.log.display()
+            );
+            let whole = KernelBuild {
+                jobs: options.jobs.max(1),
+                ..original_build.clone()
+            };
+            whole.build_all("building the original tree once for header dependencies")?;
+        }
+        original_build.output.clone()
+    };
+    let objects = units_to_build(options, touched_files, &reference)?;
+    let include_flag = format!("-I{}", write_headers(&inputs.cache)?.display());
+    let (original_result, patched_result) = std::thread::scope(|scope| {
+        let original = scope.spawn(|| {
+            original_build.prepare(&options.config)?;
+            original_build.build_objects("building original objects", &objects, &include_flag)
+        });
+        let patched = scope.spawn(|| {
+            patched_build.prepare(&options.config)?;
+            patched_build.build_objects("building patched objects", &objects, &include_flag)
+        });
+        (original.join(), patched.join())
+    });
+    let thread_error = || BuildError::Module("a build thread panicked".to_string());
+    original_result.map_err(|_| thread_error())??;
+    patched_result.map_err(|_| thread_error())??;
+    if let Err(error) = check_config_kept(&options.config, &original_build.output.join(".config")) {
+        // The next run must configure again, once the missing tool is there.
+        for build in [&original_build, &patched_build] {
+            let _ = fs::remove_file(build.output.join(".kpatch-prepared"));
+        }
+        return Err(error);
+    }
+    Ok(Compiled {
+        original: original_build,
+        patched: patched_build,
+        units: objects,
+    })
+}
+
+/// Whether `build` is a Kbuild output directory whose `.cmd` files list dependencies.
+fn has_cmd_files(build: &Path) -> bool {
+    build.join(".vmlinux.cmd").is_file()
+}
+
+/// The units to build for the touched files: a `.c` is one object, a header every object
+/// whose dependency list in `reference` (a built tree of the original source) names it.
+fn units_to_build(
+    options: &BuildOptions,
+    touched: &[PathBuf],
+    reference: &Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let mut objects = Vec::new();
+    for file in touched {
+        if file.extension().and_then(|e| e.to_str()) == Some("c") {
+            objects.push(units::unit_of_c_file(&options.sourcedir, file));
+            continue;
+        }
+        // Kbuild records a header by the source path make was given; try it as given and
+        // with symlinks resolved.
+        let mut dependents = units::objects_including(reference, &options.sourcedir.join(file))?;
+        if dependents.is_empty() {
+            if let Ok(canonical) = fs::canonicalize(options.sourcedir.join(file)) {
+                dependents = units::objects_including(reference, &canonical)?;
+            }
+        }
+        if dependents.is_empty() {
+            return Err(TargetError::UnusedHeader {
+                header: file.display().to_string(),
+            }
+            .into());
+        }
+        objects.extend(dependents);
+    }
+    objects.sort();
+    objects.dedup();
+    Ok(objects)
+}
+
+/// Refuses a build whose configuration lost options on the way through `olddefconfig`: an
+/// option whose dependency this machine cannot meet (`DEBUG_INFO_BTF` without pahole) is
+/// dropped silently, and changes the layout of `struct module` and others, so the running
+/// kernel would refuse the module or misread it.
+fn check_config_kept(given: &Path, used: &Path) -> Result<(), BuildError> {
+    let enabled = |path: &Path| -> Result<std::collections::BTreeSet<String>, BuildError> {
+        let text = read_file(path, "kernel config", "pass --config")?;
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|line| line.ends_with("=y") || line.ends_with("=m"))
+            .map(str::to_string)
+            .collect())
+    };
+    let used_options = enabled(used)?;
+    let dropped: Vec<String> = enabled(given)?
+        .into_iter()
+        .filter(|option| !used_options.contains(option))
+        .collect();
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    Err(BuildError::Input(format!(
+        "the kernel config cannot be reproduced on this machine: olddefconfig dropped {}; \
+         install what they depend on (CONFIG_DEBUG_INFO_BTF needs pahole from the dwarves \
+         package, CONFIG_RUST needs rustc and bindgen) or the module will not match the \
+         running kernel",
+        dropped.join(", ")
+    )))
+}
+
+/// Writes the patch-author headers where patched sources can include them.
+fn write_headers(cache: &Path) -> Result<PathBuf, BuildError> {
+    let include = cache.join("include");
+    let write = |name: &str, text: &str| {
+        let path = include.join(name);
+        path.parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|_| fs::write(&path, text))
+            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))
+    };
+    write("kpatch-macros.h", module::KPATCH_MACROS_H)?;
+    write("kpatch-syscall.h", module::KPATCH_SYSCALL_H)?;
+    write("linux/livepatch_helpers.h", module::LIVEPATCH_HELPERS_H)?;
+    Ok(include)
+}

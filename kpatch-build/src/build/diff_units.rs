@@ -1,0 +1,146 @@
+//! The diff phase: each unit's original and patched objects compared by `kpatch_diff`, in
+//! parallel, and the verdicts gathered: any refusal stops the build (exit 2) with all of
+//! them, and a build whose units all came out unchanged is no change (exit 3).
+
+use std::fs;
+use std::path::PathBuf;
+
+use kpatch_diff::compare::Refusal;
+use kpatch_diff::elf::Binding;
+use kpatch_diff::report::{Outcome, Report};
+use kpatch_diff::{DiffOutput, Pair};
+
+use super::compile::Compiled;
+use super::inputs::read_file;
+use super::module::Target;
+use super::resolve::Exports;
+use super::units;
+use super::BuildError;
+
+/// One unit's diff, with what the later phases need of it.
+#[derive(Debug)]
+pub struct DiffedUnit {
+    /// The unit's object, relative to the tree (`fs/proc/cmdline.o`).
+    pub name: String,
+    /// The klp object it belongs to.
+    pub target: Target,
+    /// The original object's bytes.
+    pub orig: Vec<u8>,
+    pub output: DiffOutput,
+}
+
+/// Reads each unit's object pair and diffs them all.
+pub fn diff_units(compiled: &Compiled) -> Result<Vec<DiffedUnit>, BuildError> {
+    let mut inputs = Vec::new();
+    for object in &compiled.units {
+        let orig_name = format!("{} (original)", object.display());
+        let cmd = fs::read_to_string(units::cmd_file(&compiled.original.output, object))
+            .unwrap_or_default();
+        let target = units::attribute(&cmd);
+        let orig = read_file(
+            &compiled.original.output.join(object),
+            "object",
+            "see the build log",
+        )?;
+        let patched = read_file(
+            &compiled.patched.output.join(object),
+            "object",
+            "see the build log",
+        )?;
+        inputs.push((
+            object.display().to_string(),
+            orig_name,
+            target,
+            orig,
+            patched,
+        ));
+    }
+    let pairs: Vec<Pair<'_>> = inputs
+        .iter()
+        .map(|(name, orig_name, target, orig, patched)| Pair {
+            name,
+            orig_name,
+            orig,
+            patched,
+            target: target.klp_name(),
+        })
+        .collect();
+    let results = kpatch_diff::diff_all(&pairs);
+    let mut diffed = Vec::new();
+    for (result, (name, _, target, orig, _)) in results.into_iter().zip(inputs) {
+        let output = result.map_err(|e| BuildError::Diff(e.to_string()))?;
+        diffed.push(DiffedUnit {
+            name,
+            target,
+            orig,
+            output,
+        });
+    }
+    Ok(diffed)
+}
+
+/// The verdict over all units: every refusal, the diff's own and those only the exports can
+/// tell ([`unreachable_keys`]); else no change when no unit has an output object.
+pub fn judge(units: &[DiffedUnit], exports: &Exports, built: &[PathBuf]) -> Result<(), BuildError> {
+    let mut refusals = Vec::new();
+    for unit in units {
+        match unit.output.report.outcome {
+            Outcome::Unpatchable => refusals.extend(unit.output.report.refusals.iter().cloned()),
+            Outcome::NoChange => {}
+            Outcome::Changed => refusals.extend(unreachable_keys(&unit.output.report, exports)),
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(BuildError::Unpatchable { refusals });
+    }
+    if units.iter().all(|unit| unit.output.object.is_none()) {
+        let mut why: Vec<String> = units
+            .iter()
+            .flat_map(|unit| {
+                unit.output
+                    .report
+                    .left_out
+                    .iter()
+                    .map(move |reason| format!("{}: {reason}", unit.name))
+            })
+            .collect();
+        if why.is_empty() {
+            why = built.iter().map(|o| o.display().to_string()).collect();
+        }
+        return Err(BuildError::NoChange {
+            objects: why.join("; "),
+        });
+    }
+    Ok(())
+}
+
+/// The jump labels of a module klp object that the kernel could not read: the module loader
+/// reads the livepatch module's `__jump_table` while it loads, and a key that only a
+/// livepatch relocation reaches is resolved later, when the target module comes (see
+/// `kpatch_diff::include`). Only a key exported by vmlinux, reached through a normal
+/// relocation, is there in time.
+pub fn unreachable_keys(report: &Report, exports: &Exports) -> Vec<Refusal> {
+    report
+        .module_keys
+        .iter()
+        .filter(|use_| {
+            let local = report
+                .references
+                .iter()
+                .any(|r| r.name == use_.key && r.binding == Some(Binding::Local));
+            local || exports.exporter(&use_.key) != Some("vmlinux")
+        })
+        .map(|use_| Refusal {
+            object: report.object.clone(),
+            section: use_.section.clone(),
+            symbol: use_.key.clone(),
+            reason: format!(
+                "the jump label at {}+{:#x} uses static key {} of {}, which only a livepatch \
+                 relocation reaches, and the kernel reads {} when the livepatch module loads, \
+                 before that relocation is applied; test the key with static_key_enabled() in \
+                 the patch instead of static_branch_*()",
+                use_.function, use_.offset, use_.key, report.target, use_.section
+            ),
+        })
+        .collect()
+}

@@ -1,0 +1,235 @@
+//! The inputs phase: every argument checked before any work, so that a wrong one fails in
+//! milliseconds with what to pass instead; the files the patches touch; the cache entry for
+//! this (source, config, compiler, make variables), locked for the build; the release string
+//! Kbuild builds with.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::kbuild;
+use super::units;
+use super::{BuildError, BuildOptions, SymbolSource};
+
+/// What the inputs phase hands on.
+#[derive(Debug)]
+pub struct Inputs {
+    /// The files the patches touch, relative to the tree.
+    pub touched: Vec<PathBuf>,
+    /// This build's cache entry.
+    pub cache: PathBuf,
+    /// The log of the patched tree's preparation.
+    pub log: PathBuf,
+    /// `KERNELRELEASE` for every make run, when known.
+    pub release: Option<String>,
+    /// One build at a time per cache entry: two builds would patch the same tree. Held until
+    /// the value is dropped, at the end of the build.
+    _lock: fs::File,
+}
+
+impl Inputs {
+    /// Where the patched tree (a hard-linked copy of the source) lives.
+    pub fn patched_source(&self) -> PathBuf {
+        self.cache.join("patched-source")
+    }
+}
+
+/// The options with every path absolute: make runs in other directories (`-C`, `O=`, `M=`).
+pub fn absolute(options: &BuildOptions) -> BuildOptions {
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    BuildOptions {
+        sourcedir: absolute(&options.sourcedir),
+        config: absolute(&options.config),
+        symbols: match &options.symbols {
+            SymbolSource::Vmlinux(path) => SymbolSource::Vmlinux(absolute(path)),
+            SymbolSource::SystemMap(path) => SymbolSource::SystemMap(absolute(path)),
+        },
+        modules: options.modules.as_deref().map(absolute),
+        symvers: absolute(&options.symvers),
+        output: absolute(&options.output),
+        patches: options.patches.iter().map(|p| absolute(p)).collect(),
+        cache: absolute(&options.cache),
+        ..options.clone()
+    }
+}
+
+/// Checks the inputs and takes this build's cache entry.
+pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
+    check_inputs(options)?;
+    let touched = touched_files(options)?;
+    let key = cache_key(options)?;
+    let cache = options.cache.join(&key);
+    fs::create_dir_all(&cache)
+        .map_err(|e| BuildError::Input(format!("cannot create cache {}: {e}", cache.display())))?;
+    let lock_path = cache.join("lock");
+    let lock = fs::File::create(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|e| BuildError::Input(format!("cannot lock {}: {e}", lock_path.display())))?;
+    let log = cache.join("build.log");
+    let _ = fs::remove_file(&log);
+    let release = kernel_release(options)?;
+    Ok(Inputs {
+        touched,
+        cache,
+        log,
+        release,
+        _lock: lock,
+    })
+}
+
+/// Reads a file the build needs; the error says which and what to pass instead.
+pub(super) fn read_file(path: &Path, what: &str, hint: &str) -> Result<Vec<u8>, BuildError> {
+    fs::read(path).map_err(|e| {
+        BuildError::Input(format!(
+            "cannot read {what} {}: {e}; {hint}",
+            path.display()
+        ))
+    })
+}
+
+/// The arguments, checked before any work.
+fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
+    let source = &options.sourcedir;
+    if !source.join("Makefile").is_file() || !source.join("kernel").is_dir() {
+        return Err(BuildError::Input(format!(
+            "{} is not a kernel source tree (no Makefile and kernel/); pass the kernel's source \
+             with --sourcedir",
+            source.display()
+        )));
+    }
+    if source.join(".config").exists() || source.join("include/config").exists() {
+        return Err(BuildError::Input(format!(
+            "{} is configured in place (it has .config or include/config); kpatch-rs builds out \
+             of tree and needs a clean source tree: pass a clean copy with --sourcedir and the \
+             configuration with --config",
+            source.display()
+        )));
+    }
+    let config = read_file(
+        &options.config,
+        "kernel config",
+        "pass the running kernel's config with --config",
+    )?;
+    let config = String::from_utf8_lossy(&config);
+    if !config
+        .lines()
+        .any(|line| line.trim() == "CONFIG_LIVEPATCH=y")
+    {
+        return Err(BuildError::Input(format!(
+            "kernel config {} does not enable CONFIG_LIVEPATCH: that kernel cannot load \
+             livepatches; rebuild it with CONFIG_LIVEPATCH=y or pass the right --config",
+            options.config.display()
+        )));
+    }
+    if !options.symbols.path().is_file() {
+        return Err(BuildError::Input(format!(
+            "{} does not exist; pass the running kernel's vmlinux (with symbols) with \
+             --vmlinux, or its System.map with --system-map",
+            options.symbols.path().display()
+        )));
+    }
+    if !options.symvers.is_file() {
+        return Err(BuildError::Input(format!(
+            "Module.symvers {} does not exist; pass the kernel's Module.symvers with --symvers",
+            options.symvers.display()
+        )));
+    }
+    if options.patches.is_empty() {
+        return Err(BuildError::Input(
+            "no patch given; pass one or more patch files".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The files the patches touch, relative to the tree.
+fn touched_files(options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
+    let mut touched = Vec::new();
+    for patch in &options.patches {
+        let text = read_file(patch, "patch", "pass an existing patch file")?;
+        let text = String::from_utf8_lossy(&text);
+        touched.extend(units::touched_files(&patch.display().to_string(), &text)?);
+    }
+    Ok(touched)
+}
+
+/// The cache directory for this (source, config, compiler, make variables).
+fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
+    let source = fs::canonicalize(&options.sourcedir).map_err(|e| {
+        BuildError::Input(format!(
+            "cannot resolve {}: {e}",
+            options.sourcedir.display()
+        ))
+    })?;
+    let config = read_file(&options.config, "kernel config", "pass --config")?;
+    let compiler = kbuild::compiler_version()?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        source.to_string_lossy().as_bytes(),
+        &config,
+        compiler.as_bytes(),
+        options.make_vars.join("\n").as_bytes(),
+    ] {
+        for &byte in part.iter().chain(std::iter::once(&0u8)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// The release string Kbuild builds with: `--kernel-release`, else the
+/// `include/config/kernel.release` of the headers directory `--symvers` lies in. It must
+/// start with the source tree's version, or the module would be built for another kernel.
+fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> {
+    let release = match &options.kernel_release {
+        Some(release) => Some(release.clone()),
+        None => options
+            .symvers
+            .parent()
+            .map(|headers| headers.join("include/config/kernel.release"))
+            .and_then(|path| fs::read_to_string(path).ok())
+            .map(|text| text.trim().to_string())
+            .filter(|release| !release.is_empty()),
+    };
+    let Some(release) = release else {
+        return Ok(None);
+    };
+    let makefile = read_file(
+        &options.sourcedir.join("Makefile"),
+        "kernel Makefile",
+        "pass a kernel source tree with --sourcedir",
+    )?;
+    let makefile = String::from_utf8_lossy(&makefile);
+    let field = |key: &str| {
+        makefile
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(key)?
+                    .trim()
+                    .strip_prefix('=')
+                    .map(str::trim)
+            })
+            .unwrap_or("")
+            .to_string()
+    };
+    let version = format!(
+        "{}.{}.{}",
+        field("VERSION"),
+        field("PATCHLEVEL"),
+        field("SUBLEVEL")
+    );
+    let after = release.strip_prefix(&version);
+    if after.is_none_or(|rest| rest.starts_with(|c: char| c.is_ascii_digit())) {
+        return Err(BuildError::Input(format!(
+            "kernel release {release} is not of the source tree's version {version}: pass the \
+             source the running kernel was built from, or its release with --kernel-release"
+        )));
+    }
+    if release.chars().any(|c| c.is_whitespace() || c == '\'') {
+        return Err(BuildError::Input(format!(
+            "kernel release {release:?} has white space or quotes; pass `uname -r` of the \
+             running kernel with --kernel-release"
+        )));
+    }
+    Ok(Some(release))
+}

@@ -1,0 +1,180 @@
+//! The linkable-objects and link phases: each diff output made linkable (its replacements
+//! paired with what they replace, callbacks read, livepatch references turned into records),
+//! then the module source generated, compiled and linked with them by Kbuild.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::compile::Compiled;
+use super::inputs::read_file;
+use super::kbuild::{self, KernelBuild};
+use super::klp_records;
+use super::module::{self, KlpFunction, KlpObject, Target};
+use super::prepare;
+use super::references::Resolved;
+use super::{BuildError, ObjectSummary};
+
+/// What the linkable phase hands on.
+#[derive(Debug)]
+pub struct Linkable {
+    /// The prepared objects, in unit order.
+    pub objects: Vec<PathBuf>,
+    /// One klp object per target, vmlinux first.
+    pub klp_objects: Vec<KlpObject>,
+    /// Per unit, for the report.
+    pub summaries: Vec<ObjectSummary>,
+}
+
+/// Makes each unit's output linkable into `module_dir` and gathers the klp objects.
+pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, BuildError> {
+    let _ = fs::remove_dir_all(module_dir);
+    fs::create_dir_all(module_dir)
+        .map_err(|e| BuildError::Module(format!("cannot create {}: {e}", module_dir.display())))?;
+    let mut klp_objects: BTreeMap<Target, KlpObject> = BTreeMap::new();
+    let mut objects = Vec::new();
+    let mut summaries = Vec::new();
+    for (index, (unit, links)) in resolved.units.into_iter().enumerate() {
+        let summary = ObjectSummary {
+            object: unit.name.clone(),
+            target: unit.target.klp_name().to_string(),
+            diff: unit.output.report.clone(),
+        };
+        let (Some(object_bytes), Some(links)) = (&unit.output.object, links) else {
+            summaries.push(summary);
+            continue;
+        };
+        let name = &unit.name;
+        let prepared = prepare::prepare_object(name, object_bytes, &unit.output.report)
+            .map_err(|e| BuildError::Module(e.to_string()))?;
+        let (linkable, _) =
+            klp_records::convert_references(name, &prepared.object, &links.klp_names)
+                .map_err(|e| BuildError::Module(e.to_string()))?;
+        let path = module_dir.join(format!("patched-{index}.o"));
+        fs::write(&path, &linkable)
+            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))?;
+        objects.push(path);
+
+        let target = unit.target.clone();
+        let klp_object = klp_objects
+            .entry(target.clone())
+            .or_insert_with(|| KlpObject {
+                target,
+                functions: Vec::new(),
+                callbacks: Default::default(),
+            });
+        for (old_name, alias) in prepared.functions {
+            let sympos = links
+                .replaced_sympos
+                .get(&old_name)
+                .copied()
+                .ok_or_else(|| {
+                    BuildError::Module(format!("{name}: no sympos was resolved for {old_name}"))
+                })?;
+            klp_object.functions.push(KlpFunction {
+                old_name,
+                old_sympos: sympos,
+                new_symbol: alias,
+            });
+        }
+        klp_object.callbacks.merge(prepared.callbacks);
+        summaries.push(summary);
+    }
+    // New functions that no changed function calls never run: a module of them alone would
+    // patch nothing (and the kernel would load it for no effect).
+    if klp_objects
+        .values()
+        .all(|object| object.functions.is_empty() && object.callbacks.is_empty())
+    {
+        let new: Vec<String> = summaries
+            .iter()
+            .flat_map(|summary| {
+                summary
+                    .diff
+                    .functions
+                    .iter()
+                    .map(move |f| format!("{}: {}", summary.object, f.name))
+            })
+            .collect();
+        return Err(BuildError::NoChange {
+            objects: format!("only new functions that nothing calls ({})", new.join(", ")),
+        });
+    }
+    Ok(Linkable {
+        objects,
+        klp_objects: klp_objects.into_values().collect(),
+        summaries,
+    })
+}
+
+/// Renders the module source and links the module; returns the `.ko`'s bytes.
+pub fn link(
+    compiled: &Compiled,
+    livepatch: &module::LivepatchModule,
+    symvers: &[u8],
+    module_dir: &Path,
+    objects: &[PathBuf],
+) -> Result<Vec<u8>, BuildError> {
+    let source = module::render_source(livepatch).map_err(|e| BuildError::Module(e.to_string()))?;
+    // External modules resolve exported symbols from the build directory's Module.symvers.
+    let symvers_copy = compiled.original.output.join("Module.symvers");
+    fs::write(&symvers_copy, symvers)
+        .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", symvers_copy.display())))?;
+    link_module(
+        &compiled.original,
+        module_dir,
+        &livepatch.name,
+        &source,
+        objects,
+    )
+}
+
+/// Compiles the generated source, links it with the prepared diff objects into one object,
+/// and lets Kbuild make the module from that object.
+///
+/// The module is built from one prebuilt object rather than as a composite of several,
+/// because Kbuild runs objtool over composite modules when the kernel has IBT, and objtool
+/// would meet the livepatch references that only exist as records at that point.
+fn link_module(
+    build: &KernelBuild,
+    module_dir: &Path,
+    module_name: &str,
+    source: &str,
+    patched_objects: &[PathBuf],
+) -> Result<Vec<u8>, BuildError> {
+    let write = |path: &Path, text: &str| {
+        fs::write(path, text)
+            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))
+    };
+    let main_dir = module_dir.join("main");
+    let link_dir = module_dir.join("link");
+    for dir in [&main_dir, &link_dir] {
+        fs::create_dir_all(dir)
+            .map_err(|e| BuildError::Module(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    write(&main_dir.join("livepatch-main.c"), source)?;
+    write(&main_dir.join("Kbuild"), "obj-m := livepatch-main.o\n")?;
+    build.build_external(
+        "compiling the livepatch module source",
+        &main_dir,
+        &["livepatch-main.o"],
+        "",
+    )?;
+    let mut inputs = vec![main_dir.join("livepatch-main.o")];
+    inputs.extend(patched_objects.iter().cloned());
+    let object = link_dir.join(format!("{module_name}.o"));
+    kbuild::link_relocatable(&object, &inputs, &build.log)?;
+    write(
+        &link_dir.join("Kbuild"),
+        &module::KBUILD_TEMPLATE.replace("@MODULE_NAME@", module_name),
+    )?;
+    // modpost reads an object's symbol CRCs from its `.cmd` file (with CONFIG_MODVERSIONS);
+    // the prebuilt object exports nothing, so an empty one says so.
+    write(&link_dir.join(format!(".{module_name}.o.cmd")), "")?;
+    build.build_external("building the livepatch module", &link_dir, &["modules"], "")?;
+    read_file(
+        &link_dir.join(format!("{module_name}.ko")),
+        "module",
+        "see the build log",
+    )
+}
