@@ -58,7 +58,8 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
     patched.name = pair.name.to_string();
     let twins = correlate::correlate(&orig, &patched);
     let mut comparison = compare::compare(&orig, &patched, &twins);
-    let ignored = ignore_by_author(&patched, &mut comparison);
+    let mut ignored = ignore_by_author(&patched, &mut comparison);
+    ignored.extend(changed_boot_data(&orig, &patched, &twins));
 
     let mut functions = Vec::new();
     let mut line_only = Vec::new();
@@ -268,6 +269,48 @@ fn ignore_by_author(patched: &Object, comparison: &mut compare::Comparison) -> V
             verdict.status = Status::Same;
             verdict.line_only = false;
             comparison.status.insert(verdict.patched, Status::Same);
+        }
+    }
+    left_out
+}
+
+/// Boot-time data (`__initdata`, `__initconst`: a DMI quirk table, a command-line default)
+/// whose contents changed: used only while the kernel or the module initialises, so no
+/// livepatch can carry the change, and a patch whose only change is there changes nothing.
+/// Named in the report so that the no-change verdict says why.
+fn changed_boot_data(orig: &Object, patched: &Object, twins: &correlate::Twins) -> Vec<String> {
+    let mut left_out = Vec::new();
+    for symbol in patched
+        .symbols
+        .iter()
+        .filter(|s| s.kind == SymbolKind::Object)
+    {
+        let Some(section) = symbol.section().map(|s| patched.section(s)) else {
+            continue;
+        };
+        if !section.name.starts_with(".init.") {
+            continue;
+        }
+        let bytes = |object: &Object, symbol: &elf::Symbol| {
+            let section = symbol.section().map(|s| object.section(s))?;
+            let start = usize::try_from(symbol.value).ok()?;
+            let end = start.checked_add(usize::try_from(symbol.size).ok()?)?;
+            section.data.get(start..end).map(<[u8]>::to_vec)
+        };
+        let twin = twins
+            .symbol(symbol.id)
+            .map(|o| orig.symbol(o))
+            .filter(|o| o.section().is_some());
+        let changed = match twin {
+            None => false,
+            Some(o) => o.size != symbol.size || bytes(orig, o) != bytes(patched, symbol),
+        };
+        if changed {
+            left_out.push(format!(
+                "changed boot-time data {} in {}, used only while the kernel or the module \
+                 initialises",
+                symbol.name, section.name
+            ));
         }
     }
     left_out

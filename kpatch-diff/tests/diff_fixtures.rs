@@ -634,3 +634,20 @@ fn a_constant_beside_a_moved_line_is_a_change() {
         },
     );
 }
+
+#[test]
+fn changed_boot_time_data_is_no_change_and_says_why() {
+    let Some(result) = checked_diff(
+        "init_data",
+        Expect {
+            outcome: Outcome::NoChange,
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    assert_eq!(
+        result.report.left_out,
+        ["changed boot-time data quirks in .init.rodata, used only while the kernel or the module initialises"]
+    );
+}
