@@ -900,11 +900,7 @@ fn unpaired_static_locals(orig: &Object, patched: &Object, twins: &Twins) -> Vec
         // The kernel's own per-site statics whose loss costs nothing: once-only flags
         // (`WARN_ONCE`, `RCU_LOCKDEP_WARN`, `printk_once`), lockdep class keys (a new one is a
         // new lock class to lockdep only) and ratelimit states.
-        let base = symbol.name.split('.').next().unwrap_or("");
-        let harmless = matches!(
-            base,
-            "__already_done" | "__warned" | "__print_once" | "__key" | "_rs"
-        );
+        let harmless = special_sections::is_disposable_static_local(&symbol.name);
         if !writable
             || harmless
             || special_sections::is_special(&section.name)

@@ -159,6 +159,8 @@ impl Closure<'_> {
                 // sections the kernel reads before those are applied (`__dyndbg`).
                 status == Some(Status::New)
                     || special_sections::is_dyndbg(&self.patched.section(section).name)
+                    || (sym.binding == Binding::Local
+                        && special_sections::is_disposable_static_local(&sym.name))
                     || (read_only
                         && (status == Some(Status::Changed)
                             || (sym.binding == Binding::Local && is_compiler_constant(&sym.name))))

@@ -160,3 +160,16 @@ pub fn is_special(section_name: &str) -> bool {
         || is_dyndbg(section_name)
         || is_dropped(section_name)
 }
+
+/// The kernel's own per-site static locals whose value no one depends on: once-only flags
+/// (`WARN_ONCE`, `RCU_LOCKDEP_WARN`, `printk_once`), lockdep class keys (a new one is a new
+/// lock class to lockdep only) and ratelimit states. A patch may take fresh copies of them
+/// instead of reaching the running kernel's (the worst it costs is one more warning), which
+/// spares the search for a name that a module without file symbols defines many times.
+pub fn is_disposable_static_local(name: &str) -> bool {
+    let base = name.split('.').next().unwrap_or("");
+    matches!(
+        base,
+        "__already_done" | "__warned" | "__print_once" | "__key" | "_rs"
+    ) && name.len() > base.len()
+}

@@ -651,3 +651,31 @@ fn changed_boot_time_data_is_no_change_and_says_why() {
         ["changed boot-time data quirks in .init.rodata, used only while the kernel or the module initialises"]
     );
 }
+
+#[test]
+fn a_once_only_flag_is_copied_not_reached() {
+    let Some(result) = checked_diff(
+        "once_flag",
+        Expect {
+            changed: &["report_once"],
+            data: &["__already_done.0"],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    assert!(
+        result
+            .report
+            .data
+            .iter()
+            .any(|d| d.starts_with("__already_done.")),
+        "{:?}",
+        result.report.data
+    );
+    assert!(!result
+        .report
+        .references
+        .iter()
+        .any(|r| r.name.starts_with("__already_done")));
+}
