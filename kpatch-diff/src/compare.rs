@@ -590,8 +590,13 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
                     )
                 } else {
                     format!(
-                        "data symbol {} in section {} changed its initial value",
-                        symbol.name, section.name
+                        "data symbol {} in section {} changed its initial value ({}); the \
+                         running kernel's copy holds live state",
+                        symbol.name,
+                        section.name,
+                        comparer
+                            .explain(orig_id, symbol.id)
+                            .replace("code differs", "contents differ")
                     )
                 };
                 refuse(&mut refusals, &section.name, &symbol.name, reason);
