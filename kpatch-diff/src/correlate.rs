@@ -391,7 +391,10 @@ fn pair_static_locals(
                     .map(|&r| match (patched_side, twins.symbol(r)) {
                         (false, _) => orig.symbol(r).name.clone(),
                         (true, Some(o)) => orig.symbol(o).name.clone(),
-                        (true, None) => format!("\0new {}", patched.symbol(r).name),
+                        // Not paired (yet): by its own name, which is what an unpaired
+                        // static local that refers to this one (a compound literal inside
+                        // another) still has in common with its original.
+                        (true, None) => patched.symbol(r).name.clone(),
                     })
                     .collect()
             })

@@ -679,3 +679,15 @@ fn a_once_only_flag_is_copied_not_reached() {
         .iter()
         .any(|r| r.name.starts_with("__already_done")));
 }
+
+#[test]
+fn compound_literals_that_refer_to_each_other_stay_paired() {
+    check(
+        "compound_literals",
+        Expect {
+            changed: &["dev_start"],
+            references: &["devs"],
+            ..NOTHING
+        },
+    );
+}
