@@ -20,6 +20,7 @@ mod qemu_test;
 mod race_stress;
 mod scenarios;
 mod selftests;
+mod stable_delta;
 
 use anyhow::{bail, Result};
 
@@ -38,6 +39,12 @@ commands:
   qemu-test run the livepatch selftests and tests/ scenarios in QEMU
             [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
             [--only selftests|scenarios]
+  stable-delta  --from A --to B: every .c file Debian's amd64 kernel compiles that changed
+            between two linux-source-6.12 versions (6.12.111 or 6.12.111-1~deb12u1), one
+            kpatch-rs build each for A's own kernel, each livepatch loaded in QEMU; results
+            in ~/.cache/kpatch-rs/stable-delta/runs/ and fixtures/stable-delta/
+            [--sample: the fixed list of fixtures/stable-delta/sample.txt] [--parallel N]
+            [--file PATH]... [--limit N] [--skip-guest] [--rebuild] [--report-only]
   fixtures  build the kernel object pairs of fixtures/kernel/*.patch for the diff tests
   race-stress  the founding race on a real kernel: M comes and goes while P3 is
             enabled and disabled [--core c|rust|rust-pre-fix] [--rounds N]
@@ -73,6 +80,7 @@ fn dispatch() -> Result<()> {
         "qemu-test" => qemu_test::run(rest),
         "fixtures" => fixtures::run(rest),
         "race-stress" => race_stress::run(rest),
+        "stable-delta" => stable_delta::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
