@@ -530,6 +530,23 @@ fn build_reason(exit: i32, stderr: &str) -> String {
             return format!("{side}: {}", line.trim());
         }
     }
+    // A failed Kbuild step other than the compile: the make error (modpost's ERROR line, the
+    // linker's message) says more than the command line.
+    if let Some(what) = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("error: ")
+                .and_then(|l| l.split_once(" failed: `"))
+        })
+        .map(|(what, _)| what.to_string())
+    {
+        let cause = stderr.lines().map(str::trim).find(|l| {
+            l.starts_with("ERROR: ") || l.contains(": error:") || l.contains("undefined reference")
+        });
+        if let Some(cause) = cause {
+            return format!("{what} failed: {}", tree_relative(cause));
+        }
+    }
     let message: Vec<&str> = stderr
         .lines()
         .map(str::trim)
@@ -852,40 +869,39 @@ echo "livepatch loaded, transition done, disabled, unloaded"
     )
 }
 
-/// The part of a lost guest's console log that shows why: from the first oops, BUG, warning
-/// or panic line after the livepatch was enabled.
-fn console_excerpt(console: &Path, kernel_name: &str) -> String {
+/// The part of a lost guest's console log that shows why: the lines before the panic (or
+/// the log's end), from the first relocation error, livepatch message, oops, BUG, warning or
+/// int3 among the 80 lines before it.
+fn console_excerpt(console: &Path) -> String {
     let text =
         String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).replace('\r', "");
     let lines: Vec<&str> = text.lines().collect();
-    let after = lines
+    let end = lines
         .iter()
-        .rposition(|l| l.contains(&format!("'{kernel_name}'")))
-        .unwrap_or(0);
+        .rposition(|l| l.contains("Kernel panic"))
+        .map_or(lines.len(), |p| p + 1);
+    let window = end.saturating_sub(80);
     let bad = |l: &&str| {
         [
+            "Invalid relocation",
+            "livepatch:",
             "Oops",
             "BUG:",
             "WARNING:",
             "general protection",
-            "Kernel panic",
             "int3",
         ]
         .iter()
         .any(|p| l.contains(p))
     };
-    let start = lines[after..]
+    let start = lines[window..end]
         .iter()
         .position(bad)
-        .map(|p| p + after)
-        .or_else(|| lines.iter().position(bad));
-    match start {
-        Some(start) => lines[start..lines.len().min(start + 45)].join("\n"),
-        None => lines[lines.len().saturating_sub(30)..].join("\n"),
-    }
+        .map_or(end.saturating_sub(30), |p| p + window);
+    lines[start..end.min(start + 60)].join("\n")
 }
 
-fn judge_guest(outcome: &crate::guest::Outcome, kernel_name: &str) -> GuestRecord {
+fn judge_guest(outcome: &crate::guest::Outcome) -> GuestRecord {
     let output = outcome.output.clone();
     let mut notes: Vec<String> = output
         .lines()
@@ -939,7 +955,7 @@ fn judge_guest(outcome: &crate::guest::Outcome, kernel_name: &str) -> GuestRecor
             let excerpt = outcome
                 .console_log
                 .as_deref()
-                .map(|c| console_excerpt(c, kernel_name))
+                .map(console_excerpt)
                 .unwrap_or_default();
             if excerpt.contains("int3") {
                 notes.push("int3 oops".to_string());
@@ -986,7 +1002,6 @@ fn run_guest_batch(
     let work = context.run.join("guest").join(format!("batch-{number:03}"));
     let rootfs = Rootfs::new(sh, &work.join("rootfs"))?;
     let mut jobs = Vec::new();
-    let mut names = Vec::new();
     let mut early = Vec::new();
     for row in batch {
         let Some(build) = &row.build else { continue };
@@ -1044,7 +1059,6 @@ fn run_guest_batch(
             command: "bash ./check.sh".to_string(),
             timeout: GUEST_TIMEOUT,
         });
-        names.push(build.kernel_name.clone());
     }
     let mut results = early;
     if jobs.is_empty() {
@@ -1064,8 +1078,8 @@ fn run_guest_batch(
         context.kernel.release
     );
     let outcomes = run_jobs(sh, &kernel, &rootfs, &jobs, &work.join("qemu"))?;
-    for (outcome, kernel_name) in outcomes.iter().zip(&names) {
-        results.push((outcome.name.clone(), judge_guest(outcome, kernel_name)));
+    for outcome in &outcomes {
+        results.push((outcome.name.clone(), judge_guest(outcome)));
     }
     // The rootfs is rebuilt for every batch; the logs stay.
     let _ = std::fs::remove_dir_all(work.join("rootfs"));
@@ -1073,6 +1087,11 @@ fn run_guest_batch(
 }
 
 fn classify(row: &mut Row) {
+    if let Some(build) = row.build.as_mut() {
+        if build.exit > 0 && !build.detail.is_empty() {
+            build.reason = build_reason(build.exit, &build.detail);
+        }
+    }
     let (outcome, text) = match (&row.build, &row.guest) {
         (None, _) => (
             "not built".to_string(),
@@ -1707,6 +1726,17 @@ mod tests {
         assert_eq!(
             build_reason(1, stderr),
             "patched: fs/x.c:3:1: error: unknown type name 'foo'"
+        );
+        assert_eq!(
+            build_reason(
+                1,
+                "error: building the livepatch module failed: `make -C o M=m modules` (exit \
+                 status: 2); last lines of o.log:\n  MODPOST m\nERROR: modpost: module \
+                 livepatch-a uses symbol dma_buf_put from namespace DMA_BUF, but does not \
+                 import it.\nmake: *** Error 2\n"
+            ),
+            "building the livepatch module failed: ERROR: modpost: module livepatch-a uses \
+             symbol dma_buf_put from namespace DMA_BUF, but does not import it."
         );
         assert_eq!(
             build_reason(2, "error: fs/x.o: section .data changed\nfs/x.o: y\n"),
