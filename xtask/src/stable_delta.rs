@@ -736,6 +736,27 @@ fn build_one(context: &BuildContext, slot: usize, row: &Row) -> Result<BuildReco
 struct ModuleIndex {
     paths: BTreeMap<String, String>,
     deps: BTreeMap<String, Vec<String>>,
+    /// `softdep M pre: X`, with X resolved through the modules' aliases (`crc32c` is
+    /// `crc32c_generic`; a `_generic` module is preferred, the CPU-specific ones may not load).
+    pre: BTreeMap<String, Vec<String>>,
+}
+
+impl ModuleIndex {
+    /// `module` and what it needs, in load order.
+    fn load_order(&self, module: &str, order: &mut Vec<String>) {
+        if order.iter().any(|m| m == module) {
+            return;
+        }
+        for pre in self.pre.get(module).into_iter().flatten() {
+            self.load_order(pre, order);
+        }
+        for dep in self.deps.get(module).into_iter().flatten().rev() {
+            self.load_order(dep, order);
+        }
+        if !order.iter().any(|m| m == module) {
+            order.push(module.to_string());
+        }
+    }
 }
 
 fn module_index(sh: &Shell, kernel: &Kernel) -> Result<ModuleIndex> {
@@ -748,10 +769,34 @@ fn module_index(sh: &Shell, kernel: &Kernel) -> Result<ModuleIndex> {
     let mut index = ModuleIndex {
         paths: BTreeMap::new(),
         deps: BTreeMap::new(),
+        pre: BTreeMap::new(),
     };
+    let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut softdeps: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_dep = true;
     for line in text.lines() {
         if line.starts_with('#') {
-            break;
+            in_dep = false;
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !in_dep {
+            match fields.as_slice() {
+                ["alias", alias, module] => aliases
+                    .entry(alias.to_string())
+                    .or_default()
+                    .push(module_name(module)),
+                ["softdep", module, "pre:", rest @ ..] => {
+                    let pre = rest
+                        .iter()
+                        .take_while(|f| **f != "post:")
+                        .map(|f| f.to_string())
+                        .collect();
+                    softdeps.push((module_name(module), pre));
+                }
+                _ => {}
+            }
+            continue;
         }
         let Some((path, deps)) = line.split_once(':') else {
             continue;
@@ -761,6 +806,26 @@ fn module_index(sh: &Shell, kernel: &Kernel) -> Result<ModuleIndex> {
         index
             .deps
             .insert(name, deps.split_whitespace().map(module_name).collect());
+    }
+    for (module, pre) in softdeps {
+        let mut resolved = Vec::new();
+        for wanted in pre {
+            let name = module_name(&wanted);
+            if index.paths.contains_key(&name) {
+                resolved.push(name);
+            } else if let Some(targets) = aliases.get(&wanted) {
+                let targets: Vec<&String> = targets
+                    .iter()
+                    .filter(|t| index.paths.contains_key(*t))
+                    .collect();
+                let generic = targets.iter().find(|t| t.ends_with("_generic"));
+                match generic {
+                    Some(generic) => resolved.push((*generic).clone()),
+                    None => resolved.extend(targets.into_iter().cloned()),
+                }
+            }
+        }
+        index.pre.insert(module, resolved);
     }
     Ok(index)
 }
@@ -1008,10 +1073,8 @@ fn run_guest_batch(
         let mut load: Vec<(String, String)> = Vec::new();
         let mut problem = None;
         for target in build.patched_targets.iter().filter(|t| *t != "vmlinux") {
-            let mut chain: Vec<String> =
-                context.index.deps.get(target).cloned().unwrap_or_default();
-            chain.reverse();
-            chain.push(target.clone());
+            let mut chain: Vec<String> = Vec::new();
+            context.index.load_order(target, &mut chain);
             for module in chain {
                 if load.iter().any(|(n, _)| *n == module) {
                     continue;
