@@ -1232,7 +1232,9 @@ struct Summary {
     changed_c: usize,
     not_compiled: Vec<String>,
     only_in_one: usize,
-    stages: Vec<(String, f64)>,
+    /// The stage times of every invocation that built or loaded something in this run
+    /// directory (a resumed run has several).
+    stages: Vec<Vec<(String, f64)>>,
     sample: bool,
 }
 
@@ -1300,9 +1302,15 @@ fn markdown(summary: &Summary, rows: &[Row]) -> String {
         let _ = writeln!(md, "| {outcome} | {v} | {m} | {} |", v + m);
     }
     let _ = writeln!(md, "| **all** | {all_v} | {all_m} | {} |\n", all_v + all_m);
-    let _ = writeln!(md, "## Stages\n\n| stage | seconds |\n|---|---:|");
-    for (stage, seconds) in &summary.stages {
-        let _ = writeln!(md, "| {stage} | {seconds:.0} |");
+    let _ = writeln!(
+        md,
+        "## Stages\n\nOne block per invocation that built or loaded something (a resumed run \
+         has several).\n\n| invocation | stage | seconds |\n|---:|---|---:|"
+    );
+    for (number, stages) in summary.stages.iter().enumerate() {
+        for (stage, seconds) in stages {
+            let _ = writeln!(md, "| {} | {stage} | {seconds:.0} |", number + 1);
+        }
     }
     let built: Vec<f64> = rows
         .iter()
@@ -1357,7 +1365,7 @@ fn json(summary: &Summary, rows: &[Row]) -> Result<String> {
         "changed_c_files": summary.changed_c,
         "not_compiled": summary.not_compiled,
         "only_in_one_tree": summary.only_in_one,
-        "stages_seconds": summary.stages.iter().map(|(s, t)| serde_json::json!([s, t])).collect::<Vec<_>>(),
+        "stages_seconds": summary.stages.iter().map(|stages| stages.iter().map(|(s, t)| serde_json::json!([s, t])).collect::<Vec<_>>()).collect::<Vec<_>>(),
         "totals": totals,
         "rows": rows,
     });
@@ -1567,6 +1575,7 @@ pub fn run(args: &[String]) -> Result<()> {
         run: run.clone(),
     };
     let total = todo.len();
+    let guest_jobs = pending_guest.len() + if options.skip_guest { 0 } else { total };
     eprintln!(
         "stable-delta: {total} files to build ({already} built earlier), {} parallel builds; {} built earlier wait for the guest",
         options.parallel,
@@ -1730,6 +1739,13 @@ pub fn run(args: &[String]) -> Result<()> {
     for row in &mut rows {
         classify(row);
     }
+    let stages_file = run.join("stages.json");
+    let mut all_stages: Vec<Vec<(String, f64)>> = read_record(&stages_file).unwrap_or_default();
+    if total > 0 || guest_jobs > 0 {
+        all_stages.push(stages);
+        write_record(&stages_file, &all_stages)?;
+    }
+    let stages = all_stages;
     let summary = Summary {
         from,
         to,
