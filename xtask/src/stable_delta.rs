@@ -520,10 +520,11 @@ fn build_reason(exit: i32, stderr: &str) -> String {
         } else {
             "patched"
         };
-        if let Some(line) = stderr
-            .lines()
-            .find(|l| l.contains(": error:") || l.contains(": fatal error:"))
-        {
+        // kpatch-rs's own message may quote the first error after the make command line; the
+        // compiler's line itself follows in the log tail.
+        if let Some(line) = stderr.lines().find(|l| {
+            !l.starts_with("error: ") && (l.contains(": error:") || l.contains(": fatal error:"))
+        }) {
             return format!("{side}: {}", tree_relative(line.trim()));
         }
         if let Some(line) = stderr.lines().find(|l| l.contains("Error ")) {
