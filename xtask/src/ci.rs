@@ -70,6 +70,18 @@ pub fn run(args: &[String]) -> Result<()> {
             .map_err(Into::into),
     );
 
+    // A fixed sample of a Debian stable update's real changes, built and loaded on Debian's
+    // kernel: each must end as expected, and none may oops (`cargo xtask stable-delta`).
+    step(
+        "stable-delta sample",
+        cmd!(
+            sh,
+            "cargo xtask stable-delta --from 6.12.111 --to 6.12.113 --sample"
+        )
+        .run()
+        .map_err(Into::into),
+    );
+
     let (mut tally, stock_verdicts) = crate::qemu_test::run_everything_verdicts(&sh, &kernel)?;
 
     // The same selftests, through the same runner, on the kernel whose module coming/going

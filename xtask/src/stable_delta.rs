@@ -51,6 +51,9 @@ const DIRTY_LOG: &str = "WARNING:|BUG:|Oops|Call Trace|Invalid relocation";
 /// The fixed file list of `--sample` (one path per line, `#` comments).
 const SAMPLE_LIST: &str = "fixtures/stable-delta/sample.txt";
 
+/// The outcome class each `--sample` file must have (`FILE<TAB>CLASS` per line).
+const SAMPLE_EXPECTED: &str = "fixtures/stable-delta/sample-expected.tsv";
+
 struct Options {
     from: String,
     to: String,
@@ -1770,6 +1773,54 @@ pub fn run(args: &[String]) -> Result<()> {
     // The table is long: the terminal gets the summary above it.
     print!("{}", md.split("\n## Files").next().unwrap_or_default());
     eprintln!("stable-delta: results in {}", run.display());
+    if options.sample {
+        judge_sample(&root, &rows)?;
+    }
+    Ok(())
+}
+
+/// The sample's verdict for CI: every file in its expected outcome class, and no livepatch
+/// that oopsed or failed to load, whatever was expected.
+fn judge_sample(root: &Path, rows: &[Row]) -> Result<()> {
+    let path = root.join(SAMPLE_EXPECTED);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the expected outcomes {}", path.display()))?;
+    let expected: std::collections::BTreeMap<&str, &str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| line.split_once('\t'))
+        .collect();
+    let mut failures = Vec::new();
+    for row in rows {
+        let unsafe_outcome = matches!(row.outcome.as_str(), "oops" | "load failure");
+        match expected.get(row.file.as_str()) {
+            _ if unsafe_outcome => failures.push(format!("{}: {}", row.file, row.outcome_text)),
+            Some(class) if *class == row.outcome => {}
+            Some(class) => failures.push(format!(
+                "{}: expected {class}, got {}",
+                row.file, row.outcome_text
+            )),
+            None => failures.push(format!(
+                "{}: no expected outcome in {SAMPLE_EXPECTED}",
+                row.file
+            )),
+        }
+    }
+    for failure in &failures {
+        println!("FAIL  stable-delta {failure}");
+    }
+    println!(
+        "{} passed, {} failed",
+        rows.len() - failures.len().min(rows.len()),
+        failures.len()
+    );
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} sample files did not end as expected",
+            failures.len(),
+            rows.len()
+        );
+    }
     Ok(())
 }
 
