@@ -224,3 +224,25 @@ fn a_units_locals_are_only_those_the_binary_keeps() {
     );
     assert!(defined.contains(&"exported") && defined.contains(&"exports_setup"));
 }
+
+#[test]
+fn a_unit_whose_only_locals_are_clones_is_found_by_them() {
+    if !tools_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let object = dir.path().join("clones.o");
+    let status = Command::new("gcc")
+        .args(["-c", "-O2", "-ffunction-sections", "-fdata-sections", "-o"])
+        .arg(&object)
+        .arg(fixtures().join("clones/clones.c"))
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed on clones.c");
+    let bytes = std::fs::read(&object).expect("read object");
+    let parsed = kpatch_diff::elf::Object::parse("clones.o", &bytes).expect("parse");
+    assert_eq!(
+        kpatch_build::build::resolve::unit_locals(&parsed),
+        ["helper.constprop.0"]
+    );
+}

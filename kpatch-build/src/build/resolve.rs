@@ -632,20 +632,34 @@ fn reaches_the_binary(
 
 /// The local functions and objects of a unit that its file block in the klp object's symbol
 /// table holds: what tells that block (and so the `sympos` of a duplicated name) apart. Names
-/// with a compiler suffix (`count.2`, `foo.isra.0`) are left out, since their numbers differ
-/// between builds.
+/// with a compiler suffix (`count.2`, `foo.isra.0`) are left out while plain ones exist,
+/// since the plain ones are the firmer evidence; a unit whose only locals are clones
+/// (`aes_s2v.constprop.0` in net/mac80211/fils_aead.c) is found by those, which the same
+/// compiler reproduces from the same source.
 pub fn unit_locals(object: &kpatch_diff::elf::Object) -> Vec<&str> {
     use kpatch_diff::elf::{Binding, SymbolKind};
-    object
+    let locals: Vec<&kpatch_diff::elf::Symbol> = object
         .symbols
         .iter()
         .filter(|s| {
             s.binding == Binding::Local
                 && matches!(s.kind, SymbolKind::Func | SymbolKind::Object)
                 && !s.name.is_empty()
-                && !s.name.contains('.')
+                && !s.is_prefix()
                 && reaches_the_binary(object, s)
         })
+        .collect();
+    let plain: Vec<&str> = locals
+        .iter()
+        .filter(|s| !s.name.contains('.'))
+        .map(|s| s.name.as_str())
+        .collect();
+    if !plain.is_empty() {
+        return plain;
+    }
+    locals
+        .iter()
+        .filter(|s| s.kind == SymbolKind::Func)
         .map(|s| s.name.as_str())
         .collect()
 }
