@@ -2,8 +2,9 @@
 //!
 //! Dependencies first (nothing else can run without them), then the cheap checks, then the
 //! kernel build, the distribution tests (Debian's own kernel, and a fixed sample of a Debian
-//! stable update's real changes, `cargo xtask stable-delta --sample`) and the QEMU tests. A failing check does not stop the later ones, so one run
-//! shows every problem; the exit status is non-zero when anything failed, and the last line
+//! stable update's real changes, `cargo xtask stable-delta --sample`) and the QEMU tests. A
+//! failing check does not stop the later ones, so one run shows every problem; the exit
+//! status is non-zero when anything failed, and the last line
 //! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
 //! stock one and the Rust-core one, and their verdicts are printed side by side; then the
 //! race stress (`cargo xtask race-stress`) runs on both, clean required, and on the Rust core
