@@ -74,11 +74,12 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // A fixed sample of a Debian stable update's real changes, built and loaded on Debian's
     // kernel: each must end as expected, and none may oops (`cargo xtask stable-delta`).
+    // `--rebuild`: the results kept from an earlier run would judge an earlier kpatch-rs.
     step(
         "stable-delta sample",
         cmd!(
             sh,
-            "cargo xtask stable-delta --from 6.12.111 --to 6.12.113 --sample"
+            "cargo xtask stable-delta --from 6.12.111 --to 6.12.113 --sample --rebuild"
         )
         .run()
         .map_err(Into::into),
