@@ -75,15 +75,18 @@ impl Inclusion {
     }
 }
 
-/// Whether a local read-only object is one the compiler made rather than one the source
-/// names: `__func__` and its GNU spellings, and switch tables (`CSWTCH.N`). No code can take
-/// their address by name, so a copy cannot be told from the original.
+/// Whether a local read-only object is one the compiler or a per-site macro made rather than
+/// one the source names: `__func__` and its GNU spellings, switch tables (`CSWTCH.N`), and
+/// the message strings of netlink's `NL_SET_ERR_MSG()` (`__msg.N`). No code takes their
+/// address to compare it, so a copy cannot be told from the original.
 pub fn is_compiler_constant(name: &str) -> bool {
     let base = name.split('.').next().unwrap_or(name);
-    matches!(
-        base,
-        "__func__" | "__FUNCTION__" | "__PRETTY_FUNCTION__" | "CSWTCH"
-    )
+    match base {
+        "__func__" | "__FUNCTION__" | "__PRETTY_FUNCTION__" | "CSWTCH" => true,
+        // Only the macro's numbered static; a source's own `__msg` stays the kernel's.
+        "__msg" => name.len() > base.len(),
+        _ => false,
+    }
 }
 
 /// The address the relocation of the field at `field` in `section` points at (data fields

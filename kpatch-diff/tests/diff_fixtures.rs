@@ -691,3 +691,22 @@ fn compound_literals_that_refer_to_each_other_stay_paired() {
         },
     );
 }
+
+#[test]
+fn a_netlink_error_message_is_copied_like_func() {
+    let Some(result) = checked_diff(
+        "netlink_msg",
+        Expect {
+            changed: &["validate"],
+            data: &["__msg.0"],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    assert!(
+        result.report.data.iter().any(|d| d.starts_with("__msg.")),
+        "{:?}",
+        result.report.data
+    );
+}
