@@ -291,6 +291,45 @@ fn pair_locals(orig: &Object, patched: &Object, twins: &mut Twins, functions: bo
     }
 }
 
+/// Which object a symbol belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Orig,
+    Patched,
+}
+
+/// How a patched referrer without a twin is named in a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unpaired {
+    /// As new: it matches no original referrer.
+    AsNew,
+    /// By its own name, which may equal its original's.
+    ByOwnName,
+}
+
+/// The referrers of a static local, each named as in the original object.
+fn referrer_names(
+    orig: &Object,
+    patched: &Object,
+    twins: &Twins,
+    users: &Users,
+    side: Side,
+    unpaired: Unpaired,
+) -> BTreeSet<String> {
+    users
+        .referrers
+        .iter()
+        .map(|&r| match (side, twins.symbol(r)) {
+            (Side::Orig, _) => orig.symbol(r).name.clone(),
+            (Side::Patched, Some(o)) => orig.symbol(o).name.clone(),
+            (Side::Patched, None) => match unpaired {
+                Unpaired::AsNew => format!("\0new {}", patched.symbol(r).name),
+                Unpaired::ByOwnName => patched.symbol(r).name.clone(),
+            },
+        })
+        .collect()
+}
+
 /// Pairs static locals that share a name (`count.1`, `count.2`) by use: first by the
 /// functions that refer to them, then also by the data that does (a `pr_debug` descriptor
 /// refers to its `__func__.N`), then, among those sharing their users, by the order of first
@@ -320,29 +359,20 @@ fn pair_static_locals(
             }
             // Who uses each static, named as in the original object; computed before this
             // group pairs anything, since pairing changes twins.
-            let signature_in =
-                |object: &Object, users: &HashMap<SymbolId, Users>, id, patched_side| {
-                    users.get(&id).map(|u| {
-                        let names: BTreeSet<String> = u
-                            .referrers
-                            .iter()
-                            .map(|&r| match (patched_side, twins.symbol(r)) {
-                                (false, _) => object.symbol(r).name.clone(),
-                                (true, Some(o)) => orig.symbol(o).name.clone(),
-                                (true, None) => format!("\0new {}", object.symbol(r).name),
-                            })
-                            .collect();
-                        (names, u.first_use)
-                    })
-                };
+            let signature_in = |users: &HashMap<SymbolId, Users>, id, side| {
+                users.get(&id).map(|u| {
+                    let names = referrer_names(orig, patched, twins, u, side, Unpaired::AsNew);
+                    (names, u.first_use)
+                })
+            };
             let orig_signatures: Vec<(SymbolId, BTreeSet<String>, u64)> = orig_left
                 .iter()
-                .filter_map(|&o| signature_in(orig, &orig_users, o, false).map(|(n, f)| (o, n, f)))
+                .filter_map(|&o| signature_in(&orig_users, o, Side::Orig).map(|(n, f)| (o, n, f)))
                 .collect();
             let patched_signatures: Vec<(SymbolId, BTreeSet<String>, u64)> = patched_left
                 .iter()
                 .filter_map(|&p| {
-                    signature_in(patched, &patched_users, p, true).map(|(n, f)| (p, n, f))
+                    signature_in(&patched_users, p, Side::Patched).map(|(n, f)| (p, n, f))
                 })
                 .collect();
             let mut signatures: Vec<&BTreeSet<String>> =
@@ -383,21 +413,12 @@ fn pair_static_locals(
     // that different functions use would hand one function's state to another.
     let orig_users = data_users(orig, true);
     let patched_users = data_users(patched, true);
-    let users_named_as_in_orig = |users: Option<&Users>, patched_side: bool| -> BTreeSet<String> {
+    // Not paired (yet), a referrer counts by its own name: what an unpaired static local that
+    // refers to this one (a compound literal inside another) still has in common with its
+    // original.
+    let users_named_as_in_orig = |users: Option<&Users>, side| -> BTreeSet<String> {
         users
-            .map(|u| {
-                u.referrers
-                    .iter()
-                    .map(|&r| match (patched_side, twins.symbol(r)) {
-                        (false, _) => orig.symbol(r).name.clone(),
-                        (true, Some(o)) => orig.symbol(o).name.clone(),
-                        // Not paired (yet): by its own name, which is what an unpaired
-                        // static local that refers to this one (a compound literal inside
-                        // another) still has in common with its original.
-                        (true, None) => patched.symbol(r).name.clone(),
-                    })
-                    .collect()
-            })
+            .map(|u| referrer_names(orig, patched, twins, u, side, Unpaired::ByOwnName))
             .unwrap_or_default()
     };
     let mut by_name = Vec::new();
@@ -407,11 +428,11 @@ fn pair_static_locals(
                 continue;
             }
             let name = &patched.symbol(p).name;
-            let patched_signature = users_named_as_in_orig(patched_users.get(&p), true);
+            let patched_signature = users_named_as_in_orig(patched_users.get(&p), Side::Patched);
             if let Some(&o) = orig_ids.iter().find(|&&o| {
                 twins.patched_symbol(o).is_none()
                     && &orig.symbol(o).name == name
-                    && users_named_as_in_orig(orig_users.get(&o), false) == patched_signature
+                    && users_named_as_in_orig(orig_users.get(&o), Side::Orig) == patched_signature
             }) {
                 by_name.push((o, p));
             }
