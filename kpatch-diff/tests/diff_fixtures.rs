@@ -10,7 +10,6 @@ mod common;
 
 use kpatch_diff::compare::Status;
 use kpatch_diff::report::Outcome;
-use kpatch_diff::{diff, Pair};
 
 /// What one fixture pair must produce.
 #[derive(Debug)]
@@ -47,17 +46,7 @@ fn checked_diff(name: &str, expect: Expect) -> Option<kpatch_diff::DiffOutput> {
     if !common::have_tool("gcc") {
         return None;
     }
-    let orig = common::compile_fixture(name, "orig");
-    let patched = common::compile_fixture(name, "patched");
-    let object_name = format!("{name}.o");
-    let result = diff(&Pair {
-        name: &object_name,
-        orig_name: "original",
-        orig: &orig,
-        patched: &patched,
-        target: "vmlinux",
-    })
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (patched, result) = common::diff_fixture(name, "vmlinux");
     let report = &result.report;
     let context = || {
         let mut text = Vec::new();
@@ -481,17 +470,7 @@ fn diff_for(name: &str, target: &str) -> Option<kpatch_diff::DiffOutput> {
     if !common::have_tool("gcc") {
         return None;
     }
-    let orig = common::compile_fixture(name, "orig");
-    let patched = common::compile_fixture(name, "patched");
-    let object_name = format!("{name}.o");
-    let output = diff(&Pair {
-        name: &object_name,
-        orig_name: "original",
-        orig: &orig,
-        patched: &patched,
-        target,
-    })
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (_, output) = common::diff_fixture(name, target);
     if let Some(object) = &output.object {
         common::check_output(name, object, &output.report);
     }

@@ -14,7 +14,7 @@ mod common;
 use std::fmt::Write as _;
 
 use kpatch_diff::elf::{Object, Placement, SymbolKind};
-use kpatch_diff::{diff, DiffOutput, Pair};
+use kpatch_diff::DiffOutput;
 
 fn relocation_type(r_type: u32) -> String {
     match r_type {
@@ -136,17 +136,7 @@ fn every_fixture_pair_matches_its_snapshot() {
     names.sort();
     assert!(names.len() >= 20, "fixture pairs found: {names:?}");
     for name in names {
-        let orig = common::compile_fixture(&name, "orig");
-        let patched = common::compile_fixture(&name, "patched");
-        let object_name = format!("{name}.o");
-        let output = diff(&Pair {
-            name: &object_name,
-            orig_name: "original",
-            orig: &orig,
-            patched: &patched,
-            target: "vmlinux",
-        })
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (_, output) = common::diff_fixture(&name, "vmlinux");
         expect_test::expect_file![format!("snapshots/{name}.txt")].assert_eq(&dump(&output));
     }
 }

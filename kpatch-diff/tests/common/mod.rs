@@ -117,6 +117,23 @@ pub fn compile_fixture(name: &str, variant: &str) -> Vec<u8> {
     std::fs::read(dir.path().join(format!("{name}.o"))).expect("cannot read compiled object")
 }
 
+/// Compiles the fixture pair `name` and diffs it as part of the klp object `target`; returns
+/// the patched object's bytes beside the diff.
+pub fn diff_fixture(name: &str, target: &str) -> (Vec<u8>, kpatch_diff::DiffOutput) {
+    let orig = compile_fixture(name, "orig");
+    let patched = compile_fixture(name, "patched");
+    let object_name = format!("{name}.o");
+    let output = kpatch_diff::diff(&kpatch_diff::Pair {
+        name: &object_name,
+        orig_name: "original",
+        orig: &orig,
+        patched: &patched,
+        target,
+    })
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    (patched, output)
+}
+
 /// Runs a binutils tool on `path`, asserting it succeeds without warnings; returns stdout.
 pub fn binutils_clean(tool: &str, args: &[&str], path: &Path) -> String {
     let output = Command::new(tool)
