@@ -5,15 +5,12 @@
 use std::fs;
 use std::path::PathBuf;
 
-use kpatch_diff::compare::Refusal;
-use kpatch_diff::elf::Binding;
-use kpatch_diff::report::{Outcome, Report};
+use kpatch_diff::report::Outcome;
 use kpatch_diff::{DiffOutput, Pair};
 
 use super::compile::Compiled;
 use super::inputs::read_file;
 use super::module::Target;
-use super::resolve::Exports;
 use super::units;
 use super::BuildError;
 
@@ -79,15 +76,15 @@ pub fn diff_units(compiled: &Compiled) -> Result<Vec<DiffedUnit>, BuildError> {
     Ok(diffed)
 }
 
-/// The verdict over all units: every refusal, the diff's own and those only the exports can
-/// tell ([`unreachable_keys`]); else no change when no unit has an output object.
-pub fn judge(units: &[DiffedUnit], exports: &Exports, built: &[PathBuf]) -> Result<(), BuildError> {
+/// The verdict over all units: every refusal of the diff; else no change when no unit has an
+/// output object.
+pub fn judge(units: &[DiffedUnit], built: &[PathBuf]) -> Result<(), BuildError> {
     let mut refusals = Vec::new();
     for unit in units {
         match unit.output.report.outcome {
             Outcome::Unpatchable => refusals.extend(unit.output.report.refusals.iter().cloned()),
             Outcome::NoChange => {}
-            Outcome::Changed => refusals.extend(unreachable_keys(&unit.output.report, exports)),
+            Outcome::Changed => {}
         }
     }
     if !refusals.is_empty() {
@@ -112,35 +109,4 @@ pub fn judge(units: &[DiffedUnit], exports: &Exports, built: &[PathBuf]) -> Resu
         });
     }
     Ok(())
-}
-
-/// The jump labels of a module klp object that the kernel could not read: the module loader
-/// reads the livepatch module's `__jump_table` while it loads, and a key that only a
-/// livepatch relocation reaches is resolved later, when the target module comes (see
-/// `kpatch_diff::include`). Only a key exported by vmlinux, reached through a normal
-/// relocation, is there in time.
-pub fn unreachable_keys(report: &Report, exports: &Exports) -> Vec<Refusal> {
-    report
-        .module_keys
-        .iter()
-        .filter(|use_| {
-            let local = report
-                .references
-                .iter()
-                .any(|r| r.name == use_.key && r.binding == Some(Binding::Local));
-            local || exports.exporter(&use_.key) != Some("vmlinux")
-        })
-        .map(|use_| Refusal {
-            object: report.object.clone(),
-            section: use_.section.clone(),
-            symbol: use_.key.clone(),
-            reason: format!(
-                "the jump label at {}+{:#x} uses static key {} of {}, which only a livepatch \
-                 relocation reaches, and the kernel reads {} when the livepatch module loads, \
-                 before that relocation is applied; test the key with static_key_enabled() in \
-                 the patch instead of static_branch_*()",
-                use_.function, use_.offset, use_.key, report.target, use_.section
-            ),
-        })
-        .collect()
 }

@@ -35,7 +35,7 @@ pub mod resolve;
 pub mod trees;
 pub mod units;
 
-pub use diff_units::unreachable_keys;
+pub use references::unreachable_keys;
 
 /// What `kpatch-rs build` was asked to do.
 #[derive(Debug, Clone)]
@@ -269,7 +269,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
 
     let symvers = inputs::read_file(&options.symvers, "Module.symvers", "pass --symvers")?;
     let exports = Exports::parse(&String::from_utf8_lossy(&symvers))?;
-    diff_units::judge(&diffed, &exports, &compiled.units)?;
+    diff_units::judge(&diffed, &compiled.units)?;
     let resolved = references::resolve_units(options, diffed, &exports)?;
     let import_namespaces = resolved.import_namespaces.clone();
     let module_dir = inputs.cache.join("module");
@@ -350,6 +350,7 @@ mod tests {
     use kpatch_diff::elf::Binding;
     use kpatch_diff::report::Outcome;
     use kpatch_diff::report::{ModuleKey, Reference, Resolution};
+    use module::Target;
     use std::collections::BTreeMap;
 
     /// A module object's report with one kept jump label per key, each key referenced with
@@ -387,21 +388,35 @@ mod tests {
     }
 
     #[test]
-    fn a_module_jump_label_is_refused_unless_vmlinux_exports_its_key() {
+    fn a_module_jump_label_is_refused_when_its_key_comes_with_a_module() {
         let exports = Exports::parse(
             "0x1\tvm_key\tvmlinux\tEXPORT_SYMBOL\t\n\
              0x2\tother_key\tdrivers/other/other\tEXPORT_SYMBOL_GPL\t\n\
              0x3\tlocal_key\tvmlinux\tEXPORT_SYMBOL\t\n",
         )
         .expect("symvers parses");
-        let check = |key: &str, binding: Option<Binding>, refused: bool| {
-            let refusals = unreachable_keys(&report_with(&[(key, binding)]), &exports);
-            assert_eq!(refusals.len(), usize::from(refused), "{key}: {refusals:?}");
-            if refused {
+        let target = Target::Module("demo".to_string());
+        // `own` is a global of the module itself; everything else it does not define.
+        let check = |key: &str, binding: Option<Binding>, refused: Option<&str>| {
+            let refusals =
+                unreachable_keys(&report_with(&[(key, binding)]), &target, |k, local| {
+                    resolve::ReferenceFacts {
+                        local,
+                        exporter: exports.exporter_to_livepatch(k),
+                        global_of_target: k == "own_key",
+                        defined_by_patch: false,
+                    }
+                });
+            assert_eq!(
+                refusals.len(),
+                usize::from(refused.is_some()),
+                "{key}: {refusals:?}"
+            );
+            if let Some(owner) = refused {
                 let text = refusals[0].to_string();
                 assert!(
                     text.starts_with("cannot patch drivers/demo/demo.o: ")
-                        && text.contains(&format!("static key {key} of demo"))
+                        && text.contains(&format!("static key {key} of {owner}"))
                         && text.contains("demo_handler+0x1c")
                         && text.contains("static_key_enabled()"),
                     "{text}"
@@ -410,12 +425,14 @@ mod tests {
                 assert_eq!(refusals[0].section, "__jump_table");
             }
         };
-        check("vm_key", Some(Binding::Global), false);
-        check("vm_key", None, false);
-        check("other_key", None, true);
-        check("unexported_key", None, true);
-        check("unexported_key", Some(Binding::Global), true);
+        // An ordinary relocation, or one in vmlinux's section: applied while the module loads.
+        check("vm_key", Some(Binding::Global), None);
+        check("vm_key", None, None);
+        check("unexported_key", None, None);
+        // Applied only when a module comes.
+        check("other_key", None, Some("other"));
+        check("own_key", Some(Binding::Global), Some("demo"));
         // A key static to the unit is the module's own, whatever another binary exports.
-        check("local_key", Some(Binding::Local), true);
+        check("local_key", Some(Binding::Local), Some("demo"));
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use kpatch_diff::compare::Refusal;
 use kpatch_diff::elf::{Binding, Object};
+use kpatch_diff::report::Report;
 
 use super::diff_units::DiffedUnit;
 use super::inputs::read_file;
@@ -114,6 +115,15 @@ pub fn resolve_units(
             })?)
         };
 
+        refusals.extend(unreachable_keys(&output.report, target, |key, local| {
+            ReferenceFacts {
+                local,
+                exporter: exports.exporter_to_livepatch(key),
+                global_of_target: symbols.has_global(key),
+                defined_by_patch: !local && defined_by_patch.contains(key),
+            }
+        }));
+
         let mut klp_names = BTreeMap::new();
         for reference in &output.report.references {
             let local = reference.binding == Some(Binding::Local);
@@ -197,6 +207,49 @@ pub fn resolve_units(
         units,
         import_namespaces: import_namespaces.into_iter().collect(),
     })
+}
+
+/// The jump labels of a module klp object that the kernel could not read. The loader reads
+/// the livepatch module's `__jump_table` while the module loads; it has applied vmlinux's
+/// livepatch relocations by then, but one into a module klp object only comes when that
+/// module comes (see `kpatch_diff::include`). So a key is there in time when [`resolve::reach`]
+/// gives an ordinary relocation or one in vmlinux's section, and not otherwise. `facts` tells
+/// what is known of a key (its name, and whether the unit defines it as a local).
+pub fn unreachable_keys<'a>(
+    report: &Report,
+    target: &Target,
+    facts: impl Fn(&str, bool) -> ReferenceFacts<'a>,
+) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    for key in &report.module_keys {
+        let local = report
+            .references
+            .iter()
+            .any(|r| r.name == key.key && r.binding == Some(Binding::Local));
+        let Reach::Livepatch {
+            owner,
+            section_object,
+        } = resolve::reach(target, facts(&key.key, local))
+        else {
+            continue;
+        };
+        if section_object == "vmlinux" {
+            continue;
+        }
+        refusals.push(Refusal {
+            object: report.object.clone(),
+            section: key.section.clone(),
+            symbol: key.key.clone(),
+            reason: format!(
+                "the jump label at {}+{:#x} uses static key {} of {owner}, which only a \
+                 livepatch relocation reaches, applied when {section_object} comes; the kernel \
+                 reads {} when the livepatch module loads, before that; test the key with \
+                 static_key_enabled() in the patch instead of static_branch_*()",
+                key.function, key.offset, key.key, key.section
+            ),
+        });
+    }
+    refusals
 }
 
 /// Globals that one unit's output defines new for another's to use (a function the patch adds
