@@ -737,6 +737,7 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
     }
     propagate_untraceable_changes(patched, &mut functions);
     refusals.extend(unreachable_untraceable_changes(patched, &functions));
+    refusals.extend(changed_kthread_loops(patched, &functions));
     for verdict in &functions {
         status.insert(verdict.patched, verdict.status);
     }
@@ -885,6 +886,47 @@ fn unreachable_untraceable_changes(
                  through that pointer would keep reaching the old code",
                 symbol.name
             )));
+        }
+    }
+    refusals
+}
+
+/// Calls that mark a kernel thread's main loop: the thread asks them, between sleeps, whether
+/// to leave the loop.
+const KTHREAD_LOOP_CALLS: &[&str] = &["kthread_should_stop", "kthread_freezable_should_stop"];
+
+/// A changed function that is a kernel thread's main loop. The thread sleeps inside it and
+/// leaves it only when stopped, so its stack always shows the old function and the livepatch
+/// transition never finishes: the patch would stay half applied until it is reversed.
+fn changed_kthread_loops(patched: &Object, functions: &[FunctionVerdict]) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    for verdict in functions {
+        if verdict.status != Status::Changed {
+            continue;
+        }
+        let symbol = patched.symbol(verdict.patched);
+        let Some(section) = symbol.section() else {
+            continue;
+        };
+        let (start, end) = body(patched, verdict.patched);
+        let asks = patched
+            .relocations_in(section, start, end)
+            .iter()
+            .map(|relocation| patched.symbol(relocation.symbol).name.as_str())
+            .find(|name| KTHREAD_LOOP_CALLS.contains(name));
+        if let Some(call) = asks {
+            refusals.push(Refusal {
+                object: patched.name.clone(),
+                section: patched.section(section).name.clone(),
+                symbol: symbol.name.clone(),
+                reason: format!(
+                    "function {} changed and is a kernel thread's main loop (it calls {call}): \
+                     the thread sleeps inside it and never returns, so the livepatch \
+                     transition would never finish; move the change into a function the loop \
+                     calls (one that returns to it), so the patch replaces only that",
+                    symbol.name
+                ),
+            });
         }
     }
     refusals

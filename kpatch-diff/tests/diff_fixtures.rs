@@ -689,3 +689,18 @@ fn a_netlink_error_message_is_copied_like_func() {
         result.report.data
     );
 }
+
+#[test]
+fn a_changed_kernel_thread_loop_is_refused_and_its_callees_are_not() {
+    check(
+        "kthread_loop",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["worker_main", "worker_step"],
+            refusals: &[
+                "cannot patch kthread_loop.o: function worker_main changed and is a kernel thread's main loop (it calls kthread_should_stop): the thread sleeps inside it and never returns, so the livepatch transition would never finish; move the change into a function the loop calls (one that returns to it), so the patch replaces only that",
+            ],
+            ..NOTHING
+        },
+    );
+}
