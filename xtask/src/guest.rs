@@ -7,7 +7,9 @@
 //! (the kernel console is `ttyS0`, kept in a separate log), and reboots when done; with
 //! `-no-reboot` that ends QEMU. A guest that panics or hangs is cut off (`panic=-1`, and the
 //! harness kills QEMU after a deadline): the job that was running is failed with the console
-//! log saved, and the guest is booted again for the jobs after it.
+//! log saved, and the guest is booted again for the jobs after it. A job that leaves the
+//! kernel unfit for the next one creates `/tmp/kpatch-reboot`: its result stands, and the
+//! guest is booted again for the jobs after it.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -223,6 +225,13 @@ while IFS="$tab" read -r name limit cwd command; do
 		[ -e "/tmp/timed-out.$index" ] && rc=timeout
 		echo "" >&3
 		echo "KPATCH-END $index $name $rc $(($(date +%s) - start))" >&3
+		# A job that left the kernel in a state the next job must not inherit (a livepatch
+		# that could not be removed) asks for a fresh boot: the harness boots again for the
+		# jobs after it.
+		if [ -e /tmp/kpatch-reboot ]; then
+			sync
+			reboot -f
+		fi
 	fi
 	index=$((index + 1))
 done < /jobs

@@ -899,8 +899,20 @@ if ! out=$(insmod ./livepatch-{name}.ko 2>&1); then
     exit 10
 fi
 if ! wait_for 600 transition_done; then
-    echo "TRANSITION-STUCK: transition still $(cat "$sysfs/transition" 2>&1) after 60 s"
+    blockers=$(for t in /proc/[0-9]*/task/[0-9]*; do
+        [ "$(cat "$t/patch_state" 2>/dev/null)" = 0 ] && echo "$(cat "$t/comm" 2>/dev/null)"
+    done | sort -u | tr '\n' ' ' | sed 's/ $//')
+    echo "TRANSITION-STUCK: transition still $(cat "$sysfs/transition" 2>&1) after 60 s, tasks still on the old code: ${{blockers:-none found}}"
     dmesg | tail -n 30
+    # Reverse it, so that the next case starts from a clean kernel; if even that does not
+    # finish, ask for a fresh boot.
+    echo 0 > "$sysfs/enabled" 2>/dev/null
+    if wait_for 600 patch_gone && rmmod "$lp" 2>/dev/null; then
+        echo "NOTE: reversed and unloaded after the stuck transition"
+    else
+        echo "NOTE: could not reverse the stuck transition; the next case gets a fresh boot"
+        touch /tmp/kpatch-reboot
+    fi
     exit 11
 fi
 echo 0 > "$sysfs/enabled" || {{ echo "DISABLE-FAILED"; dmesg | tail -n 30; exit 12; }}

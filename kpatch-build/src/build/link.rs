@@ -11,8 +11,8 @@ use super::inputs::read_file;
 use super::kbuild::{self, KernelBuild};
 use super::klp_records;
 use super::module::{self, KlpFunction, KlpObject, Target};
-use super::prepare;
 use super::references::Resolved;
+use super::replacements;
 use super::{BuildError, ObjectSummary};
 
 /// What the linkable phase hands on.
@@ -45,10 +45,10 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
             continue;
         };
         let name = &unit.name;
-        let prepared = prepare::prepare_object(name, object_bytes, &unit.output.report)
+        let replacements = replacements::read_replacements(name, object_bytes, &unit.output.report)
             .map_err(|e| BuildError::Module(e.to_string()))?;
         let (linkable, _) =
-            klp_records::convert_references(name, &prepared.object, &links.klp_names)
+            klp_records::convert_references(name, &replacements.object, &links.klp_names)
                 .map_err(|e| BuildError::Module(e.to_string()))?;
         let path = module_dir.join(format!("patched-{index}.o"));
         fs::write(&path, &linkable)
@@ -63,7 +63,7 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
                 functions: Vec::new(),
                 callbacks: Default::default(),
             });
-        for (old_name, alias) in prepared.functions {
+        for (old_name, alias) in replacements.functions {
             let sympos = links
                 .replaced_sympos
                 .get(&old_name)
@@ -77,7 +77,7 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
                 new_symbol: alias,
             });
         }
-        klp_object.callbacks.merge(prepared.callbacks);
+        klp_object.callbacks.merge(replacements.callbacks);
         summaries.push(summary);
     }
     // New functions that no changed function calls never run: a module of them alone would

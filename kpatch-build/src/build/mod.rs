@@ -5,7 +5,7 @@
 //! (the touched units, twice, through `kbuild`, the one place that runs programs),
 //! `diff_units` (the object diff per unit and the verdict over all), `references` (how each
 //! reference reaches its symbol, by the rule of `resolve`), `link` (linkable objects through
-//! `prepare` and `klp_records`, the module source from `module`, Kbuild's link) and
+//! `replacements` and `klp_records`, the module source from `module`, Kbuild's link) and
 //! `post_link` (the livepatch relocations). Every phase's time goes into the report.
 
 use std::fs;
@@ -29,8 +29,8 @@ pub mod klp_records;
 pub mod link;
 pub mod module;
 pub mod post_link;
-pub mod prepare;
 pub mod references;
+pub mod replacements;
 pub mod resolve;
 pub mod trees;
 pub mod units;

@@ -1,4 +1,4 @@
-//! Prepare: make a diff output linkable into the livepatch module.
+//! Replacements: what a diff output replaces and registers, read before it is linked.
 //!
 //! The diff gives every changed and new function a global alias (`kpatch_rs.<object>.<name>`)
 //! that the generated source can name; this step pairs each replacement with the function it
@@ -15,16 +15,17 @@ use kpatch_diff::report::Report;
 /// The prefix of the sections where `kpatch-macros.h` records callbacks.
 pub const CALLBACK_SECTION_PREFIX: &str = ".kpatch.callbacks.";
 
-/// Why a diff output could not be prepared.
+/// Why a diff output's replacements could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    #[error("cannot prepare {object} for linking: {reason}")]
+pub enum ReplacementsError {
+    #[error("cannot read the replacements of {object}: {reason}")]
     Object { object: String, reason: String },
 }
 
-/// A prepared object.
+/// A diff output's replacements and callbacks, and its bytes without the sections that must
+/// not reach the module.
 #[derive(Debug, Clone)]
-pub struct Prepared {
+pub struct Replacements {
     /// The object's new bytes.
     pub object: Vec<u8>,
     /// For each replaced function: the original's name and the replacement's symbol.
@@ -35,12 +36,12 @@ pub struct Prepared {
 
 /// Reads the replacements and callbacks of one diff output and drops the sections that must
 /// not reach the module.
-pub fn prepare_object(
+pub fn read_replacements(
     name: &str,
     object: &[u8],
     report: &Report,
-) -> Result<Prepared, PrepareError> {
-    let error = |reason: String| PrepareError::Object {
+) -> Result<Replacements, ReplacementsError> {
+    let error = |reason: String| ReplacementsError::Object {
         object: name.to_string(),
         reason,
     };
@@ -138,7 +139,7 @@ pub fn prepare_object(
 
     let mut out = Vec::new();
     builder.write(&mut out).map_err(|e| error(e.to_string()))?;
-    Ok(Prepared {
+    Ok(Replacements {
         object: out,
         functions,
         callbacks,
