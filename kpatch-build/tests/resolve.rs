@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kpatch_build::build::module::Target;
-use kpatch_build::build::resolve::{Sympos, TargetSymbols, Unit};
+use kpatch_build::build::module::KlpObjectName;
+use kpatch_build::build::resolve::{KlpObjectSymbols, Sympos, Unit};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/resolve")
@@ -68,7 +68,7 @@ fn duplicate_local_names_resolve_to_their_own_unit() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let image = link_two_units(dir.path());
-    let symbols = TargetSymbols::from_elf(Target::Vmlinux, &image).expect("read symbols");
+    let symbols = KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &image).expect("read symbols");
 
     let unit = |locals: &'static [&'static str]| Unit {
         file: "show.c",
@@ -138,12 +138,14 @@ fn a_stripped_target_is_an_error_that_says_what_to_pass() {
         .expect("run strip");
     assert!(status.success());
     let stripped = std::fs::read(stripped_path).expect("read");
-    let error = TargetSymbols::from_elf(Target::Vmlinux, &stripped).expect_err("stripped");
+    let error =
+        KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &stripped).expect_err("stripped");
     assert_eq!(
         error.to_string(),
         "cannot read symbols of vmlinux: it has no symbol table (stripped?); pass an unstripped vmlinux"
     );
-    let error = TargetSymbols::from_elf(Target::Vmlinux, b"not an elf").expect_err("garbage");
+    let error =
+        KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, b"not an elf").expect_err("garbage");
     assert!(error
         .to_string()
         .starts_with("cannot read symbols of vmlinux: "));
@@ -176,8 +178,8 @@ fn a_module_stripped_of_file_symbols_is_one_block_and_refuses_duplicates() {
         .expect("run objcopy");
     assert!(status.success(), "objcopy failed");
     let data = std::fs::read(&module).expect("read module");
-    let symbols =
-        TargetSymbols::from_elf(Target::Module("module".to_string()), &data).expect("symbols");
+    let symbols = KlpObjectSymbols::from_elf(KlpObjectName::Module("module".to_string()), &data)
+        .expect("symbols");
     let block = symbols
         .find_block(&Unit {
             file: "show.c",

@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             orig_name: name,
             orig,
             patched,
-            target: "vmlinux",
+            klp_object: "vmlinux",
         })
         .collect();
 

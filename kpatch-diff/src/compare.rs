@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::correlate::{cold_parent, Twins};
-use crate::elf::{Object, Relocation, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{Object, Relocation, RelocationTarget, SectionId, SymbolId, SymbolKind};
 use crate::special_sections;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -139,14 +139,14 @@ fn is_ordinary_text(class: &str) -> bool {
 }
 
 impl Comparer<'_> {
-    fn same_target(&self, orig_target: Target, patched_target: Target) -> bool {
+    fn same_target(&self, orig_target: RelocationTarget, patched_target: RelocationTarget) -> bool {
         match (orig_target, patched_target) {
             (
-                Target::Symbol {
+                RelocationTarget::Symbol {
                     symbol: o,
                     offset: orig_offset,
                 },
-                Target::Symbol {
+                RelocationTarget::Symbol {
                     symbol: p,
                     offset: patched_offset,
                 },
@@ -156,12 +156,12 @@ impl Comparer<'_> {
                     && !self.changed_readonly.get(&p).copied().unwrap_or(false)
             }
             (
-                Target::String {
+                RelocationTarget::String {
                     section: os,
                     string_start: ostart,
                     offset: ooff,
                 },
-                Target::String {
+                RelocationTarget::String {
                     section: ps,
                     string_start: pstart,
                     offset: poff,
@@ -174,11 +174,11 @@ impl Comparer<'_> {
                     )
             }
             (
-                Target::Section {
+                RelocationTarget::Section {
                     section: os,
                     addend: oa,
                 },
-                Target::Section {
+                RelocationTarget::Section {
                     section: ps,
                     addend: pa,
                 },
@@ -320,12 +320,12 @@ fn same_string_but_line(orig: &[u8], patched: &[u8]) -> bool {
 }
 
 /// A relocation target for messages: `name+0x10`, a string, or `section+0x10`.
-fn describe(object: &Object, target: Target) -> String {
+fn describe(object: &Object, target: RelocationTarget) -> String {
     match target {
-        Target::Symbol { symbol, offset } => {
+        RelocationTarget::Symbol { symbol, offset } => {
             format!("{}{}", object.symbol(symbol).name, signed_hex(offset))
         }
-        Target::String {
+        RelocationTarget::String {
             section,
             string_start,
             offset,
@@ -334,7 +334,7 @@ fn describe(object: &Object, target: Target) -> String {
             String::from_utf8_lossy(object.string_at(section, string_start)),
             signed_hex(offset)
         ),
-        Target::Section { section, addend } => {
+        RelocationTarget::Section { section, addend } => {
             format!("{}{}", object.section(section).name, signed_hex(addend))
         }
     }
@@ -475,7 +475,7 @@ fn bug_table_line_deltas(orig: &Object, patched: &Object, twins: &Twins) -> BTre
         let mut lines: HashMap<(String, i64), u16> = HashMap::new();
         for section in object.sections.iter().filter(|s| s.name == "__bug_table") {
             for relocation in section.relocations.iter().filter(|r| r.offset % ENTRY == 0) {
-                let Target::Symbol { symbol, offset } = object.resolve(relocation) else {
+                let RelocationTarget::Symbol { symbol, offset } = object.resolve(relocation) else {
                     continue;
                 };
                 let at = (relocation.offset as usize).saturating_add(LINE);
@@ -789,7 +789,9 @@ fn propagate_untraceable_changes(patched: &Object, functions: &mut [FunctionVerd
                     .relocations_in(section, start, end)
                     .iter()
                     .find_map(|relocation| match patched.resolve(relocation) {
-                        Target::Symbol { symbol, .. } if untraceable.contains(&symbol) => {
+                        RelocationTarget::Symbol { symbol, .. }
+                            if untraceable.contains(&symbol) =>
+                        {
                             Some(symbol)
                         }
                         _ => None,
@@ -871,7 +873,8 @@ fn unreachable_untraceable_changes(
                 return None;
             }
             from.relocations.iter().find_map(|relocation| {
-                let Target::Symbol { symbol: target, .. } = patched.resolve(relocation) else {
+                let RelocationTarget::Symbol { symbol: target, .. } = patched.resolve(relocation)
+                else {
                     return None;
                 };
                 let taken = target == verdict.patched

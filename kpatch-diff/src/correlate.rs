@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::elf::{Binding, Object, Placement, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{Binding, Object, Placement, RelocationTarget, SectionId, SymbolId, SymbolKind};
 
 /// The pairing of one original object with its patched counterpart.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ fn data_users(object: &Object, with_data_referrers: bool) -> HashMap<SymbolId, U
         };
         let (start, end) = object.extent(referrer.id);
         for relocation in object.relocations_in(section, start, end) {
-            let Target::Symbol { symbol, .. } = object.resolve(relocation) else {
+            let RelocationTarget::Symbol { symbol, .. } = object.resolve(relocation) else {
                 continue;
             };
             if object.symbol(symbol).kind != SymbolKind::Object || symbol == referrer.id {

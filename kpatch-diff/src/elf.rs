@@ -143,7 +143,7 @@ impl Section {
 
 /// The relocation target of a field, expressed so that it can be compared across objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub enum RelocationTarget {
     /// `symbol + offset`, where a reference through a section symbol has already been turned
     /// into a reference to the function or object that covers the address.
     Symbol { symbol: SymbolId, offset: i64 },
@@ -594,7 +594,7 @@ impl Object {
 
     /// What a relocation refers to, with section-symbol references turned into references to
     /// the covering function or object, and string references into string contents.
-    pub fn resolve(&self, relocation: &Relocation) -> Target {
+    pub fn resolve(&self, relocation: &Relocation) -> RelocationTarget {
         let sym = self.symbol(relocation.symbol);
         // A local label such as `.LC4` (gas keeps those that inline assembly names, as in
         // the bug table's `.long .LC4 - .`) is renumbered between compilations just like an
@@ -608,13 +608,13 @@ impl Object {
             relocation.addend
         };
         if sym.kind != SymbolKind::Section && !is_local_label {
-            return Target::Symbol {
+            return RelocationTarget::Symbol {
                 symbol: sym.id,
                 offset: addend,
             };
         }
         let Some(section_id) = sym.section() else {
-            return Target::Symbol {
+            return RelocationTarget::Symbol {
                 symbol: sym.id,
                 offset: addend,
             };
@@ -632,7 +632,7 @@ impl Object {
                 .iter()
                 .rposition(|&b| b == 0)
                 .map_or(0, |p| p as u64 + 1);
-            return Target::String {
+            return RelocationTarget::String {
                 section: section_id,
                 string_start,
                 offset: addend - string_start as i64,
@@ -668,11 +668,11 @@ impl Object {
                 }
             });
         match found {
-            Some(id) => Target::Symbol {
+            Some(id) => RelocationTarget::Symbol {
                 symbol: id,
                 offset: addend - self.symbol(id).value as i64,
             },
-            None => Target::Section {
+            None => RelocationTarget::Section {
                 section: section_id,
                 addend,
             },

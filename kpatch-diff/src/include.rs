@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compare::{Comparison, Status};
 use crate::correlate::cold_parent;
-use crate::elf::{Binding, Object, Placement, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{Binding, Object, Placement, RelocationTarget, SectionId, SymbolId, SymbolKind};
 use crate::special_sections;
 
 /// What goes into the output object.
@@ -172,9 +172,9 @@ impl Closure<'_> {
         }
     }
 
-    fn follow(&mut self, target: Target) {
+    fn follow(&mut self, target: RelocationTarget) {
         match target {
-            Target::Symbol { symbol, .. } => {
+            RelocationTarget::Symbol { symbol, .. } => {
                 let sym = self.patched.symbol(symbol);
                 if sym.kind == SymbolKind::Section || sym.kind == SymbolKind::NoType {
                     // A label or section without a covering function or object: copy the
@@ -191,7 +191,8 @@ impl Closure<'_> {
                     self.inclusion.external.insert(symbol);
                 }
             }
-            Target::String { section, .. } | Target::Section { section, .. } => {
+            RelocationTarget::String { section, .. }
+            | RelocationTarget::Section { section, .. } => {
                 self.include_whole_section(section);
             }
         }
@@ -251,7 +252,7 @@ impl Closure<'_> {
         else {
             return ModuleKey::Keep;
         };
-        let Target::Symbol { symbol, .. } = self.patched.resolve(relocation) else {
+        let RelocationTarget::Symbol { symbol, .. } = self.patched.resolve(relocation) else {
             // A key inside a section of this object that is copied whole.
             return ModuleKey::Keep;
         };

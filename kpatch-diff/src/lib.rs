@@ -41,7 +41,7 @@ pub struct Pair<'a> {
     pub orig: &'a [u8],
     pub patched: &'a [u8],
     /// The binary the object belongs to: `vmlinux` or a module name.
-    pub target: &'a str,
+    pub klp_object: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
                 .filter(|_| compare::calls_fentry(&patched, verdict.patched))
                 .map(|o| Replaced {
                     name: orig.symbol(o).name.clone(),
-                    object: pair.target.to_string(),
+                    object: pair.klp_object.to_string(),
                 }),
             difference: verdict.difference.clone(),
         });
@@ -116,7 +116,7 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
     };
     let mut report = Report {
         object: pair.name.to_string(),
-        target: pair.target.to_string(),
+        klp_object: pair.klp_object.to_string(),
         outcome,
         functions,
         line_only,
@@ -138,7 +138,7 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
     comparison
         .functions
         .retain(|v| !special_sections::is_dropped(compare::section_name_of(&patched, v.patched)));
-    let inclusion = include::include(&patched, &comparison, pair.target != "vmlinux");
+    let inclusion = include::include(&patched, &comparison, pair.klp_object != "vmlinux");
     report.data = inclusion
         .symbols
         .iter()
@@ -238,8 +238,8 @@ fn ignore_by_author(patched: &Object, comparison: &mut compare::Comparison) -> V
         };
         for relocation in &section.relocations {
             match patched.resolve(relocation) {
-                elf::Target::Symbol { symbol, .. } if !by_name => functions.push(symbol),
-                elf::Target::String {
+                elf::RelocationTarget::Symbol { symbol, .. } if !by_name => functions.push(symbol),
+                elf::RelocationTarget::String {
                     section,
                     string_start,
                     ..

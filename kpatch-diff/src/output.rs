@@ -17,7 +17,7 @@ use object::{
 };
 
 use crate::correlate::Twins;
-use crate::elf::{Binding, Object, SectionId, SymbolId, SymbolKind, Target};
+use crate::elf::{Binding, Object, RelocationTarget, SectionId, SymbolId, SymbolKind};
 use crate::include::Inclusion;
 use crate::special_sections;
 
@@ -229,7 +229,7 @@ pub fn write_object(
                     continue;
                 };
                 let (symbol, addend) = match patched.resolve(relocation) {
-                    Target::Symbol {
+                    RelocationTarget::Symbol {
                         symbol,
                         offset: delta,
                     } => {
@@ -304,15 +304,16 @@ pub fn write_object(
                             }
                         }
                     }
-                    target @ (Target::String { section, .. } | Target::Section { section, .. }) => {
+                    target @ (RelocationTarget::String { section, .. }
+                    | RelocationTarget::Section { section, .. }) => {
                         let section_addend = match target {
-                            Target::String {
+                            RelocationTarget::String {
                                 string_start,
                                 offset,
                                 ..
                             } => string_start as i64 + offset,
-                            Target::Section { addend, .. } => addend,
-                            Target::Symbol { offset, .. } => offset,
+                            RelocationTarget::Section { addend, .. } => addend,
+                            RelocationTarget::Symbol { offset, .. } => offset,
                         };
                         let (Some(&out_target), Some(layout)) =
                             (out_sections.get(&section), layouts.get(&section))

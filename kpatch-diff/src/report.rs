@@ -1,4 +1,4 @@
-//! The diff report: what changed in one object pair, what the output needs from the target
+//! The diff report: what changed in one object pair, what the output needs from the klp object
 //! binary, and what was refused; printed for people or as one JSON document.
 //!
 //! The same value is the metadata embedded in the output object, so the module generator reads
@@ -45,7 +45,7 @@ pub struct Replaced {
     pub object: String,
 }
 
-/// How a reference to something left in the target binary must be resolved.
+/// How a reference to something left in the klp object (vmlinux or the module) must be resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Resolution {
@@ -70,7 +70,7 @@ pub struct Report {
     /// The object as named on the command line.
     pub object: String,
     /// The binary the object is linked into.
-    pub target: String,
+    pub klp_object: String,
     pub outcome: Outcome,
     /// Changed and new functions, in the patched object's symbol order.
     pub functions: Vec<FunctionReport>,
@@ -89,7 +89,7 @@ pub struct Report {
     /// Jump labels kept in a module klp object whose key the output does not hold: each one
     /// must reach its key through a normal relocation (a vmlinux export), or the build refuses.
     pub module_keys: Vec<ModuleKey>,
-    /// Symbols the output refers to in the target binary.
+    /// Symbols the output refers to in the klp object.
     pub references: Vec<Reference>,
     pub refusals: Vec<Refusal>,
 }
@@ -136,7 +136,7 @@ impl Report {
                 self.object,
                 self.functions_with(Status::Changed).len(),
                 self.functions_with(Status::New).len(),
-                self.target
+                self.klp_object
             )?,
         }
         for function in &self.functions {

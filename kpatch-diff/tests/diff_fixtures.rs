@@ -21,7 +21,7 @@ struct Expect {
     data: &'static [&'static str],
     /// Kept entries per special section, for sections listed here.
     entries: &'static [(&'static str, usize)],
-    /// Symbols the output must reference in the target binary.
+    /// Symbols the output must reference in the klp object.
     references: &'static [&'static str],
     refusals: &'static [&'static str],
 }
@@ -465,12 +465,12 @@ fn an_unchanged_const_ops_table_stays_the_original() {
     );
 }
 
-/// Diffs a fixture pair as part of the klp object `target`.
-fn diff_for(name: &str, target: &str) -> Option<kpatch_diff::DiffOutput> {
+/// Diffs a fixture pair as part of the klp object `klp_object`.
+fn diff_for(name: &str, klp_object: &str) -> Option<kpatch_diff::DiffOutput> {
     if !common::have_tool("gcc") {
         return None;
     }
-    let (_, output) = common::diff_fixture(name, target);
+    let (_, output) = common::diff_fixture(name, klp_object);
     if let Some(object) = &output.object {
         common::check_output(name, object, &output.report);
     }

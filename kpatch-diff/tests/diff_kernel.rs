@@ -84,7 +84,7 @@ fn check_variant(
         orig_name: "original",
         orig: &orig,
         patched: &patched,
-        target: "vmlinux",
+        klp_object: "vmlinux",
     })
     .unwrap_or_else(|e| panic!("{object}: {e}"));
     let report = &result.report;
@@ -178,7 +178,7 @@ fn check_variant(
         orig_name: "original",
         orig: &orig,
         patched: &patched,
-        target: "vmlinux",
+        klp_object: "vmlinux",
     })
     .unwrap_or_else(|e| panic!("{object}: {e}"));
     assert_eq!(
@@ -193,7 +193,7 @@ fn check_variant(
         orig_name: "original",
         orig: &orig,
         patched: &orig,
-        target: "vmlinux",
+        klp_object: "vmlinux",
     })
     .unwrap_or_else(|e| panic!("{object}: {e}"));
     assert_eq!(
@@ -300,7 +300,7 @@ fn report_of(dir: &std::path::Path, variant: &str, object: &str) -> kpatch_diff:
         orig_name: "original",
         orig: &orig,
         patched: &patched,
-        target: "vmlinux",
+        klp_object: "vmlinux",
     })
     .unwrap_or_else(|e| panic!("{object}{variant}: {e}"))
     .report
@@ -429,7 +429,7 @@ fn diffing_all_pairs_in_parallel_gives_the_same_results_as_one_by_one() {
             orig_name: name,
             orig,
             patched,
-            target: "vmlinux",
+            klp_object: "vmlinux",
         })
         .collect();
     assert!(pairs.len() >= 5, "manifest lists {} objects", pairs.len());
@@ -475,7 +475,7 @@ fn corrupted_kernel_objects_never_panic() {
             orig_name: object,
             orig: &orig,
             patched: &corrupt,
-            target: "vmlinux",
+            klp_object: "vmlinux",
         });
     }
 }

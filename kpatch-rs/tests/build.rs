@@ -4,7 +4,7 @@
 //! The kernel comes from `cargo xtask kernel`; `cargo xtask ci` passes its directories in
 //! `KPATCH_RS_KERNEL_SOURCE` and `KPATCH_RS_KERNEL_BUILD`. Without them these tests are
 //! skipped with a message, except under `CI`, where that is a failure. Loading the modules
-//! into a running kernel is the QEMU scenarios' job (`tests/`).
+//! into a running kernel is the QEMU cases' job (`tests/`).
 
 #![allow(
     clippy::disallowed_methods,
@@ -258,7 +258,7 @@ fn a_kpatch_macros_callback_becomes_the_objects_callback() {
     assert!(inspect.status.success(), "{}", stderr(&inspect));
     let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
     let object = &inspection["patch"]["objects"][0];
-    assert_eq!(object["target"], "vmlinux");
+    assert_eq!(object["klp_object"], "vmlinux");
     assert_eq!(
         object["callbacks"]["post_patch"],
         "kpatch_rs.fs/proc/cmdline.o.kpatch_demo_post_patch"
@@ -286,7 +286,7 @@ fn a_module_function_is_patched_through_its_own_klp_object() {
     );
     assert!(result.status.success(), "build failed: {}", stderr(&result));
     let report: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json report");
-    assert_eq!(report["objects"][0]["target"], "kobject_example");
+    assert_eq!(report["objects"][0]["klp_object"], "kobject_example");
     let inspect = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
         .args(["inspect", "--json"])
         .arg(dir.path().join("livepatch-module-kobject.ko"))
@@ -296,7 +296,7 @@ fn a_module_function_is_patched_through_its_own_klp_object() {
     let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
     let object = &inspection["patch"]["objects"][0];
     assert_eq!(
-        object["target"],
+        object["klp_object"],
         serde_json::json!({ "module": "kobject_example" })
     );
     assert_eq!(object["functions"][0]["old_name"], "foo_show");

@@ -173,7 +173,7 @@ fn no_corruption_panics() {
             orig_name: "original",
             orig,
             patched,
-            target: "vmlinux",
+            klp_object: "vmlinux",
         });
     };
     for length in 0..patched.len() {

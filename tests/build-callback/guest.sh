@@ -3,7 +3,7 @@
 # line; the changed cmdline_proc_show() appends " callback". Enabling runs pre-patch then
 # post-patch, disabling runs pre-unpatch then post-unpatch. `refuse` has a pre-patch callback
 # that fails: its load must fail and leave /proc/cmdline as it was.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 # callbacks: the callbacks that ran so far, in the order of the kernel log.
 callbacks() {

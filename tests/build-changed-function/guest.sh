@@ -1,7 +1,7 @@
 #!/bin/sh
 # A changed vmlinux function: the patch makes cmdline_proc_show() append " kpatch-rs" to
 # /proc/cmdline.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 original=$(cat /proc/cmdline)
 load cmdline

@@ -3,7 +3,7 @@
 # sets every new pidfd inode's file operations to pidfs_file_operations; unchanged
 # pidfd_send_signal() refuses any file whose f_op is another table (EBADF). A module holding
 # its own copy of the table would make every pidfd opened while it is loaded unusable.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 echo "before:"
 ./pidfd-check

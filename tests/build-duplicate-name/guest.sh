@@ -2,7 +2,7 @@
 # A changed function whose name vmlinux has twice: fs/proc/consoles.c's c_start() (the patched
 # one) and arch/x86/kernel/cpu/proc.c's c_start() (for /proc/cpuinfo). The patch makes
 # /proc/consoles start with a header line; /proc/cpuinfo must not change.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 consoles=$(cat /proc/consoles)
 cpuinfo=$(cat /proc/cpuinfo)

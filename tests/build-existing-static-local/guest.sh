@@ -3,7 +3,7 @@
 # width of its first column in `static int prec`. The patched copy marks the header line of
 # /proc/interrupts with "kpatch-rs" and goes on using vmlinux's prec (the module resolves
 # prec.0 when it loads), so the lines below the header keep their layout.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 # The first column of every line but the header: IRQ numbers and names, padded to prec
 # characters (the counts after the colon change from one read to the next).

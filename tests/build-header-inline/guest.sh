@@ -2,7 +2,7 @@
 # An inline function in a header used by two translation units: the patch adds
 # proc_show_kpatch_mark() to fs/proc/internal.h (included by 21 objects of fs/proc) and calls
 # it from fs/proc/cmdline.c and fs/proc/version.c; one module patches both functions.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 cmdline=$(cat /proc/cmdline)
 version=$(cat /proc/version)

@@ -2,7 +2,7 @@
 # A patch written with klp-build's names: the changed cmdline_proc_show() appends
 # " klp-names", and the KLP_POST_PATCH_CALLBACK callback logs one line when the patch is
 # enabled.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 original=$(cat /proc/cmdline)
 load klp

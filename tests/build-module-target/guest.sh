@@ -4,7 +4,7 @@
 # The patch reaches the module's static `foo` through a livepatch relocation, which the kernel
 # applies whenever the module comes: with the module already loaded, and when it is loaded after
 # the livepatch, unloaded and loaded again.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 foo=/sys/kernel/kobject_example/foo
 object=$(patch_dir kobject)/kobject_example

@@ -2,7 +2,7 @@
 # New static data and a changed function that prints it: the patch adds a read-only label and
 # a counter to fs/proc/meminfo.c, and meminfo_proc_show() ends /proc/meminfo with
 # "KpatchReads:    N", N counting the reads since the module was loaded.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 # The field names only: the values change from one read to the next.
 fields() { cut -d: -f1 /proc/meminfo; }

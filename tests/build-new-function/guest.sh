@@ -1,7 +1,7 @@
 #!/bin/sh
 # A new function called by a changed one: version_proc_show() calls version_show_note(), which
 # vmlinux does not have, and /proc/version gains a second line.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 original=$(cat /proc/version)
 load version

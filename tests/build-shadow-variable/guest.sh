@@ -2,7 +2,7 @@
 # The kernel's shadow variable API from patched code: cmdline_proc_show() counts its reads in a
 # shadow variable attached to saved_command_line (klp_shadow_get_or_alloc) and prints the count;
 # a post-unpatch callback from kpatch-macros.h frees the shadow variables (klp_shadow_free_all).
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 original=$(cat /proc/cmdline)
 load shadow

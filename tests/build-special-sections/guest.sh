@@ -3,7 +3,7 @@
 # (a __bug_table entry), a pr_debug (a __dyndbg descriptor and its static key) and a branch on
 # a new static key that stays off (a __jump_table entry). /proc/cmdline ends with " checked";
 # the pr_debug prints once enabled through dynamic debug, and stops when disabled.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 control=/sys/kernel/debug/dynamic_debug/control
 message='kpatch-rs: cmdline read'

@@ -2,7 +2,7 @@
 # Stacking and replacing: `a` (--no-replace) marks /proc/cmdline with [a], `b` (--no-replace)
 # adds a [b] line to /proc/version on top of it, and `cumulative` (the default, atomic
 # replace) carries both changes as [c] and replaces a and b in one transition.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 cmdline=$(cat /proc/cmdline)
 version=$(cat /proc/version)

@@ -2,7 +2,7 @@
 # A static local variable in a changed function: version_proc_show() counts its calls in a
 # new `static unsigned int reads` and prints the count under the banner. The counter lives in
 # the module, so loading the module again starts it over.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 original=$(cat /proc/version)
 reads() { tail -n 1 /proc/version; }

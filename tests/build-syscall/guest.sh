@@ -1,7 +1,7 @@
 #!/bin/sh
 # A patched system call: kernel/sys.c's newuname is redefined with KPATCH_SYSCALL_DEFINE1 from
 # kpatch-syscall.h and reports the machine as "kpatched"; busybox's uname calls it.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 machine=$(uname -m)
 release=$(uname -r)

@@ -2,7 +2,7 @@
 # The kernel's livepatch sample replaces cmdline_proc_show(): while the patch is enabled,
 # /proc/cmdline reads "this has been live patched"; once it is disabled, the original
 # command line is back. The module is livepatch-sample.ko, so the helpers call it `sample`.
-. /scenarios/livepatch.sh
+. /cases/livepatch.sh
 
 original=$(cat /proc/cmdline)
 load sample

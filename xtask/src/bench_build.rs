@@ -38,7 +38,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::project_root();
     sh.change_dir(&root);
     let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
-    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
+    let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
     let source = &kernel.source;
     let vmlinux = kernel.build.join("vmlinux");
     let patch = root.join("fixtures/build/cmdline.patch");

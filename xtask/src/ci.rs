@@ -120,7 +120,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     crate::race_stress::EXPERIMENT_WINDOW_MS,
                 ),
             ];
-            let kpatch = crate::scenarios::build_kpatch_rs(&sh);
+            let kpatch = crate::kpatch::build_kpatch_rs(&sh);
             for (dirs, name, window_ms) in runs {
                 let rounds = crate::race_stress::DEFAULT_ROUNDS;
                 let verdict = kpatch
@@ -151,7 +151,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // The other side of the stress: on the Rust core built with the pre-fix binding rule, the
     // same stress must see the race, or it could not see it on the kernels above either.
     let verdict = ensure_kernel(&sh, &KernelSpec::for_core(Core::RustPreFix)).and_then(|dirs| {
-        let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
+        let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
         crate::race_stress::observe(
             &sh,
             &kpatch,

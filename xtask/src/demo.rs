@@ -40,7 +40,7 @@ pub fn run(args: &[String]) -> Result<()> {
     sh.change_dir(&root);
     crate::deps::ensure_packages(&sh)?;
     let kernel = ensure_kernel(&sh, &KernelSpec::stock())?;
-    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
+    let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
 
     let work = root.join("target/demo");
     let _ = std::fs::remove_dir_all(&work);

@@ -207,7 +207,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::project_root();
     sh.change_dir(&root);
     let distro = ensure_distro(&sh)?;
-    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
+    let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
 
     let work = root.join("target/distro");
     let _ = std::fs::remove_dir_all(&work);

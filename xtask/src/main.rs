@@ -8,6 +8,7 @@
 )]
 
 mod bench_build;
+mod cases;
 mod ci;
 mod demo;
 mod deps;
@@ -15,10 +16,10 @@ mod distro;
 mod fixtures;
 mod guest;
 mod kernel;
+mod kpatch;
 mod process;
 mod qemu_test;
 mod race_stress;
-mod scenarios;
 mod selftests;
 mod stable_delta;
 
@@ -36,9 +37,9 @@ commands:
   deps      install the Debian packages the harness needs (apt-get)
   kernel    build the cached test kernel [--print-dirs] [--core c|rust|rust-pre-fix]
             [--fragment FILE]...
-  qemu-test run the livepatch selftests and tests/ scenarios in QEMU
+  qemu-test run the livepatch selftests and tests/ cases in QEMU
             [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
-            [--only selftests|scenarios]
+            [--only selftests|cases]
   stable-delta  --from A --to B: every .c file Debian's amd64 kernel compiles that changed
             between two linux-source-6.12 versions (6.12.111 or 6.12.111-1~deb12u1), one
             kpatch-rs build each for A's own kernel, each livepatch loaded in QEMU; results

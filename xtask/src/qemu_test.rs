@@ -1,5 +1,5 @@
-//! `cargo xtask qemu-test`: the upstream livepatch selftests and the `tests/` scenarios, each
-//! group run in one boot of the cached kernel under QEMU, one line per script or scenario and
+//! `cargo xtask qemu-test`: the upstream livepatch selftests and the `tests/` cases, each
+//! group run in one boot of the cached kernel under QEMU, one line per script or case and
 //! a final `N passed, N failed` line.
 
 use std::path::{Path, PathBuf};
@@ -9,14 +9,14 @@ use xshell::Shell;
 
 use crate::guest::{self, Ending, Outcome, Rootfs};
 use crate::kernel::{self, KernelDirs, KernelSpec};
-use crate::{scenarios, selftests};
+use crate::{cases, selftests};
 
-/// How many scripts and scenarios passed and failed.
+/// How many scripts and cases passed and failed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
     pub passed: usize,
     pub failed: usize,
-    /// Disabled scenarios: neither passed nor failed, and named in the summary.
+    /// Disabled cases: neither passed nor failed, and named in the summary.
     pub skipped: usize,
 }
 
@@ -35,11 +35,11 @@ impl Tally {
 enum Only {
     All,
     Selftests,
-    Scenarios,
+    Cases,
 }
 
 /// `cargo xtask qemu-test [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR]
-/// [--tests DIR] [--only selftests|scenarios]`
+/// [--tests DIR] [--only selftests|cases]`
 pub fn run(args: &[String]) -> Result<()> {
     let mut spec = KernelSpec::stock();
     let mut extra_fragments = Vec::new();
@@ -59,18 +59,18 @@ pub fn run(args: &[String]) -> Result<()> {
             "--kernel-build" => {
                 kernel_build = Some(std::path::absolute(value("a kernel build directory")?)?)
             }
-            "--tests" => tests_dir = std::path::absolute(value("a directory of scenarios")?)?,
+            "--tests" => tests_dir = std::path::absolute(value("a directory of cases")?)?,
             "--only" => {
-                only = match value("selftests or scenarios")?.as_str() {
+                only = match value("selftests or cases")?.as_str() {
                     "selftests" => Only::Selftests,
-                    "scenarios" => Only::Scenarios,
-                    other => bail!("--only takes selftests or scenarios, not `{other}`"),
+                    "cases" => Only::Cases,
+                    other => bail!("--only takes selftests or cases, not `{other}`"),
                 }
             }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask qemu-test` \
                  (expected --core c|rust|rust-pre-fix, --fragment FILE, --kernel-build DIR, --tests DIR, \
-                 --only selftests|scenarios)"
+                 --only selftests|cases)"
             ),
         }
     }
@@ -95,7 +95,7 @@ pub fn run(args: &[String]) -> Result<()> {
 /// One selftest script's name and whether it passed, for side-by-side reports.
 pub type Verdicts = Vec<(String, bool)>;
 
-/// Runs the selftests and the scenarios on `kernel`; prints one line per script or scenario
+/// Runs the selftests and the cases on `kernel`; prints one line per script or case
 /// and returns the tally and each selftest script's verdict.
 pub fn run_everything_verdicts(sh: &Shell, kernel: &KernelDirs) -> Result<(Tally, Verdicts)> {
     run_all(sh, kernel, Only::All, &crate::project_root().join("tests"))
@@ -134,9 +134,9 @@ fn run_all(
     let mut tally = Tally::default();
     let mut selftest_verdicts = Verdicts::new();
 
-    if only != Only::Scenarios {
+    if only != Only::Cases {
         let rootfs = Rootfs::new(sh, &work.join("selftests/rootfs"))?;
-        let jobs = selftests::prepare(kernel, &rootfs, &work.join("selftests"))?;
+        let jobs = selftests::jobs(kernel, &rootfs, &work.join("selftests"))?;
         let outcomes = guest::run_jobs(sh, kernel, &rootfs, &jobs, &work.join("selftests/boot"))?;
         for outcome in &outcomes {
             save_output(&work.join("selftests/boot"), outcome)?;
@@ -147,58 +147,58 @@ fn run_all(
     }
 
     if only != Only::Selftests {
-        let found = scenarios::discover(tests_dir)?;
+        let found = cases::discover(tests_dir)?;
         if found.is_empty() {
             bail!(
-                "no scenarios found in {} (a scenario is a directory with guest.sh)",
+                "no cases found in {} (a case is a directory with guest.sh)",
                 tests_dir.display()
             );
         }
-        let rootfs = Rootfs::new(sh, &work.join("scenarios/rootfs"))?;
+        let rootfs = Rootfs::new(sh, &work.join("cases/rootfs"))?;
         let started = std::time::Instant::now();
-        let prepared = scenarios::prepare(sh, kernel, &rootfs, &found, &work.join("scenarios"))?;
+        let staged = cases::stage(sh, kernel, &rootfs, &found, &work.join("cases"))?;
         let host_seconds = started.elapsed().as_secs();
-        let jobs: Vec<guest::Job> = prepared
+        let jobs: Vec<guest::Job> = staged
             .iter()
             .filter_map(|p| match p {
-                scenarios::Prepared::Guest(job) => Some(job.clone()),
+                cases::Staged::Guest(job) => Some(job.clone()),
                 _ => None,
             })
             .collect();
         let mut outcomes = if jobs.is_empty() {
             Vec::new()
         } else {
-            guest::run_jobs(sh, kernel, &rootfs, &jobs, &work.join("scenarios/boot"))?
+            guest::run_jobs(sh, kernel, &rootfs, &jobs, &work.join("cases/boot"))?
         }
         .into_iter();
-        for (scenario, prepared) in found.iter().zip(&prepared) {
-            match prepared {
-                scenarios::Prepared::Skipped(reason) => {
+        for (case, staged) in found.iter().zip(&staged) {
+            match staged {
+                cases::Staged::Skipped(reason) => {
                     tally.skipped += 1;
-                    println!("SKIP  scenario {}: {reason}", scenario.name);
+                    println!("SKIP  case {}: {reason}", case.name);
                 }
-                scenarios::Prepared::Host { verdict, seconds } => {
+                cases::Staged::Host { verdict, seconds } => {
                     let outcome = Outcome {
-                        name: scenario.name.clone(),
+                        name: case.name.clone(),
                         ending: Ending::Exited(0),
                         output: String::new(),
                         seconds: Some(*seconds),
                         console_log: None,
                     };
-                    report("scenario", &outcome, verdict, &mut tally);
+                    report("case", &outcome, verdict, &mut tally);
                 }
-                scenarios::Prepared::Guest(_) => {
+                cases::Staged::Guest(_) => {
                     let Some(outcome) = outcomes.next() else {
-                        bail!("the guest returned fewer results than scenarios it ran");
+                        bail!("the guest returned fewer results than cases it ran");
                     };
-                    save_output(&work.join("scenarios/boot"), &outcome)?;
-                    let verdict = scenarios::judge(scenario, &outcome);
-                    report("scenario", &outcome, &verdict, &mut tally);
+                    save_output(&work.join("cases/boot"), &outcome)?;
+                    let verdict = cases::judge(case, &outcome);
+                    report("case", &outcome, &verdict, &mut tally);
                 }
             }
         }
         eprintln!(
-            "qemu-test: scenarios took {}s ({host_seconds}s of builds on the host, the rest in \
+            "qemu-test: cases took {}s ({host_seconds}s of builds on the host, the rest in \
              the guest)",
             started.elapsed().as_secs()
         );
@@ -262,7 +262,7 @@ fn report(
         Err(why) => {
             tally.failed += 1;
             println!("FAIL  {kind} {}: {why}", outcome.name);
-            // A scenario whose output differed already shows it in the verdict.
+            // A case whose output differed already shows it in the verdict.
             if !why.contains("--- actual") {
                 for line in outcome.output.lines() {
                     println!("      | {line}");

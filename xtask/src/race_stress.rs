@@ -175,7 +175,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(build) => kernel::existing_kernel(&build)?,
         None => kernel::ensure_kernel(&sh, &KernelSpec::for_core(core))?,
     };
-    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
+    let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
     let observation = observe(&sh, &kpatch, &kernel, core.name(), rounds, window_ms)?;
     println!("race-stress: {}", observation.describe());
     if core == Core::RustPreFix {
@@ -206,7 +206,7 @@ pub fn judge(observation: &Observation) -> Result<()> {
 /// core as it is and with a widened race window, and on the pre-fix Rust core likewise; then
 /// the model's prediction for the pre-fix rule. Fails if a kernel with the fix is not clean.
 fn run_experiment(sh: &Shell, rounds: u32) -> Result<()> {
-    let kpatch = crate::scenarios::build_kpatch_rs(sh)?;
+    let kpatch = crate::kpatch::build_kpatch_rs(sh)?;
     let runs = [
         (Core::C, 0),
         (Core::Rust, 0),
@@ -345,7 +345,7 @@ fn build_livepatch(
     let output_dir = work.join(format!("kpatch/race{n}"));
     let log = work.join(format!("race{n}.build.log"));
     let mut command =
-        crate::scenarios::kpatch_build_command(kpatch, kernel, &format!("race{n}"), &output_dir)?;
+        crate::kpatch::kpatch_build_command(kpatch, kernel, &format!("race{n}"), &output_dir)?;
     command
         .arg("--no-replace")
         .arg(fixture.join(format!("p{n}.patch")));

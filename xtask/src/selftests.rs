@@ -28,7 +28,7 @@ pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Builds the selftests' modules and program for `kernel` in `work`, copies them into the
 /// guest tree, and returns one job per script, in the order the selftests' Makefile lists.
-pub fn prepare(kernel: &KernelDirs, rootfs: &Rootfs, work: &Path) -> Result<Vec<Job>> {
+pub fn jobs(kernel: &KernelDirs, rootfs: &Rootfs, work: &Path) -> Result<Vec<Job>> {
     let source = kernel.source.join(SELFTEST_DIR);
     let makefile = std::fs::read_to_string(source.join("Makefile")).with_context(|| {
         format!(

@@ -719,7 +719,10 @@ fn build_one(context: &BuildContext, slot: usize, row: &Row) -> Result<BuildReco
             for object in objects {
                 let functions = object["diff"]["functions"].as_array();
                 if functions.is_some_and(|f| !f.is_empty()) {
-                    let target = object["target"].as_str().unwrap_or_default().to_string();
+                    let target = object["klp_object"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     if !record.patched_targets.contains(&target) {
                         record.patched_targets.push(target);
                     }
@@ -1546,7 +1549,7 @@ pub fn run(args: &[String]) -> Result<()> {
         start.elapsed().as_secs_f64(),
     ));
 
-    let kpatch = crate::scenarios::build_kpatch_rs(&sh)?;
+    let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
     // Load earlier results; the rest is built in the spread order.
     for row in &mut rows {
         row.build = read_record(&run.join("builds").join(format!("{}.json", row.name)));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::inputs::{read_file, Inputs};
 use super::kbuild::KernelBuild;
 use super::module;
-use super::units::{self, TargetError};
+use super::units::{self, UnitsError};
 use super::{BuildError, BuildOptions};
 
 /// What the compile phase hands on: both builds and the units compiled in each.
@@ -124,7 +124,7 @@ fn units_to_build(
             }
         }
         if dependents.is_empty() {
-            return Err(TargetError::UnusedHeader {
+            return Err(UnitsError::UnusedHeader {
                 header: file.display().to_string(),
             }
             .into());

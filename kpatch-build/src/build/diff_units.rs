@@ -10,7 +10,7 @@ use kpatch_diff::{DiffOutput, Pair};
 
 use super::compile::Compiled;
 use super::inputs::read_file;
-use super::module::Target;
+use super::module::KlpObjectName;
 use super::units;
 use super::BuildError;
 
@@ -20,7 +20,7 @@ pub struct DiffedUnit {
     /// The unit's object, relative to the tree (`fs/proc/cmdline.o`).
     pub name: String,
     /// The klp object it belongs to.
-    pub target: Target,
+    pub klp_object: KlpObjectName,
     /// The original object's bytes.
     pub orig: Vec<u8>,
     pub output: DiffOutput,
@@ -33,7 +33,7 @@ pub fn diff_units(compiled: &Compiled) -> Result<Vec<DiffedUnit>, BuildError> {
         let orig_name = format!("{} (original)", object.display());
         let cmd = fs::read_to_string(units::cmd_file(&compiled.original.output, object))
             .unwrap_or_default();
-        let target = units::attribute(&cmd);
+        let klp_object = units::attribute(&cmd);
         let orig = read_file(
             &compiled.original.output.join(object),
             "object",
@@ -47,28 +47,28 @@ pub fn diff_units(compiled: &Compiled) -> Result<Vec<DiffedUnit>, BuildError> {
         inputs.push((
             object.display().to_string(),
             orig_name,
-            target,
+            klp_object,
             orig,
             patched,
         ));
     }
     let pairs: Vec<Pair<'_>> = inputs
         .iter()
-        .map(|(name, orig_name, target, orig, patched)| Pair {
+        .map(|(name, orig_name, klp_object, orig, patched)| Pair {
             name,
             orig_name,
             orig,
             patched,
-            target: target.klp_name(),
+            klp_object: klp_object.klp_name(),
         })
         .collect();
     let results = kpatch_diff::diff_all(&pairs);
     let mut diffed = Vec::new();
-    for (result, (name, _, target, orig, _)) in results.into_iter().zip(inputs) {
+    for (result, (name, _, klp_object, orig, _)) in results.into_iter().zip(inputs) {
         let output = result.map_err(|e| BuildError::Diff(e.to_string()))?;
         diffed.push(DiffedUnit {
             name,
-            target,
+            klp_object,
             orig,
             output,
         });

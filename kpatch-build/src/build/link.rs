@@ -10,7 +10,7 @@ use super::compile::Compiled;
 use super::inputs::read_file;
 use super::kbuild::{self, KernelBuild};
 use super::klp_records;
-use super::module::{self, KlpFunction, KlpObject, Target};
+use super::module::{self, KlpFunction, KlpObject, KlpObjectName};
 use super::references::Resolved;
 use super::replacements;
 use super::{BuildError, ObjectSummary};
@@ -20,7 +20,7 @@ use super::{BuildError, ObjectSummary};
 pub struct Linkable {
     /// The prepared objects, in unit order.
     pub objects: Vec<PathBuf>,
-    /// One klp object per target, vmlinux first.
+    /// One `klp_object` per klp object, vmlinux first.
     pub klp_objects: Vec<KlpObject>,
     /// Per unit, for the report.
     pub summaries: Vec<ObjectSummary>,
@@ -31,13 +31,13 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
     let _ = fs::remove_dir_all(module_dir);
     fs::create_dir_all(module_dir)
         .map_err(|e| BuildError::Module(format!("cannot create {}: {e}", module_dir.display())))?;
-    let mut klp_objects: BTreeMap<Target, KlpObject> = BTreeMap::new();
+    let mut klp_objects: BTreeMap<KlpObjectName, KlpObject> = BTreeMap::new();
     let mut objects = Vec::new();
     let mut summaries = Vec::new();
     for (index, (unit, links)) in resolved.units.into_iter().enumerate() {
         let summary = ObjectSummary {
             object: unit.name.clone(),
-            target: unit.target.klp_name().to_string(),
+            klp_object: unit.klp_object.klp_name().to_string(),
             diff: unit.output.report.clone(),
         };
         let (Some(object_bytes), Some(links)) = (&unit.output.object, links) else {
@@ -55,11 +55,11 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
             .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))?;
         objects.push(path);
 
-        let target = unit.target.clone();
+        let klp_object = unit.klp_object.clone();
         let klp_object = klp_objects
-            .entry(target.clone())
+            .entry(klp_object.clone())
             .or_insert_with(|| KlpObject {
-                target,
+                klp_object,
                 functions: Vec::new(),
                 callbacks: Default::default(),
             });

@@ -19,7 +19,7 @@ use kbuild::CommandError;
 use module::{KlpObject, LivepatchModule};
 use resolve::{Exports, ResolveError};
 use trees::TreeError;
-use units::TargetError;
+use units::UnitsError;
 
 pub mod compile;
 pub mod diff_units;
@@ -104,7 +104,7 @@ pub enum BuildError {
     #[error("{0}")]
     Input(String),
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Units(#[from] UnitsError),
     #[error(transparent)]
     Tree(#[from] TreeError),
     #[error(transparent)]
@@ -165,7 +165,7 @@ pub struct ObjectSummary {
     /// The object, relative to the tree.
     pub object: String,
     /// `vmlinux` or the module it belongs to.
-    pub target: String,
+    pub klp_object: String,
     /// The diff's report.
     pub diff: Report,
 }
@@ -205,7 +205,7 @@ impl BuildReport {
         )?;
         // A header change compiles many objects; only those with a changed function matter.
         for object in self.objects.iter().filter(|o| !o.diff.functions.is_empty()) {
-            writeln!(out, "{} ({}):", object.object, object.target)?;
+            writeln!(out, "{} ({}):", object.object, object.klp_object)?;
             for function in &object.diff.functions {
                 let status = function.status.as_str();
                 writeln!(out, "  {status:8} {}", function.name)?;
@@ -350,7 +350,7 @@ mod tests {
     use kpatch_diff::elf::Binding;
     use kpatch_diff::report::Outcome;
     use kpatch_diff::report::{ModuleKey, Reference, Resolution};
-    use module::Target;
+    use module::KlpObjectName;
     use std::collections::BTreeMap;
 
     /// A module object's report with one kept jump label per key, each key referenced with
@@ -358,7 +358,7 @@ mod tests {
     fn report_with(keys: &[(&str, Option<Binding>)]) -> Report {
         Report {
             object: "drivers/demo/demo.o".to_string(),
-            target: "demo".to_string(),
+            klp_object: "demo".to_string(),
             outcome: Outcome::Changed,
             functions: Vec::new(),
             line_only: Vec::new(),
@@ -395,15 +395,15 @@ mod tests {
              0x3\tlocal_key\tvmlinux\tEXPORT_SYMBOL\t\n",
         )
         .expect("symvers parses");
-        let target = Target::Module("demo".to_string());
+        let klp_object = KlpObjectName::Module("demo".to_string());
         // `own` is a global of the module itself; everything else it does not define.
         let check = |key: &str, binding: Option<Binding>, refused: Option<&str>| {
             let refusals =
-                unreachable_keys(&report_with(&[(key, binding)]), &target, |k, local| {
+                unreachable_keys(&report_with(&[(key, binding)]), &klp_object, |k, local| {
                     resolve::ReferenceFacts {
                         local,
                         exporter: exports.exporter_to_livepatch(k),
-                        global_of_target: k == "own_key",
+                        global_of_klp_object: k == "own_key",
                         defined_by_patch: false,
                     }
                 });

@@ -1,7 +1,7 @@
 //! Module generation: the livepatch module's C source and Kbuild file, from `templates/`.
 //!
 //! The generated source holds only the tables the livepatch core reads: one `klp_object` per
-//! target binary (vmlinux or a module), one `klp_func` per replaced function, and the object's
+//! klp object (vmlinux or a module), one `klp_func` per replaced function, and the object's
 //! callbacks. The replacement functions themselves come from the diff, linked beside it; each
 //! is reached through the global alias the diff gives it (`kpatch_rs.<object>.<function>`),
 //! because the replacement usually keeps the original's local name. Such names are no C
@@ -29,19 +29,19 @@ const MAX_MODULE_NAME: usize = 55;
 /// Which binary a `klp_object` patches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Target {
+pub enum KlpObjectName {
     /// The kernel image; `klp_object.name` is NULL.
     Vmlinux,
     /// A module, by the name the kernel knows it under (`KBUILD_MODNAME`, with underscores).
     Module(String),
 }
 
-impl Target {
+impl KlpObjectName {
     /// The name used in livepatch symbol and section names: `vmlinux` or the module name.
     pub fn klp_name(&self) -> &str {
         match self {
-            Target::Vmlinux => "vmlinux",
-            Target::Module(name) => name,
+            KlpObjectName::Vmlinux => "vmlinux",
+            KlpObjectName::Module(name) => name,
         }
     }
 }
@@ -49,9 +49,9 @@ impl Target {
 /// One replaced function.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KlpFunction {
-    /// The original function's name in the target, as kallsyms shows it.
+    /// The original function's name in the klp object, as kallsyms shows it.
     pub old_name: String,
-    /// Which of several same-named symbols in the target (0 when the name is unique).
+    /// Which of several same-named symbols in the klp object (0 when the name is unique).
     pub old_sympos: u64,
     /// The global symbol of the replacement in the linked module (the diff's alias).
     pub new_symbol: String,
@@ -98,7 +98,7 @@ impl Callbacks {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KlpObject {
     /// The binary it patches.
-    pub target: Target,
+    pub klp_object: KlpObjectName,
     /// The functions it replaces.
     pub functions: Vec<KlpFunction>,
     /// Its callbacks.
@@ -128,8 +128,8 @@ pub enum ModuleError {
     InvalidName(String),
     #[error("livepatch module {module} would patch no function")]
     Empty { module: String },
-    #[error("livepatch module {module} has two objects for {target}")]
-    DuplicateObject { module: String, target: String },
+    #[error("livepatch module {module} has two objects for {klp_object}")]
+    DuplicateObject { module: String, klp_object: String },
 }
 
 impl LivepatchModule {
@@ -158,21 +158,25 @@ impl LivepatchModule {
                 module: self.name.clone(),
             });
         }
-        let mut targets: Vec<&Target> = self.objects.iter().map(|object| &object.target).collect();
-        targets.sort();
-        if let Some(pair) = targets.windows(2).find(|pair| pair[0] == pair[1]) {
+        let mut klp_objects: Vec<&KlpObjectName> = self
+            .objects
+            .iter()
+            .map(|object| &object.klp_object)
+            .collect();
+        klp_objects.sort();
+        if let Some(pair) = klp_objects.windows(2).find(|pair| pair[0] == pair[1]) {
             return Err(ModuleError::DuplicateObject {
                 module: self.name.clone(),
-                target: pair[0].klp_name().to_string(),
+                klp_object: pair[0].klp_name().to_string(),
             });
         }
         Ok(())
     }
 }
 
-/// The C identifier fragment for a target: module names may contain `-`.
-fn c_identifier(target: &Target) -> String {
-    target
+/// The C identifier fragment for a klp object: module names may contain `-`.
+fn c_identifier(klp_object: &KlpObjectName) -> String {
+    klp_object
         .klp_name()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -220,7 +224,7 @@ fn imports(module: &LivepatchModule) -> String {
 pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
     module.validate()?;
     let mut objects: Vec<&KlpObject> = module.objects.iter().collect();
-    objects.sort_by(|a, b| a.target.cmp(&b.target));
+    objects.sort_by(|a, b| a.klp_object.cmp(&b.klp_object));
 
     // The replacements and callbacks are reached by their symbols in the linked objects,
     // whose names (`kpatch_rs.fs/proc/cmdline.o.cmdline_proc_show`) are no C identifiers:
@@ -231,7 +235,7 @@ pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
     let mut next_function = 0usize;
     let mut next_callback = 0usize;
     for object in objects {
-        let ident = c_identifier(&object.target);
+        let ident = c_identifier(&object.klp_object);
         let _ = writeln!(
             tables,
             "\nstatic struct klp_func kpatch_funcs_{ident}[] = {{"
@@ -253,9 +257,9 @@ pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
         }
         tables.push_str("\t{ }\n};\n");
 
-        let name = match &object.target {
-            Target::Vmlinux => "NULL".to_string(),
-            Target::Module(name) => c_string(name),
+        let name = match &object.klp_object {
+            KlpObjectName::Vmlinux => "NULL".to_string(),
+            KlpObjectName::Module(name) => c_string(name),
         };
         let _ = writeln!(
             entries,
@@ -321,7 +325,7 @@ mod tests {
             import_namespaces: vec!["CXL".to_string()],
             objects: vec![
                 KlpObject {
-                    target: Target::Module("kpatch_test_mod".to_string()),
+                    klp_object: KlpObjectName::Module("kpatch_test_mod".to_string()),
                     functions: vec![function("test_mod_show", 0, 1)],
                     callbacks: Callbacks {
                         pre_patch: Some("kpatch_rs.m.o.pre".to_string()),
@@ -330,7 +334,7 @@ mod tests {
                     },
                 },
                 KlpObject {
-                    target: Target::Vmlinux,
+                    klp_object: KlpObjectName::Vmlinux,
                     functions: vec![function("cmdline_proc_show", 2, 0)],
                     callbacks: Callbacks::default(),
                 },
@@ -392,8 +396,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_empty_modules_and_duplicate_objects() {
-        let object = |target: Target| KlpObject {
-            target,
+        let object = |klp_object: KlpObjectName| KlpObject {
+            klp_object,
             functions: vec![function("f", 0, 0)],
             callbacks: Callbacks::default(),
         };
@@ -410,12 +414,12 @@ mod tests {
         };
         check(
             "bad name",
-            vec![object(Target::Vmlinux)],
+            vec![object(KlpObjectName::Vmlinux)],
             "invalid livepatch module name `bad name`: use 1 to 55 letters, digits, `-` or `_`",
         );
         check(
             &"x".repeat(56),
-            vec![object(Target::Vmlinux)],
+            vec![object(KlpObjectName::Vmlinux)],
             &format!(
                 "invalid livepatch module name `{}`: use 1 to 55 letters, digits, `-` or `_`",
                 "x".repeat(56)
@@ -428,7 +432,10 @@ mod tests {
         );
         check(
             "twice",
-            vec![object(Target::Vmlinux), object(Target::Vmlinux)],
+            vec![
+                object(KlpObjectName::Vmlinux),
+                object(KlpObjectName::Vmlinux),
+            ],
             "livepatch module twice has two objects for vmlinux",
         );
     }

@@ -15,8 +15,8 @@ use kpatch_diff::report::Report;
 use super::diff_units::DiffedUnit;
 use super::inputs::read_file;
 use super::klp_records::{self, klp_symbol_name};
-use super::module::Target;
-use super::resolve::{self, Exports, Reach, ReferenceFacts, TargetSymbols, Unit};
+use super::module::KlpObjectName;
+use super::resolve::{self, Exports, KlpObjectSymbols, Reach, ReferenceFacts, Unit};
 use super::{BuildError, BuildOptions, SymbolSource};
 
 /// How one unit with an output object reaches what it refers to.
@@ -46,18 +46,18 @@ pub fn resolve_units(
     let vmlinux_symbols = match &options.symbols {
         SymbolSource::Vmlinux(path) => {
             let vmlinux = read_file(path, "vmlinux", "pass --vmlinux")?;
-            TargetSymbols::from_elf(Target::Vmlinux, &vmlinux)?
+            KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &vmlinux)?
         }
         SymbolSource::SystemMap(path) => {
             let map = read_file(path, "System.map", "pass --system-map")?;
-            TargetSymbols::from_system_map(&String::from_utf8_lossy(&map))?
+            KlpObjectSymbols::from_system_map(&String::from_utf8_lossy(&map))?
         }
     };
     let reference_build = options
         .modules
         .as_deref()
         .unwrap_or(options.symbols.reference_build());
-    let mut module_symbols: BTreeMap<String, TargetSymbols> = BTreeMap::new();
+    let mut module_symbols: BTreeMap<String, KlpObjectSymbols> = BTreeMap::new();
     let mut module_depends: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut import_namespaces: BTreeSet<String> = BTreeSet::new();
     let defined_by_patch = defined_by_patch(&diffed)?;
@@ -70,13 +70,13 @@ pub fn resolve_units(
         }
         let DiffedUnit {
             name,
-            target,
+            klp_object,
             orig,
             output,
         } = &unit;
-        let symbols = match target {
-            Target::Vmlinux => &vmlinux_symbols,
-            Target::Module(module_name) => {
+        let symbols = match klp_object {
+            KlpObjectName::Vmlinux => &vmlinux_symbols,
+            KlpObjectName::Module(module_name) => {
                 if !module_symbols.contains_key(module_name) {
                     let ko = find_module_file(reference_build, module_name).ok_or_else(|| {
                         BuildError::Input(format!(
@@ -91,7 +91,7 @@ pub fn resolve_units(
                     module_depends.insert(module_name.clone(), resolve::module_depends(&data));
                     module_symbols.insert(
                         module_name.clone(),
-                        TargetSymbols::from_elf(target.clone(), &data)?,
+                        KlpObjectSymbols::from_elf(klp_object.clone(), &data)?,
                     );
                 }
                 &module_symbols[module_name]
@@ -115,14 +115,16 @@ pub fn resolve_units(
             })?)
         };
 
-        refusals.extend(unreachable_keys(&output.report, target, |key, local| {
-            ReferenceFacts {
+        refusals.extend(unreachable_keys(
+            &output.report,
+            klp_object,
+            |key, local| ReferenceFacts {
                 local,
                 exporter: exports.exporter_to_livepatch(key),
-                global_of_target: symbols.has_global(key),
+                global_of_klp_object: symbols.has_global(key),
                 defined_by_patch: !local && defined_by_patch.contains(key),
-            }
-        }));
+            },
+        ));
 
         let mut klp_names = BTreeMap::new();
         for reference in &output.report.references {
@@ -130,20 +132,20 @@ pub fn resolve_units(
             let facts = ReferenceFacts {
                 local,
                 exporter: exports.exporter_to_livepatch(&reference.name),
-                global_of_target: symbols.has_global(&reference.name),
+                global_of_klp_object: symbols.has_global(&reference.name),
                 defined_by_patch: !local && defined_by_patch.contains(reference.name.as_str()),
             };
             let Reach::Livepatch {
                 owner,
                 section_object,
-            } = resolve::reach(target, facts)
+            } = resolve::reach(klp_object, facts)
             else {
                 if let Some(namespace) = exports.namespace(&reference.name) {
                     import_namespaces.insert(namespace.to_string());
                 }
                 continue;
             };
-            let sympos = if owner == target.klp_name() {
+            let sympos = if owner == klp_object.klp_name() {
                 symbols.sympos(&reference.name, if local { block.as_ref() } else { None })?
             } else if owner == "vmlinux" {
                 vmlinux_symbols.sympos(&reference.name, None)?
@@ -151,7 +153,7 @@ pub fn resolve_units(
                 // Another module's export: a global, unique in the module that exports it.
                 // The relocation is applied when the patched module comes, so that module
                 // must depend on the exporter, or it could come without it.
-                let depends = module_depends.get(target.klp_name());
+                let depends = module_depends.get(klp_object.klp_name());
                 if !depends.is_some_and(|d| d.contains(&owner)) {
                     refusals.push(Refusal {
                         object: name.clone(),
@@ -162,8 +164,8 @@ pub fn resolve_units(
                              does not depend on; the livepatch relocation to it could not be \
                              resolved when {} loads without {owner}",
                             reference.name,
-                            target.klp_name(),
-                            target.klp_name()
+                            klp_object.klp_name(),
+                            klp_object.klp_name()
                         ),
                     });
                     continue;
@@ -217,7 +219,7 @@ pub fn resolve_units(
 /// what is known of a key (its name, and whether the unit defines it as a local).
 pub fn unreachable_keys<'a>(
     report: &Report,
-    target: &Target,
+    klp_object: &KlpObjectName,
     facts: impl Fn(&str, bool) -> ReferenceFacts<'a>,
 ) -> Vec<Refusal> {
     let mut refusals = Vec::new();
@@ -229,7 +231,7 @@ pub fn unreachable_keys<'a>(
         let Reach::Livepatch {
             owner,
             section_object,
-        } = resolve::reach(target, facts(&key.key, local))
+        } = resolve::reach(klp_object, facts(&key.key, local))
         else {
             continue;
         };

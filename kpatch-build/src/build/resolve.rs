@@ -3,11 +3,11 @@
 //! A reference resolves one of three ways: to a symbol the patch module defines itself, to a
 //! symbol another binary exports (an ordinary relocation the module loader resolves), or to a
 //! livepatch relocation against `.klp.sym.<object>.<symbol>,<sympos>`. This file owns the last
-//! case's hard part, `sympos`: when a target has several symbols of one name (static functions
+//! case's hard part, `sympos`: when a klp object has several symbols of one name (static functions
 //! named `show` in many files), the livepatch core picks the `sympos`-th of them in kallsyms
 //! order, so kpatch-rs must find which of them belongs to the translation unit it compiled.
 //!
-//! The target's symbols come from its ELF symbol table (vmlinux or the module's `.ko`), where
+//! The klp object's symbols come from its ELF symbol table (vmlinux or the module's `.ko`), where
 //! the linker keeps each input file's local symbols together after an `STT_FILE` symbol that
 //! names the source file. The block for a translation unit is the one whose file name matches
 //! and which holds the unit's local symbols; `sympos` is then the position of the block's symbol
@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use object::read::elf::{ElfFile64, FileHeader, Sym};
 use object::{elf, Endianness, Object as _, ObjectSection as _};
 
-use crate::build::module::Target;
+use crate::build::module::KlpObjectName;
 
 /// The position of a symbol among same-named symbols of its object: 0 when the name is unique,
 /// otherwise 1-based, as `klp_func.old_sympos` and `.klp.sym` names take it.
@@ -29,59 +29,59 @@ pub struct Sympos(pub u64);
 /// Why a reference could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
-    #[error("cannot read symbols of {target}: {reason}")]
-    Read { target: String, reason: String },
+    #[error("cannot read symbols of {klp_object}: {reason}")]
+    Read { klp_object: String, reason: String },
     #[error(
-        "cannot find {file} in {target}: no local symbol block of that file holds any of \
-         {symbols}; is {target} built from the same source and config?"
+        "cannot find {file} in {klp_object}: no local symbol block of that file holds any of \
+         {symbols}; is {klp_object} built from the same source and config?"
     )]
     NoBlock {
-        target: String,
+        klp_object: String,
         file: String,
         symbols: String,
     },
     #[error(
-        "cannot tell which {file} of {target} was compiled: {count} local symbol blocks match \
+        "cannot tell which {file} of {klp_object} was compiled: {count} local symbol blocks match \
          equally well; its local symbols do not single one out"
     )]
     AmbiguousBlock {
-        target: String,
+        klp_object: String,
         file: String,
         count: usize,
     },
     #[error(
-        "cannot tell which {symbol} of {target} belongs to {file}: the symbol map has \
+        "cannot tell which {symbol} of {klp_object} belongs to {file}: the symbol map has \
          {count} local symbols of that name and the neighbours of {candidates} match \
          {file}'s symbols equally well; pass the debug vmlinux with --vmlinux to settle it"
     )]
     AmbiguousSymbol {
-        target: String,
+        klp_object: String,
         file: String,
         symbol: String,
         count: usize,
         candidates: String,
     },
     #[error(
-        "cannot tell which {symbol} of {target} is meant: the module has {count} local symbols \
+        "cannot tell which {symbol} of {klp_object} is meant: the module has {count} local symbols \
          of that name and no file symbols (stripped); pass the directory of its unstripped \
          modules (a distribution's -dbg package) with --modules"
     )]
     StrippedModule {
-        target: String,
+        klp_object: String,
         symbol: String,
         count: usize,
     },
-    #[error("cannot find symbol {symbol} of {file} in {target}")]
+    #[error("cannot find symbol {symbol} of {file} in {klp_object}")]
     NoSymbol {
-        target: String,
+        klp_object: String,
         file: String,
         symbol: String,
     },
 }
 
-/// One symbol of a target, as the kernel's symbol lookup sees it.
+/// One symbol of a klp object, as the kernel's symbol lookup sees it.
 #[derive(Debug, Clone)]
-struct TargetSymbol {
+struct KlpObjectSymbol {
     name: String,
     address: u64,
     local: bool,
@@ -100,11 +100,11 @@ struct FileBlock {
     symbols: Vec<usize>,
 }
 
-/// The symbols of one target binary, indexed for `sympos` lookups.
+/// The symbols of one klp object (vmlinux or a module), indexed for `sympos` lookups.
 #[derive(Debug, Clone)]
-pub struct TargetSymbols {
-    target: Target,
-    symbols: Vec<TargetSymbol>,
+pub struct KlpObjectSymbols {
+    klp_object: KlpObjectName,
+    symbols: Vec<KlpObjectSymbol>,
     by_name: HashMap<String, Vec<usize>>,
     blocks: Vec<FileBlock>,
     /// Read from a symbol map (System.map, /proc/kallsyms): no file blocks, symbols in
@@ -117,13 +117,13 @@ pub struct TargetSymbols {
 pub struct Unit<'a> {
     /// The source file name as GCC records it in `STT_FILE` (`cmdline.c`).
     pub file: &'a str,
-    /// The unit's local function and object names that the target's link keeps.
+    /// The unit's local function and object names that the klp object's link keeps.
     pub locals: &'a [&'a str],
     /// Every function and object name the unit defines, local or global.
     pub defined: &'a [&'a str],
 }
 
-/// Where a translation unit's local symbols are inside a target.
+/// Where a translation unit's local symbols are inside a klp object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Block {
     /// The `STT_FILE` block of an ELF symbol table.
@@ -142,12 +142,15 @@ fn is_listed_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with(".L") && !name.starts_with('$')
 }
 
-impl TargetSymbols {
-    /// Reads the symbol table of `data`, the ELF file of `target` (vmlinux, or a module's
+impl KlpObjectSymbols {
+    /// Reads the symbol table of `data`, the ELF file of `klp_object` (vmlinux, or a module's
     /// `.ko`).
-    pub fn from_elf(target: Target, data: &[u8]) -> Result<TargetSymbols, ResolveError> {
+    pub fn from_elf(
+        klp_object: KlpObjectName,
+        data: &[u8],
+    ) -> Result<KlpObjectSymbols, ResolveError> {
         let read_error = |reason: String| ResolveError::Read {
-            target: target.klp_name().to_string(),
+            klp_object: klp_object.klp_name().to_string(),
             reason,
         };
         let file = ElfFile64::<Endianness>::parse(data).map_err(|e| read_error(e.to_string()))?;
@@ -164,7 +167,7 @@ impl TargetSymbols {
                 "it has no symbol table (stripped?); pass an unstripped vmlinux".to_string(),
             ));
         }
-        let is_module = !matches!(target, Target::Vmlinux);
+        let is_module = !matches!(klp_object, KlpObjectName::Vmlinux);
 
         let mut symbols = Vec::new();
         let mut blocks: Vec<FileBlock> = Vec::new();
@@ -201,7 +204,7 @@ impl TargetSymbols {
                     blocks[block].symbols.push(index);
                 }
             }
-            symbols.push(TargetSymbol {
+            symbols.push(KlpObjectSymbol {
                 name,
                 address: symbol.st_value(endian),
                 local,
@@ -236,8 +239,8 @@ impl TargetSymbols {
                 indices.sort_by_key(|&index| (symbols[index].address, symbols[index].order));
             }
         }
-        Ok(TargetSymbols {
-            target,
+        Ok(KlpObjectSymbols {
+            klp_object,
             symbols,
             by_name,
             blocks,
@@ -248,7 +251,7 @@ impl TargetSymbols {
     /// Reads vmlinux's symbols from a symbol map: System.map (`nm -n` output, as Kbuild writes
     /// it) or a copy of `/proc/kallsyms`, whose module symbols (`[module]` suffix) are skipped.
     /// The map has no file symbols; `sympos` of a duplicated local comes from its neighbours.
-    pub fn from_system_map(content: &str) -> Result<TargetSymbols, ResolveError> {
+    pub fn from_system_map(content: &str) -> Result<KlpObjectSymbols, ResolveError> {
         let mut symbols = Vec::new();
         for (number, line) in content.lines().enumerate() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -259,7 +262,7 @@ impl TargetSymbols {
                 [_, _, _, module] if module.starts_with('[') => continue,
                 _ => {
                     return Err(ResolveError::Read {
-                        target: "vmlinux".to_string(),
+                        klp_object: "vmlinux".to_string(),
                         reason: format!(
                             "symbol map line {} is not `ADDRESS TYPE NAME`: {line:?}",
                             number + 1
@@ -268,7 +271,7 @@ impl TargetSymbols {
                 }
             };
             let address = u64::from_str_radix(address, 16).map_err(|_| ResolveError::Read {
-                target: "vmlinux".to_string(),
+                klp_object: "vmlinux".to_string(),
                 reason: format!(
                     "symbol map line {} has no hexadecimal address: {line:?}",
                     number + 1
@@ -281,7 +284,7 @@ impl TargetSymbols {
             if matches!(kind, 'a' | 'A' | 'U' | 'u' | 'N' | 'n') || !is_listed_name(name) {
                 continue;
             }
-            symbols.push(TargetSymbol {
+            symbols.push(KlpObjectSymbol {
                 name: name.to_string(),
                 address,
                 local: kind.is_ascii_lowercase(),
@@ -292,7 +295,7 @@ impl TargetSymbols {
         }
         if symbols.is_empty() {
             return Err(ResolveError::Read {
-                target: "vmlinux".to_string(),
+                klp_object: "vmlinux".to_string(),
                 reason: "the symbol map lists no symbols (Debian's image package ships a \
                          placeholder System.map; the real one is in the -dbg package)"
                     .to_string(),
@@ -305,8 +308,8 @@ impl TargetSymbols {
             symbol.order = index;
             by_name.entry(symbol.name.clone()).or_default().push(index);
         }
-        Ok(TargetSymbols {
-            target: Target::Vmlinux,
+        Ok(KlpObjectSymbols {
+            klp_object: KlpObjectName::Vmlinux,
             symbols,
             by_name,
             blocks: Vec::new(),
@@ -372,7 +375,7 @@ impl TargetSymbols {
             [block] => Ok(Block::File(*block)),
             [] => Err(self.no_block(unit)),
             many => Err(ResolveError::AmbiguousBlock {
-                target: self.target.klp_name().to_string(),
+                klp_object: self.klp_object.klp_name().to_string(),
                 file: file.to_string(),
                 count: many.len(),
             }),
@@ -381,7 +384,7 @@ impl TargetSymbols {
 
     fn no_block(&self, unit: &Unit<'_>) -> ResolveError {
         ResolveError::NoBlock {
-            target: self.target.klp_name().to_string(),
+            klp_object: self.klp_object.klp_name().to_string(),
             file: unit.file.to_string(),
             symbols: if unit.locals.is_empty() {
                 "any symbol".to_string()
@@ -392,10 +395,10 @@ impl TargetSymbols {
     }
 
     /// The `sympos` of `name`: of the local symbol in `block` when given, else of the
-    /// target's global symbol of that name.
+    /// klp object's global symbol of that name.
     pub fn sympos(&self, name: &str, block: Option<&Block>) -> Result<Sympos, ResolveError> {
         let not_found = || ResolveError::NoSymbol {
-            target: self.target.klp_name().to_string(),
+            klp_object: self.klp_object.klp_name().to_string(),
             file: match block {
                 Some(Block::File(index)) => self.blocks[*index].file.clone(),
                 Some(Block::Neighbours { file, .. }) => file.clone(),
@@ -420,7 +423,7 @@ impl TargetSymbols {
                     [] => return Err(not_found()),
                     many => {
                         return Err(ResolveError::StrippedModule {
-                            target: self.target.klp_name().to_string(),
+                            klp_object: self.klp_object.klp_name().to_string(),
                             symbol: name.to_string(),
                             count: many.len(),
                         })
@@ -468,7 +471,7 @@ impl TargetSymbols {
         }
         if locals.is_empty() {
             return Err(ResolveError::NoSymbol {
-                target: self.target.klp_name().to_string(),
+                klp_object: self.klp_object.klp_name().to_string(),
                 file: file.to_string(),
                 symbol: name.to_string(),
             });
@@ -483,7 +486,7 @@ impl TargetSymbols {
         match best.as_slice() {
             [(position, _, run)] if *run > 0 => Ok(*position),
             _ => Err(ResolveError::AmbiguousSymbol {
-                target: self.target.klp_name().to_string(),
+                klp_object: self.klp_object.klp_name().to_string(),
                 file: file.to_string(),
                 symbol: name.to_string(),
                 count: locals.len(),
@@ -501,8 +504,8 @@ impl TargetSymbols {
     /// time are stepped over.
     fn run_length(&self, index: usize, names: &std::collections::BTreeSet<String>) -> usize {
         let text = self.symbols[index].text;
-        let belongs = |symbol: &TargetSymbol| names.contains(base_name(&symbol.name));
-        let is_padding = |symbol: &TargetSymbol| {
+        let belongs = |symbol: &KlpObjectSymbol| names.contains(base_name(&symbol.name));
+        let is_padding = |symbol: &KlpObjectSymbol| {
             symbol.name.starts_with("__pfx_") || symbol.name.starts_with("__cfi_")
         };
         let mut run = 0;
@@ -527,7 +530,7 @@ impl TargetSymbols {
         run
     }
 
-    /// Whether the target defines a global symbol named `name`.
+    /// Whether the klp object defines a global symbol named `name`.
     pub fn has_global(&self, name: &str) -> bool {
         self.by_name
             .get(name)
@@ -579,7 +582,7 @@ impl Exports {
             let fields: Vec<&str> = line.split('\t').collect();
             let (Some(symbol), Some(module)) = (fields.get(1), fields.get(2)) else {
                 return Err(ResolveError::Read {
-                    target: "Module.symvers".to_string(),
+                    klp_object: "Module.symvers".to_string(),
                     reason: format!("line {} has fewer than 3 tab-separated fields", number + 1),
                 });
             };
@@ -703,7 +706,7 @@ pub struct ReferenceFacts<'a> {
     /// The binary that exports it by `Module.symvers`: `vmlinux` or a module's path.
     pub exporter: Option<&'a str>,
     /// The klp object's symbol table has it as a global.
-    pub global_of_target: bool,
+    pub global_of_klp_object: bool,
     /// Another unit of the same livepatch defines it (a new global the patch adds there).
     pub defined_by_patch: bool,
 }
@@ -728,33 +731,33 @@ pub fn module_of_exporter(exporter: &str) -> String {
 /// own relocation section, as the kernel requires: a module's section may not name vmlinux
 /// symbols). A symbol that only vmlinux has, unexported, goes in vmlinux's section. What the
 /// patch itself defines in another unit is linked into the module.
-pub fn reach(target: &Target, facts: ReferenceFacts<'_>) -> Reach {
+pub fn reach(klp_object: &KlpObjectName, facts: ReferenceFacts<'_>) -> Reach {
     let livepatch = |owner: &str| Reach::Livepatch {
         owner: owner.to_string(),
         section_object: if owner == "vmlinux" {
             "vmlinux".to_string()
         } else {
-            target.klp_name().to_string()
+            klp_object.klp_name().to_string()
         },
     };
     if facts.local {
-        return livepatch(target.klp_name());
+        return livepatch(klp_object.klp_name());
     }
     if facts.defined_by_patch {
         return Reach::Normal;
     }
-    match (target, facts.exporter) {
+    match (klp_object, facts.exporter) {
         (_, Some("vmlinux")) => Reach::Normal,
-        (Target::Vmlinux, Some(_)) => Reach::Normal,
-        (Target::Module(name), Some(exporter)) => {
+        (KlpObjectName::Vmlinux, Some(_)) => Reach::Normal,
+        (KlpObjectName::Module(name), Some(exporter)) => {
             let exporter = module_of_exporter(exporter);
-            if exporter == *name || facts.global_of_target {
+            if exporter == *name || facts.global_of_klp_object {
                 livepatch(name)
             } else {
                 livepatch(&exporter)
             }
         }
-        (_, None) if facts.global_of_target => livepatch(target.klp_name()),
+        (_, None) if facts.global_of_klp_object => livepatch(klp_object.klp_name()),
         (_, None) => livepatch("vmlinux"),
     }
 }
@@ -785,11 +788,11 @@ mod tests {
 
     #[test]
     fn the_relocation_rule_by_klp_object_and_symbol() {
-        let module = Target::Module("btusb".to_string());
-        let facts = |local, exporter, global_of_target, defined_by_patch| ReferenceFacts {
+        let module = KlpObjectName::Module("btusb".to_string());
+        let facts = |local, exporter, global_of_klp_object, defined_by_patch| ReferenceFacts {
             local,
             exporter,
-            global_of_target,
+            global_of_klp_object,
             defined_by_patch,
         };
         let klp = |owner: &str, section_object: &str| Reach::Livepatch {
@@ -800,13 +803,13 @@ mod tests {
         let own = Some("drivers/bluetooth/btusb");
         let vm = Some("vmlinux");
         #[rustfmt::skip]
-        let table: &[(&Target, ReferenceFacts<'_>, Reach)] = &[
+        let table: &[(&KlpObjectName, ReferenceFacts<'_>, Reach)] = &[
             // klp object  local  exporter global  patch   reach
-            (&Target::Vmlinux, facts(false, vm, false, false), Reach::Normal),
-            (&Target::Vmlinux, facts(true, vm, false, false), klp("vmlinux", "vmlinux")),
-            (&Target::Vmlinux, facts(false, None, false, false), klp("vmlinux", "vmlinux")),
-            (&Target::Vmlinux, facts(false, None, false, true), Reach::Normal),
-            (&Target::Vmlinux, facts(false, bt, false, false), Reach::Normal),
+            (&KlpObjectName::Vmlinux, facts(false, vm, false, false), Reach::Normal),
+            (&KlpObjectName::Vmlinux, facts(true, vm, false, false), klp("vmlinux", "vmlinux")),
+            (&KlpObjectName::Vmlinux, facts(false, None, false, false), klp("vmlinux", "vmlinux")),
+            (&KlpObjectName::Vmlinux, facts(false, None, false, true), Reach::Normal),
+            (&KlpObjectName::Vmlinux, facts(false, bt, false, false), Reach::Normal),
             (&module, facts(false, vm, false, false), Reach::Normal),
             (&module, facts(true, None, false, false), klp("btusb", "btusb")),
             (&module, facts(true, vm, false, false), klp("btusb", "btusb")),
@@ -816,8 +819,12 @@ mod tests {
             (&module, facts(false, bt, false, false), klp("bluetooth", "btusb")),
             (&module, facts(false, None, false, true), Reach::Normal),
         ];
-        for (target, facts, expected) in table {
-            assert_eq!(&reach(target, *facts), expected, "{target:?} {facts:?}");
+        for (klp_object, facts, expected) in table {
+            assert_eq!(
+                &reach(klp_object, *facts),
+                expected,
+                "{klp_object:?} {facts:?}"
+            );
         }
         assert_eq!(module_of_exporter("drivers/hid/hid-generic"), "hid_generic");
         assert_eq!(module_of_exporter("vmlinux"), "vmlinux");
@@ -860,7 +867,7 @@ mod tests {
 
     /// One case of Debian's System.map: the unit (its file and names) and the sympos its
     /// `type_show` has, as the debug vmlinux's file blocks say.
-    fn check_map_sympos(map: &TargetSymbols, line: &str) {
+    fn check_map_sympos(map: &KlpObjectSymbols, line: &str) {
         let mut fields = line.split_whitespace();
         let expected: u64 = fields.next().and_then(|f| f.parse().ok()).expect("sympos");
         let file = fields.next().expect("file");
@@ -880,7 +887,7 @@ mod tests {
 
     #[test]
     fn system_map_neighbours_pick_each_duplicated_local_of_debian_vmlinux() {
-        let map = TargetSymbols::from_system_map(
+        let map = KlpObjectSymbols::from_system_map(
             include_str!("../../../fixtures/distro/system-map-type_show.txt")
                 .lines()
                 .filter(|line| !line.starts_with('#'))
@@ -901,7 +908,7 @@ mod tests {
 
     #[test]
     fn system_map_errors_name_the_symbol_the_candidates_and_the_remedy() {
-        let map = TargetSymbols::from_system_map(
+        let map = KlpObjectSymbols::from_system_map(
             "ffffffff81000000 t show\n\
              ffffffff81000010 t alpha_read\n\
              ffffffff81000020 T two_entry\n\
@@ -953,7 +960,7 @@ mod tests {
             ),
             ("", "the symbol map lists no symbols"),
         ] {
-            let error = TargetSymbols::from_system_map(text).expect_err(text);
+            let error = KlpObjectSymbols::from_system_map(text).expect_err(text);
             assert!(error.to_string().contains(reason), "{text:?}: {error}");
         }
     }

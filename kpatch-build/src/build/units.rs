@@ -9,11 +9,11 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use crate::build::module::Target;
+use crate::build::module::KlpObjectName;
 
-/// Why the patch's targets could not be worked out.
+/// Why the units the patch touches could not be worked out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
+pub enum UnitsError {
     #[error("cannot read patch {patch}: {reason}")]
     Patch { patch: String, reason: String },
     #[error("patch {patch} touches {path}, which is not a path inside the tree")]
@@ -29,7 +29,7 @@ pub enum TargetError {
 }
 
 /// The files one patch changes, relative to the tree root (`-p1`).
-pub fn touched_files(patch_name: &str, text: &str) -> Result<Vec<PathBuf>, TargetError> {
+pub fn touched_files(patch_name: &str, text: &str) -> Result<Vec<PathBuf>, UnitsError> {
     let mut files = Vec::new();
     let mut old_path: Option<&str> = None;
     for line in text.lines() {
@@ -45,7 +45,7 @@ pub fn touched_files(patch_name: &str, text: &str) -> Result<Vec<PathBuf>, Targe
             "/dev/null" => old_path.unwrap_or("/dev/null"),
             path => path,
         };
-        let relative = strip_first_component(path).ok_or_else(|| TargetError::UnsafePath {
+        let relative = strip_first_component(path).ok_or_else(|| UnitsError::UnsafePath {
             patch: patch_name.to_string(),
             path: path.to_string(),
         })?;
@@ -53,7 +53,7 @@ pub fn touched_files(patch_name: &str, text: &str) -> Result<Vec<PathBuf>, Targe
             .components()
             .all(|component| matches!(component, Component::Normal(_)));
         if !safe || relative.as_os_str().is_empty() {
-            return Err(TargetError::UnsafePath {
+            return Err(UnitsError::UnsafePath {
                 patch: patch_name.to_string(),
                 path: path.to_string(),
             });
@@ -63,7 +63,7 @@ pub fn touched_files(patch_name: &str, text: &str) -> Result<Vec<PathBuf>, Targe
         }
     }
     if files.is_empty() {
-        return Err(TargetError::Empty {
+        return Err(UnitsError::Empty {
             patch: patch_name.to_string(),
         });
     }
@@ -73,7 +73,7 @@ pub fn touched_files(patch_name: &str, text: &str) -> Result<Vec<PathBuf>, Targe
             Some("c") | Some("h")
         );
         if !supported {
-            return Err(TargetError::Unsupported {
+            return Err(UnitsError::Unsupported {
                 patch: patch_name.to_string(),
                 path: file.display().to_string(),
             });
@@ -148,33 +148,33 @@ pub fn cmd_file(build: &Path, object: &Path) -> PathBuf {
 }
 
 /// The binary an object belongs to, from the text of its `.cmd` file.
-pub fn attribute(cmd_text: &str) -> Target {
+pub fn attribute(cmd_text: &str) -> KlpObjectName {
     let command = cmd_text
         .lines()
         .find(|line| line.starts_with("savedcmd_") || line.starts_with("cmd_"))
         .unwrap_or("");
     let is_module = command.split_whitespace().any(|arg| arg == "-DMODULE");
     if !is_module {
-        return Target::Vmlinux;
+        return KlpObjectName::Vmlinux;
     }
     let modname = command
         .split_whitespace()
         .find_map(|arg| arg.strip_prefix("-DKBUILD_MODNAME="))
         .map(|value| value.trim_matches(|c| c == '\'' || c == '"').to_string());
     match modname {
-        Some(name) if !name.is_empty() => Target::Module(name),
-        _ => Target::Vmlinux,
+        Some(name) if !name.is_empty() => KlpObjectName::Module(name),
+        _ => KlpObjectName::Vmlinux,
     }
 }
 
 /// Every object in `build` whose dependency list names `header` (an absolute path, since
 /// Kbuild records source headers of an `O=` build by absolute path), sorted.
-pub fn objects_including(build: &Path, header: &Path) -> Result<Vec<PathBuf>, TargetError> {
+pub fn objects_including(build: &Path, header: &Path) -> Result<Vec<PathBuf>, UnitsError> {
     let needle = header.to_string_lossy().into_owned();
     let mut found = Vec::new();
     let mut stack = vec![build.to_path_buf()];
     while let Some(directory) = stack.pop() {
-        let entries = fs::read_dir(&directory).map_err(|e| TargetError::Read {
+        let entries = fs::read_dir(&directory).map_err(|e| UnitsError::Read {
             path: directory.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -304,12 +304,12 @@ diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c
     fn objects_are_attributed_by_their_compile_flags() {
         let builtin = "savedcmd_fs/proc/cmdline.o := gcc -DKBUILD_BASENAME='\"cmdline\"' \
                        -DKBUILD_MODNAME='\"proc\"' -c -o fs/proc/cmdline.o";
-        assert_eq!(attribute(builtin), Target::Vmlinux);
+        assert_eq!(attribute(builtin), KlpObjectName::Vmlinux);
         let module = "savedcmd_drivers/x/y.o := gcc -DMODULE -DKBUILD_BASENAME='\"y\"' \
                       -DKBUILD_MODNAME='\"kpatch_test_mod\"' -c -o y.o";
         assert_eq!(
             attribute(module),
-            Target::Module("kpatch_test_mod".to_string())
+            KlpObjectName::Module("kpatch_test_mod".to_string())
         );
     }
 

@@ -117,9 +117,9 @@ pub fn compile_fixture(name: &str, variant: &str) -> Vec<u8> {
     std::fs::read(dir.path().join(format!("{name}.o"))).expect("cannot read compiled object")
 }
 
-/// Compiles the fixture pair `name` and diffs it as part of the klp object `target`; returns
+/// Compiles the fixture pair `name` and diffs it as part of the klp object `klp_object`; returns
 /// the patched object's bytes beside the diff.
-pub fn diff_fixture(name: &str, target: &str) -> (Vec<u8>, kpatch_diff::DiffOutput) {
+pub fn diff_fixture(name: &str, klp_object: &str) -> (Vec<u8>, kpatch_diff::DiffOutput) {
     let orig = compile_fixture(name, "orig");
     let patched = compile_fixture(name, "patched");
     let object_name = format!("{name}.o");
@@ -128,7 +128,7 @@ pub fn diff_fixture(name: &str, target: &str) -> (Vec<u8>, kpatch_diff::DiffOutp
         orig_name: "original",
         orig: &orig,
         patched: &patched,
-        target,
+        klp_object,
     })
     .unwrap_or_else(|e| panic!("{name}: {e}"));
     (patched, output)
@@ -262,11 +262,11 @@ fn body_relocations(object: &Object, function: &str) -> Vec<(u64, u32, String)> 
         .iter()
         .map(|r| {
             let target = match object.resolve(r) {
-                kpatch_diff::elf::Target::Symbol { symbol, offset } => {
+                kpatch_diff::elf::RelocationTarget::Symbol { symbol, offset } => {
                     let name = &object.symbol(symbol).name;
                     format!("{}{offset:+}", kpatch_diff::correlate::name_key(name).base)
                 }
-                kpatch_diff::elf::Target::String {
+                kpatch_diff::elf::RelocationTarget::String {
                     section,
                     string_start,
                     offset,
@@ -274,7 +274,7 @@ fn body_relocations(object: &Object, function: &str) -> Vec<(u64, u32, String)> 
                     "{:?}{offset:+}",
                     String::from_utf8_lossy(object.string_at(section, string_start))
                 ),
-                kpatch_diff::elf::Target::Section { section, addend } => {
+                kpatch_diff::elf::RelocationTarget::Section { section, addend } => {
                     format!("{}{addend:+}", object.section(section).name)
                 }
             };

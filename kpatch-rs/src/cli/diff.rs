@@ -22,9 +22,9 @@ pub struct DiffArgs {
     /// Print the report as one JSON document on stdout (an array with several pairs).
     #[arg(long)]
     json: bool,
-    /// The binary the objects are linked into: `vmlinux` or a module name.
-    #[arg(long, default_value = "vmlinux")]
-    target: String,
+    /// The klp object the objects belong to: `vmlinux` or a module name.
+    #[arg(long, default_value = "vmlinux", alias = "target")]
+    klp_object: String,
     /// How messages name the object of a single pair (default: the patched path as given).
     #[arg(long)]
     name: Option<String>,
@@ -89,7 +89,7 @@ pub fn run(args: &DiffArgs) -> Result<u8> {
             orig_name,
             orig,
             patched,
-            target: &args.target,
+            klp_object: &args.klp_object,
         })
         .collect();
     let results = diff_all(&pairs);

@@ -1,28 +1,28 @@
-//! End-to-end livepatch scenarios from `tests/`: their modules built on the host, their
+//! End-to-end livepatch cases from `tests/`: their modules built on the host, their
 //! scripts run in the guest, and their verdicts.
 //!
-//! A scenario is a directory `tests/<name>/` holding at least one of `guest.sh` and `build`:
-//! - `guest.sh`: run in the guest, from a directory that holds the scenario's built modules;
-//!   it can source `/scenarios/livepatch.sh` (`fixtures/scenarios/livepatch.sh`), the shared
-//!   helpers. The kernel log is cleared before it runs, and the scenario fails when the log
+//! A case is a directory `tests/<name>/` holding at least one of `guest.sh` and `build`:
+//! - `guest.sh`: run in the guest, from a directory that holds the case's built modules;
+//!   it can source `/cases/livepatch.sh` (`fixtures/cases/livepatch.sh`), the shared
+//!   helpers. The kernel log is cleared before it runs, and the case fails when the log
 //!   then shows a warning, an oops, a BUG or a call trace;
 //! - `expected` (with `guest.sh`): what `guest.sh` must print (stdout and stderr together); the
-//!   scenario passes when the script exits 0 and its output matches, line by line, ignoring
+//!   case passes when the script exits 0 and its output matches, line by line, ignoring
 //!   trailing blanks;
 //! - `build`: modules made by the project's own `kpatch-rs build` from patch files of the
-//!   scenario (against the kernel under test), one per line, `NAME [--no-replace] PATCH...`;
+//!   case (against the kernel under test), one per line, `NAME [--no-replace] PATCH...`;
 //!   `livepatch-NAME.ko` is then beside `guest.sh`. A line ending in `=> exit CODE: MESSAGE`
 //!   is a build that must fail instead: with that exit code, MESSAGE somewhere in its output,
-//!   and no module written. A scenario with a `build` and no `guest.sh` is judged on the host
+//!   and no module written. A case with a `build` and no `guest.sh` is judged on the host
 //!   alone and needs no boot;
 //! - `module/`: sources of out-of-tree modules, built with `make M=` against the kernel under
 //!   test. `module/kernel-sources` may list files of the kernel source tree (one per line,
-//!   relative to its top) to copy in first, so a scenario can build the kernel's own samples
+//!   relative to its top) to copy in first, so a case can build the kernel's own samples
 //!   without carrying a copy of them;
 //! - `program/*.c`: user programs the script runs, compiled on the host with `gcc -static`
 //!   (the guest has no C library of its own) into `./NAME` beside `guest.sh`;
 //! - `timeout` (optional): seconds the script may run, 120 when absent;
-//! - `disabled` (optional): why the scenario cannot pass yet; it is then neither built nor
+//! - `disabled` (optional): why the case cannot pass yet; it is then neither built nor
 //!   run, and reported as skipped, never as passed.
 
 use std::path::{Path, PathBuf};
@@ -30,16 +30,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use crate::guest::{make_executable, Job, Outcome, Rootfs};
 use crate::kernel::KernelDirs;
+use crate::kpatch::{build_kpatch_rs, kpatch_build_command};
 use crate::selftests::{build_modules, copy_tree};
 
-const GUEST_DIR: &str = "/scenarios";
+const GUEST_DIR: &str = "/cases";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs one scenario's `guest.sh` in the guest: clears the kernel log first, and afterwards
+/// Runs one case's `guest.sh` in the guest: clears the kernel log first, and afterwards
 /// prints every log line that shows a kernel warning, oops, BUG or call trace with the
 /// `KPATCH-DMESG ` prefix, which [`judge`] turns into a failure. The script's exit code is kept.
 const RUNNER_SCRIPT: &str = r#"#!/bin/sh
@@ -53,36 +54,36 @@ exit $rc
 /// The prefix of the kernel log lines the runner script reports.
 const DMESG_PREFIX: &str = "KPATCH-DMESG ";
 
-/// Shared shell helpers for `guest.sh` scripts, staged as `/scenarios/livepatch.sh`.
-const HELPERS: &str = include_str!("../../fixtures/scenarios/livepatch.sh");
+/// Shared shell helpers for `guest.sh` scripts, staged as `/cases/livepatch.sh`.
+const HELPERS: &str = include_str!("../../fixtures/cases/livepatch.sh");
 
-/// A scenario found in `tests/`.
+/// A case found in `tests/`.
 #[derive(Debug, Clone)]
-pub struct Scenario {
+pub struct Case {
     pub name: String,
     pub dir: PathBuf,
-    /// What `guest.sh` must print; None for a scenario without `guest.sh`.
+    /// What `guest.sh` must print; None for a case without `guest.sh`.
     pub expected: Option<String>,
     pub timeout: Duration,
     /// The lines of `build`, in order.
     pub builds: Vec<BuildLine>,
-    /// Why the scenario is disabled (the text of `disabled`).
+    /// Why the case is disabled (the text of `disabled`).
     pub disabled: Option<String>,
 }
 
-impl Scenario {
+impl Case {
     fn has_guest_script(&self) -> bool {
         self.expected.is_some()
     }
 }
 
-/// One line of a scenario's `build` file.
+/// One line of a case's `build` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildLine {
     /// The module is `livepatch-NAME.ko`.
     pub name: String,
     pub no_replace: bool,
-    /// Patch files, relative to the scenario directory.
+    /// Patch files, relative to the case directory.
     pub patches: Vec<String>,
     /// Set when the build must fail.
     pub failure: Option<ExpectedFailure>,
@@ -149,7 +150,7 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
                 }
                 patch => {
                     if Path::new(patch).is_absolute() || patch.split('/').any(|p| p == "..") {
-                        return Err(at("patches are files of the scenario directory"));
+                        return Err(at("patches are files of the case directory"));
                     }
                     patches.push(patch.to_string());
                 }
@@ -171,11 +172,11 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
     Ok(lines)
 }
 
-/// The scenarios under `tests_dir`, sorted by name.
-pub fn discover(tests_dir: &Path) -> Result<Vec<Scenario>> {
-    let mut scenarios = Vec::new();
+/// The cases under `tests_dir`, sorted by name.
+pub fn discover(tests_dir: &Path) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
     let entries = std::fs::read_dir(tests_dir)
-        .with_context(|| format!("cannot list scenarios in {}", tests_dir.display()))?;
+        .with_context(|| format!("cannot list cases in {}", tests_dir.display()))?;
     for entry in entries {
         let dir = entry?.path();
         let has_script = dir.join("guest.sh").is_file();
@@ -191,7 +192,7 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Scenario>> {
             Some(
                 std::fs::read_to_string(dir.join("expected")).with_context(|| {
                     format!(
-                        "scenario {name} has no readable `expected` file (what guest.sh must print)"
+                        "case {name} has no readable `expected` file (what guest.sh must print)"
                     )
                 })?,
             )
@@ -200,13 +201,13 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Scenario>> {
         };
         let timeout = match std::fs::read_to_string(dir.join("timeout")) {
             Ok(text) => Duration::from_secs(text.trim().parse().with_context(|| {
-                format!("scenario {name}: `timeout` must hold a number of seconds, found {text:?}")
+                format!("case {name}: `timeout` must hold a number of seconds, found {text:?}")
             })?),
             Err(_) => DEFAULT_TIMEOUT,
         };
         let builds = match std::fs::read_to_string(&build_file) {
             Ok(text) => parse_build_file(&text)
-                .map_err(|why| anyhow::anyhow!("scenario {name}: `build` {why}"))?,
+                .map_err(|why| anyhow::anyhow!("case {name}: `build` {why}"))?,
             Err(_) => Vec::new(),
         };
         let disabled = std::fs::read_to_string(dir.join("disabled"))
@@ -219,7 +220,7 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Scenario>> {
                     reason.trim().to_string()
                 }
             });
-        scenarios.push(Scenario {
+        cases.push(Case {
             name,
             dir,
             expected,
@@ -228,13 +229,13 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Scenario>> {
             disabled,
         });
     }
-    scenarios.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(scenarios)
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(cases)
 }
 
-/// What preparing a scenario on the host led to.
+/// What staging a case on the host led to.
 #[derive(Debug)]
-pub enum Prepared {
+pub enum Staged {
     /// Disabled: the reason.
     Skipped(String),
     /// Judged on the host alone (or failed there, before any boot): the verdict, what the
@@ -247,24 +248,24 @@ pub enum Prepared {
     Guest(Job),
 }
 
-/// Builds each scenario's modules for `kernel`, checks the builds that must fail, stages the
-/// scenarios that run in the guest, and returns what became of each scenario, in order.
-pub fn prepare(
+/// Builds each case's modules for `kernel`, checks the builds that must fail, stages the
+/// cases that run in the guest, and returns what became of each case, in order.
+pub fn stage(
     sh: &Shell,
     kernel: &KernelDirs,
     rootfs: &Rootfs,
-    scenarios: &[Scenario],
+    cases: &[Case],
     work: &Path,
-) -> Result<Vec<Prepared>> {
+) -> Result<Vec<Staged>> {
     let guest_root = rootfs.path(Path::new(GUEST_DIR));
     std::fs::create_dir_all(&guest_root)?;
-    let runner = guest_root.join("run-scenario");
-    std::fs::write(&runner, RUNNER_SCRIPT).context("cannot stage the scenario runner")?;
+    let runner = guest_root.join("run-case");
+    std::fs::write(&runner, RUNNER_SCRIPT).context("cannot stage the case runner")?;
     make_executable(&runner)?;
     std::fs::write(guest_root.join("livepatch.sh"), HELPERS)
-        .context("cannot stage the scenario helpers")?;
+        .context("cannot stage the case helpers")?;
 
-    let needs_kpatch = scenarios
+    let needs_kpatch = cases
         .iter()
         .any(|s| s.disabled.is_none() && !s.builds.is_empty());
     let kpatch = if needs_kpatch {
@@ -273,50 +274,44 @@ pub fn prepare(
         None
     };
 
-    let mut prepared = Vec::new();
-    for scenario in scenarios {
-        if let Some(reason) = &scenario.disabled {
-            prepared.push(Prepared::Skipped(reason.clone()));
+    let mut results = Vec::new();
+    for case in cases {
+        if let Some(reason) = &case.disabled {
+            results.push(Staged::Skipped(reason.clone()));
             continue;
         }
-        let guest_dir = format!("{GUEST_DIR}/{}", scenario.name);
+        let guest_dir = format!("{GUEST_DIR}/{}", case.name);
         let staged = rootfs.path(Path::new(&guest_dir));
         std::fs::create_dir_all(&staged)?;
         let started = Instant::now();
         if let Some(kpatch) = &kpatch {
-            let verdict = run_builds(
-                kpatch,
-                kernel,
-                scenario,
-                &work.join(&scenario.name),
-                &staged,
-            )?;
-            if verdict.is_err() || !scenario.has_guest_script() {
-                prepared.push(Prepared::Host {
+            let verdict = run_builds(kpatch, kernel, case, &work.join(&case.name), &staged)?;
+            if verdict.is_err() || !case.has_guest_script() {
+                results.push(Staged::Host {
                     verdict,
                     seconds: started.elapsed().as_secs(),
                 });
                 continue;
             }
         }
-        if !scenario.has_guest_script() {
+        if !case.has_guest_script() {
             continue;
         }
-        let module_sources = scenario.dir.join("module");
+        let module_sources = case.dir.join("module");
         if module_sources.is_dir() {
-            let build_dir = work.join(&scenario.name).join("module");
+            let build_dir = work.join(&case.name).join("module");
             if build_dir.exists() {
                 std::fs::remove_dir_all(&build_dir)?;
             }
             copy_tree(&module_sources, &build_dir)?;
-            copy_kernel_sources(kernel, &build_dir, &scenario.name)?;
-            let log = work.join(format!("{}.build.log", scenario.name));
+            copy_kernel_sources(kernel, &build_dir, &case.name)?;
+            let log = work.join(format!("{}.build.log", case.name));
             std::fs::write(&log, "")?;
             build_modules(
                 kernel,
                 &build_dir,
                 &log,
-                &format!("scenario {}: modules", scenario.name),
+                &format!("case {}: modules", case.name),
             )?;
             for module in files_with_extension(&build_dir, "ko")? {
                 let name = module.file_name().unwrap_or_default();
@@ -324,7 +319,7 @@ pub fn prepare(
                     .with_context(|| format!("cannot stage {}", module.display()))?;
             }
         }
-        let programs = scenario.dir.join("program");
+        let programs = case.dir.join("program");
         if programs.is_dir() {
             for source in files_with_extension(&programs, "c")? {
                 let name = source.file_stem().unwrap_or_default();
@@ -336,8 +331,8 @@ pub fn prepare(
                     .with_context(|| format!("cannot run gcc for {}", source.display()))?;
                 if !output.status.success() {
                     bail!(
-                        "scenario {}: gcc failed on {}:\n{}",
-                        scenario.name,
+                        "case {}: gcc failed on {}:\n{}",
+                        case.name,
                         source.display(),
                         String::from_utf8_lossy(&output.stderr)
                     );
@@ -345,108 +340,46 @@ pub fn prepare(
             }
         }
         let script = staged.join("guest.sh");
-        std::fs::copy(scenario.dir.join("guest.sh"), &script)
-            .with_context(|| format!("cannot stage guest.sh of scenario {}", scenario.name))?;
+        std::fs::copy(case.dir.join("guest.sh"), &script)
+            .with_context(|| format!("cannot stage guest.sh of case {}", case.name))?;
         make_executable(&script)?;
-        prepared.push(Prepared::Guest(Job {
-            name: scenario.name.clone(),
+        results.push(Staged::Guest(Job {
+            name: case.name.clone(),
             cwd: guest_dir,
-            command: format!("{GUEST_DIR}/run-scenario"),
-            timeout: scenario.timeout,
+            command: format!("{GUEST_DIR}/run-case"),
+            timeout: case.timeout,
         }));
     }
-    Ok(prepared)
+    Ok(results)
 }
 
-/// Builds `kpatch-rs` from this workspace, once per run, and returns the binary.
-pub fn build_kpatch_rs(sh: &Shell) -> Result<PathBuf> {
-    let root = crate::project_root();
-    let _dir = sh.push_dir(&root);
-    eprintln!("xtask: building kpatch-rs (cargo build --release -p kpatch-rs)");
-    cmd!(sh, "cargo build --release --quiet -p kpatch-rs")
-        .run()
-        .context("cannot build kpatch-rs for the scenarios")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_absolute() {
-                dir
-            } else {
-                root.join(dir)
-            }
-        })
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("release/kpatch-rs");
-    if !binary.is_file() {
-        bail!(
-            "cargo built kpatch-rs but {} is not there",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
-/// `kpatch-rs build --name NAME --output OUTPUT_DIR` against the test kernel `kernel`, with
-/// the make variables its toolchain needs; `OUTPUT_DIR` is emptied first. The caller adds the
-/// options and patches.
-pub fn kpatch_build_command(
-    kpatch: &Path,
-    kernel: &KernelDirs,
-    name: &str,
-    output_dir: &Path,
-) -> Result<Command> {
-    if output_dir.exists() {
-        std::fs::remove_dir_all(output_dir)
-            .with_context(|| format!("cannot remove {}", output_dir.display()))?;
-    }
-    std::fs::create_dir_all(output_dir)
-        .with_context(|| format!("cannot create {}", output_dir.display()))?;
-    let mut command = Command::new(kpatch);
-    command
-        .arg("build")
-        .arg("--sourcedir")
-        .arg(&kernel.source)
-        .arg("--vmlinux")
-        .arg(kernel.build.join("vmlinux"))
-        .args(["--name", name, "--output"])
-        .arg(output_dir);
-    // A Rust-core kernel was built with Debian's rustc and bindgen: so is its livepatch.
-    for var in &kernel.make_vars {
-        command.args(["--make-var", var]);
-    }
-    Ok(command)
-}
-
-/// Runs every line of the scenario's `build` file with `kpatch-rs build` against `kernel`,
+/// Runs every line of the case's `build` file with `kpatch-rs build` against `kernel`,
 /// each into a fresh directory under `work`; stages the modules in `staged`. Returns the
-/// scenario's host verdict: every build did what its line says.
+/// case's host verdict: every build did what its line says.
 fn run_builds(
     kpatch: &Path,
     kernel: &KernelDirs,
-    scenario: &Scenario,
+    case: &Case,
     work: &Path,
     staged: &Path,
 ) -> Result<std::result::Result<(), String>> {
-    for line in &scenario.builds {
+    for line in &case.builds {
         let output_dir = work.join("kpatch").join(&line.name);
         let mut command = kpatch_build_command(kpatch, kernel, &line.name, &output_dir)?;
         if line.no_replace {
             command.arg("--no-replace");
         }
         for patch in &line.patches {
-            let path = scenario.dir.join(patch);
+            let path = case.dir.join(patch);
             if !path.is_file() {
                 return Ok(Err(format!(
                     "`build` names {patch}, which is not a file of {}",
-                    scenario.dir.display()
+                    case.dir.display()
                 )));
             }
             command.arg(path);
         }
-        eprintln!(
-            "  scenario {}: kpatch-rs build {}",
-            scenario.name, line.name
-        );
+        eprintln!("  case {}: kpatch-rs build {}", case.name, line.name);
         let output = command
             .output()
             .with_context(|| format!("cannot run {}", kpatch.display()))?;
@@ -540,7 +473,7 @@ fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Copies the kernel source files named in `module/kernel-sources` into the module build dir.
-fn copy_kernel_sources(kernel: &KernelDirs, build_dir: &Path, scenario: &str) -> Result<()> {
+fn copy_kernel_sources(kernel: &KernelDirs, build_dir: &Path, case: &str) -> Result<()> {
     let list = build_dir.join("kernel-sources");
     let Ok(text) = std::fs::read_to_string(&list) else {
         return Ok(());
@@ -551,13 +484,15 @@ fn copy_kernel_sources(kernel: &KernelDirs, build_dir: &Path, scenario: &str) ->
         }
         let relative = Path::new(line);
         if relative.is_absolute() || relative.components().any(|c| c.as_os_str() == "..") {
-            bail!("scenario {scenario}: kernel-sources entry {line:?} must be a path inside the kernel tree");
+            bail!(
+                "case {case}: kernel-sources entry {line:?} must be a path inside the kernel tree"
+            );
         }
         let from = kernel.source.join(relative);
         let name = relative.file_name().unwrap_or_default();
         std::fs::copy(&from, build_dir.join(name)).with_context(|| {
             format!(
-                "scenario {scenario}: cannot copy {} from the kernel source",
+                "case {case}: cannot copy {} from the kernel source",
                 from.display()
             )
         })?;
@@ -565,13 +500,13 @@ fn copy_kernel_sources(kernel: &KernelDirs, build_dir: &Path, scenario: &str) ->
     Ok(())
 }
 
-/// Whether a scenario that ran in the guest passed, and if not, why.
-pub fn judge(scenario: &Scenario, outcome: &Outcome) -> std::result::Result<(), String> {
+/// Whether a case that ran in the guest passed, and if not, why.
+pub fn judge(case: &Case, outcome: &Outcome) -> std::result::Result<(), String> {
     match &outcome.ending {
         crate::guest::Ending::Exited(0) => {}
         crate::guest::Ending::Exited(code) => return Err(format!("guest.sh exited {code}")),
         crate::guest::Ending::TimedOut => {
-            return Err(format!("timed out after {}s", scenario.timeout.as_secs()))
+            return Err(format!("timed out after {}s", case.timeout.as_secs()))
         }
         crate::guest::Ending::GuestLost(why) => return Err(why.clone()),
     }
@@ -582,14 +517,14 @@ pub fn judge(scenario: &Scenario, outcome: &Outcome) -> std::result::Result<(), 
             kernel_problems.join("\n")
         ));
     }
-    let expected = normalise(scenario.expected.as_deref().unwrap_or_default());
+    let expected = normalise(case.expected.as_deref().unwrap_or_default());
     let actual = normalise(&script_output);
     if expected == actual {
         return Ok(());
     }
     Err(format!(
         "output differs from {}\n--- expected\n{expected}\n--- actual\n{actual}",
-        scenario.dir.join("expected").display()
+        case.dir.join("expected").display()
     ))
 }
 
@@ -626,7 +561,7 @@ mod tests {
     use crate::guest::Ending;
 
     fn check(expected: &str, ending: Ending, output: &str, passes: bool) {
-        let scenario = Scenario {
+        let case = Case {
             name: "s".to_string(),
             dir: PathBuf::from("tests/s"),
             expected: Some(expected.to_string()),
@@ -642,7 +577,7 @@ mod tests {
             console_log: None,
         };
         assert_eq!(
-            judge(&scenario, &outcome).is_ok(),
+            judge(&case, &outcome).is_ok(),
             passes,
             "{expected:?} vs {output:?}"
         );
@@ -662,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn kernel_log_problems_fail_a_scenario() {
+    fn kernel_log_problems_fail_a_case() {
         check(
             "a\n",
             Ending::Exited(0),
@@ -684,10 +619,10 @@ mod tests {
         check("KPATCH-DMESG\n", Ending::Exited(0), "KPATCH-DMESG\n", true);
     }
 
-    /// Writes `files` (path, contents) under a fresh directory and discovers its scenarios.
-    fn discover_files(files: &[(&str, &str)]) -> Result<Vec<Scenario>> {
+    /// Writes `files` (path, contents) under a fresh directory and discovers its cases.
+    fn discover_files(files: &[(&str, &str)]) -> Result<Vec<Case>> {
         let root = std::env::temp_dir().join(format!(
-            "kpatch-rs-scenarios-{}-{}",
+            "kpatch-rs-cases-{}-{}",
             std::process::id(),
             files.len()
         ));
@@ -703,14 +638,14 @@ mod tests {
     }
 
     #[test]
-    fn discovers_guest_host_and_disabled_scenarios() {
+    fn discovers_guest_host_and_disabled_cases() {
         let found = discover_files(&[
             ("guest/guest.sh", "echo hi"),
             ("guest/expected", "hi\n"),
             ("host/build", "x x.patch => exit 2: cannot patch\n"),
             ("off/build", "x x.patch\n"),
             ("off/disabled", "\nthe engine drops x\nmore\n"),
-            ("not-a-scenario/notes", "nothing"),
+            ("not-a-case/notes", "nothing"),
         ])
         .map_err(|e| format!("{e:#}"));
         let summary: Vec<(String, bool, usize, Option<String>)> = found
@@ -741,10 +676,10 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_build_file_names_its_scenario() {
+    fn a_bad_build_file_names_its_case() {
         let found = discover_files(&[("s/build", "x\n")]);
         let error = found.err().map(|e| format!("{e:#}")).unwrap_or_default();
-        assert!(error.contains("scenario s: `build` line 1"), "{error}");
+        assert!(error.contains("case s: `build` line 1"), "{error}");
     }
 
     fn build_line(name: &str, no_replace: bool, patches: &[&str]) -> BuildLine {
@@ -788,8 +723,8 @@ mod tests {
         );
         check_build_file("a\n", Err("at least one patch"));
         check_build_file("a --replace a.patch\n", Err("unknown option --replace"));
-        check_build_file("a ../a.patch\n", Err("files of the scenario"));
-        check_build_file("a /tmp/a.patch\n", Err("files of the scenario"));
+        check_build_file("a ../a.patch\n", Err("files of the case"));
+        check_build_file("a /tmp/a.patch\n", Err("files of the case"));
         check_build_file(
             "a a.patch\na b.patch\n",
             Err("line 2: the module name is used twice"),
