@@ -242,6 +242,34 @@ fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
         "{}",
         stderr(&result)
     );
+    // A file operation that fails names the operation and the path, in the message and in the
+    // --json document.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("write file");
+    let cache = file.join("cache");
+    let cache_arg = cache.display().to_string();
+    check(
+        &["--cache-dir", &cache_arg],
+        "cmdline.patch",
+        1,
+        &format!("cannot create the cache {cache_arg}/"),
+    );
+    let failed = build(
+        &kernel,
+        &output,
+        &["--cache-dir", &cache_arg, "--json"],
+        &[fixture("cmdline.patch")],
+    );
+    let document: serde_json::Value =
+        serde_json::from_slice(&failed.stdout).expect("--json prints a document on an error");
+    assert_eq!(document["outcome"], "error");
+    assert_eq!(document["exit_code"], 1);
+    assert!(
+        document["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Not a directory")),
+        "{document}"
+    );
 }
 
 #[test]

@@ -5,11 +5,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::inputs::{read_file, Inputs};
+use super::inputs::{read_file, InputError, Inputs};
 use super::kbuild::KernelBuild;
 use super::module;
 use super::units::{self, UnitsError};
-use super::{BuildError, BuildOptions};
+use super::{io_error, BuildError, BuildOptions};
 
 /// What the compile phase hands on: both builds and the units compiled in each.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         });
         (original.join(), patched.join())
     });
-    let thread_error = || BuildError::Module("a build thread panicked".to_string());
+    let thread_error = || BuildError::Internal("a build thread panicked".to_string());
     original_result.map_err(|_| thread_error())??;
     patched_result.map_err(|_| thread_error())??;
     if let Err(error) = check_config_kept(&options.config, &original_build.output.join(".config")) {
@@ -157,13 +157,10 @@ fn check_config_kept(given: &Path, used: &Path) -> Result<(), BuildError> {
     if dropped.is_empty() {
         return Ok(());
     }
-    Err(BuildError::Input(format!(
-        "the kernel config cannot be reproduced on this machine: olddefconfig dropped {}; \
-         install what they depend on (CONFIG_DEBUG_INFO_BTF needs pahole from the dwarves \
-         package, CONFIG_RUST needs rustc and bindgen) or the module will not match the \
-         running kernel",
-        dropped.join(", ")
-    )))
+    Err(InputError::ConfigNotReproducible {
+        dropped: dropped.join(", "),
+    }
+    .into())
 }
 
 /// Writes the patch-author headers where patched sources can include them.
@@ -174,7 +171,7 @@ fn write_headers(cache: &Path) -> Result<PathBuf, BuildError> {
         path.parent()
             .map_or(Ok(()), fs::create_dir_all)
             .and_then(|_| fs::write(&path, text))
-            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))
+            .map_err(io_error("write", &path))
     };
     write("kpatch-macros.h", module::KPATCH_MACROS_H)?;
     write("kpatch-syscall.h", module::KPATCH_SYSCALL_H)?;

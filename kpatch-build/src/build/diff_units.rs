@@ -65,7 +65,7 @@ pub fn diff_units(compiled: &Compiled) -> Result<Vec<DiffedUnit>, BuildError> {
     let results = kpatch_diff::diff_all(&pairs);
     let mut diffed = Vec::new();
     for (result, (name, _, klp_object, orig, _)) in results.into_iter().zip(inputs) {
-        let output = result.map_err(|e| BuildError::Diff(e.to_string()))?;
+        let output = result?;
         diffed.push(DiffedUnit {
             name,
             klp_object,

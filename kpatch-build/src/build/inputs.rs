@@ -8,7 +8,82 @@ use std::path::{Path, PathBuf};
 
 use super::kbuild;
 use super::units;
-use super::{BuildError, BuildOptions, SymbolSource};
+use super::{io_error, BuildError, BuildOptions, SymbolSource};
+
+/// An input that cannot serve, with what to pass instead.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error(
+        "{} is not a kernel source tree (no Makefile and kernel/); pass the kernel's source \
+         with --sourcedir",
+        .0.display()
+    )]
+    NotASourceTree(PathBuf),
+    #[error(
+        "{} is configured in place (it has .config or include/config); kpatch-rs builds out \
+         of tree and needs a clean source tree: pass a clean copy with --sourcedir and the \
+         configuration with --config",
+        .0.display()
+    )]
+    ConfiguredInPlace(PathBuf),
+    #[error("cannot read {what} {}: {source}; {hint}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "kernel config {} does not enable CONFIG_LIVEPATCH: that kernel cannot load \
+         livepatches; rebuild it with CONFIG_LIVEPATCH=y or pass the right --config",
+        .0.display()
+    )]
+    NoLivepatch(PathBuf),
+    #[error(
+        "{} does not exist; pass the running kernel's vmlinux (with symbols) with \
+         --vmlinux, or its System.map with --system-map",
+        .0.display()
+    )]
+    NoSymbols(PathBuf),
+    #[error(
+        "Module.symvers {} does not exist; pass the kernel's Module.symvers with --symvers",
+        .0.display()
+    )]
+    NoSymvers(PathBuf),
+    #[error("no patch given; pass one or more patch files")]
+    NoPatch,
+    #[error("cannot resolve {}: {source}", path.display())]
+    Canonicalize {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "kernel release {release} is not of the source tree's version {version}: pass the \
+         source the running kernel was built from, or its release with --kernel-release"
+    )]
+    ReleaseMismatch { release: String, version: String },
+    #[error(
+        "kernel release {0:?} has white space or quotes; pass `uname -r` of the running \
+         kernel with --kernel-release"
+    )]
+    ReleaseNotAWord(String),
+    #[error(
+        "the kernel config cannot be reproduced on this machine: olddefconfig dropped \
+         {dropped}; install what they depend on (CONFIG_DEBUG_INFO_BTF needs pahole from the \
+         dwarves package, CONFIG_RUST needs rustc and bindgen) or the module will not match \
+         the running kernel"
+    )]
+    ConfigNotReproducible { dropped: String },
+    #[error(
+        "cannot find {module}.ko under {}: the module's symbols are needed to patch it; build \
+         the modules of the original tree there, or pass the directory of the kernel's \
+         (decompressed) modules with --modules",
+        dir.display()
+    )]
+    ModuleNotFound { module: String, dir: PathBuf },
+}
 
 /// What the inputs phase hands on.
 #[derive(Debug)]
@@ -58,12 +133,11 @@ pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
     let touched = touched_files(options)?;
     let key = cache_key(options)?;
     let cache = options.cache.join(&key);
-    fs::create_dir_all(&cache)
-        .map_err(|e| BuildError::Input(format!("cannot create cache {}: {e}", cache.display())))?;
+    fs::create_dir_all(&cache).map_err(io_error("create the cache", &cache))?;
     let lock_path = cache.join("lock");
     let lock = fs::File::create(&lock_path)
         .and_then(|file| file.lock().map(|()| file))
-        .map_err(|e| BuildError::Input(format!("cannot lock {}: {e}", lock_path.display())))?;
+        .map_err(io_error("lock", &lock_path))?;
     let log = cache.join("build.log");
     let _ = fs::remove_file(&log);
     let release = kernel_release(options)?;
@@ -77,12 +151,16 @@ pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
 }
 
 /// Reads a file the build needs; the error says which and what to pass instead.
-pub(super) fn read_file(path: &Path, what: &str, hint: &str) -> Result<Vec<u8>, BuildError> {
-    fs::read(path).map_err(|e| {
-        BuildError::Input(format!(
-            "cannot read {what} {}: {e}; {hint}",
-            path.display()
-        ))
+pub(super) fn read_file(
+    path: &Path,
+    what: &'static str,
+    hint: &'static str,
+) -> Result<Vec<u8>, InputError> {
+    fs::read(path).map_err(|source| InputError::Read {
+        what,
+        path: path.to_path_buf(),
+        hint,
+        source,
     })
 }
 
@@ -90,19 +168,10 @@ pub(super) fn read_file(path: &Path, what: &str, hint: &str) -> Result<Vec<u8>, 
 fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
     let source = &options.sourcedir;
     if !source.join("Makefile").is_file() || !source.join("kernel").is_dir() {
-        return Err(BuildError::Input(format!(
-            "{} is not a kernel source tree (no Makefile and kernel/); pass the kernel's source \
-             with --sourcedir",
-            source.display()
-        )));
+        return Err(InputError::NotASourceTree(source.clone()).into());
     }
     if source.join(".config").exists() || source.join("include/config").exists() {
-        return Err(BuildError::Input(format!(
-            "{} is configured in place (it has .config or include/config); kpatch-rs builds out \
-             of tree and needs a clean source tree: pass a clean copy with --sourcedir and the \
-             configuration with --config",
-            source.display()
-        )));
+        return Err(InputError::ConfiguredInPlace(source.clone()).into());
     }
     let config = read_file(
         &options.config,
@@ -114,29 +183,16 @@ fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
         .lines()
         .any(|line| line.trim() == "CONFIG_LIVEPATCH=y")
     {
-        return Err(BuildError::Input(format!(
-            "kernel config {} does not enable CONFIG_LIVEPATCH: that kernel cannot load \
-             livepatches; rebuild it with CONFIG_LIVEPATCH=y or pass the right --config",
-            options.config.display()
-        )));
+        return Err(InputError::NoLivepatch(options.config.clone()).into());
     }
     if !options.symbols.path().is_file() {
-        return Err(BuildError::Input(format!(
-            "{} does not exist; pass the running kernel's vmlinux (with symbols) with \
-             --vmlinux, or its System.map with --system-map",
-            options.symbols.path().display()
-        )));
+        return Err(InputError::NoSymbols(options.symbols.path().to_path_buf()).into());
     }
     if !options.symvers.is_file() {
-        return Err(BuildError::Input(format!(
-            "Module.symvers {} does not exist; pass the kernel's Module.symvers with --symvers",
-            options.symvers.display()
-        )));
+        return Err(InputError::NoSymvers(options.symvers.clone()).into());
     }
     if options.patches.is_empty() {
-        return Err(BuildError::Input(
-            "no patch given; pass one or more patch files".to_string(),
-        ));
+        return Err(InputError::NoPatch.into());
     }
     Ok(())
 }
@@ -154,12 +210,11 @@ fn touched_files(options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
 
 /// The cache directory for this (source, config, compiler, make variables).
 fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
-    let source = fs::canonicalize(&options.sourcedir).map_err(|e| {
-        BuildError::Input(format!(
-            "cannot resolve {}: {e}",
-            options.sourcedir.display()
-        ))
-    })?;
+    let source =
+        fs::canonicalize(&options.sourcedir).map_err(|source| InputError::Canonicalize {
+            path: options.sourcedir.clone(),
+            source,
+        })?;
     let config = read_file(&options.config, "kernel config", "pass --config")?;
     let compiler = kbuild::compiler_version()?;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -220,16 +275,10 @@ fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> 
     );
     let after = release.strip_prefix(&version);
     if after.is_none_or(|rest| rest.starts_with(|c: char| c.is_ascii_digit())) {
-        return Err(BuildError::Input(format!(
-            "kernel release {release} is not of the source tree's version {version}: pass the \
-             source the running kernel was built from, or its release with --kernel-release"
-        )));
+        return Err(InputError::ReleaseMismatch { release, version }.into());
     }
     if release.chars().any(|c| c.is_whitespace() || c == '\'') {
-        return Err(BuildError::Input(format!(
-            "kernel release {release:?} has white space or quotes; pass `uname -r` of the \
-             running kernel with --kernel-release"
-        )));
+        return Err(InputError::ReleaseNotAWord(release).into());
     }
     Ok(Some(release))
 }

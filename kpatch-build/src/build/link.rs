@@ -13,7 +13,7 @@ use super::klp_records;
 use super::module::{self, KlpFunction, KlpObject, KlpObjectName};
 use super::references::Resolved;
 use super::replacements;
-use super::{BuildError, ObjectSummary};
+use super::{io_error, BuildError, ObjectSummary};
 
 /// What the linkable phase hands on.
 #[derive(Debug)]
@@ -29,8 +29,7 @@ pub struct Linkable {
 /// Makes each unit's output linkable into `module_dir` and gathers the klp objects.
 pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, BuildError> {
     let _ = fs::remove_dir_all(module_dir);
-    fs::create_dir_all(module_dir)
-        .map_err(|e| BuildError::Module(format!("cannot create {}: {e}", module_dir.display())))?;
+    fs::create_dir_all(module_dir).map_err(io_error("create", module_dir))?;
     let mut klp_objects: BTreeMap<KlpObjectName, KlpObject> = BTreeMap::new();
     let mut objects = Vec::new();
     let mut summaries = Vec::new();
@@ -45,14 +44,12 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
             continue;
         };
         let name = &unit.name;
-        let replacements = replacements::read_replacements(name, object_bytes, &unit.output.report)
-            .map_err(|e| BuildError::Module(e.to_string()))?;
+        let replacements =
+            replacements::read_replacements(name, object_bytes, &unit.output.report)?;
         let (linkable, _) =
-            klp_records::convert_references(name, &replacements.object, &links.klp_names)
-                .map_err(|e| BuildError::Module(e.to_string()))?;
+            klp_records::convert_references(name, &replacements.object, &links.klp_names)?;
         let path = module_dir.join(format!("patched-{index}.o"));
-        fs::write(&path, &linkable)
-            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))?;
+        fs::write(&path, &linkable).map_err(io_error("write", &path))?;
         objects.push(path);
 
         let klp_object = unit.klp_object.clone();
@@ -69,7 +66,7 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
                 .get(&old_name)
                 .copied()
                 .ok_or_else(|| {
-                    BuildError::Module(format!("{name}: no sympos was resolved for {old_name}"))
+                    BuildError::Internal(format!("{name}: no sympos was resolved for {old_name}"))
                 })?;
             klp_object.functions.push(KlpFunction {
                 old_name,
@@ -115,11 +112,10 @@ pub fn link(
     module_dir: &Path,
     objects: &[PathBuf],
 ) -> Result<Vec<u8>, BuildError> {
-    let source = module::render_source(livepatch).map_err(|e| BuildError::Module(e.to_string()))?;
+    let source = module::render_source(livepatch)?;
     // External modules resolve exported symbols from the build directory's Module.symvers.
     let symvers_copy = compiled.original.output.join("Module.symvers");
-    fs::write(&symvers_copy, symvers)
-        .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", symvers_copy.display())))?;
+    fs::write(&symvers_copy, symvers).map_err(io_error("write", &symvers_copy))?;
     link_module(
         &compiled.original,
         module_dir,
@@ -142,15 +138,11 @@ fn link_module(
     source: &str,
     patched_objects: &[PathBuf],
 ) -> Result<Vec<u8>, BuildError> {
-    let write = |path: &Path, text: &str| {
-        fs::write(path, text)
-            .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", path.display())))
-    };
+    let write = |path: &Path, text: &str| fs::write(path, text).map_err(io_error("write", path));
     let main_dir = module_dir.join("main");
     let link_dir = module_dir.join("link");
     for dir in [&main_dir, &link_dir] {
-        fs::create_dir_all(dir)
-            .map_err(|e| BuildError::Module(format!("cannot create {}: {e}", dir.display())))?;
+        fs::create_dir_all(dir).map_err(io_error("create", dir))?;
     }
     write(&main_dir.join("livepatch-main.c"), source)?;
     write(&main_dir.join("Kbuild"), "obj-m := livepatch-main.o\n")?;
@@ -172,9 +164,9 @@ fn link_module(
     // the prebuilt object exports nothing, so an empty one says so.
     write(&link_dir.join(format!(".{module_name}.o.cmd")), "")?;
     build.build_external("building the livepatch module", &link_dir, &["modules"], "")?;
-    read_file(
+    Ok(read_file(
         &link_dir.join(format!("{module_name}.ko")),
         "module",
         "see the build log",
-    )
+    )?)
 }

@@ -15,8 +15,14 @@ use std::time::Instant;
 use kpatch_diff::compare::Refusal;
 use kpatch_diff::report::Report;
 
+use inputs::InputError;
 use kbuild::CommandError;
-use module::{KlpObject, LivepatchModule};
+use klp_records::RecordError;
+use kpatch_diff::elf::ElfError;
+use kpatch_diff::DiffError;
+use module::{KlpObject, LivepatchModule, ModuleError};
+use post_link::PostLinkError;
+use replacements::ReplacementsError;
 use resolve::{Exports, ResolveError};
 use trees::TreeError;
 use units::UnitsError;
@@ -98,11 +104,34 @@ impl SymbolSource {
     }
 }
 
-/// Why a build stopped.
+/// A file operation that failed: what was done, to which path, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}: {source}", path.display())]
+pub struct IoError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The `map_err` for an I/O call: `fs::write(&path, data).map_err(io_error("write", &path))`.
+pub fn io_error<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> IoError + 'a {
+    move |source| IoError {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Why a build stopped: one variant per phase's error type, and the two outcomes that are
+/// not errors to the user (a refusal, no change).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{0}")]
-    Input(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
     #[error(transparent)]
     Units(#[from] UnitsError),
     #[error(transparent)]
@@ -110,15 +139,30 @@ pub enum BuildError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(transparent)]
+    Diff(#[from] DiffError),
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+    #[error(transparent)]
     Resolve(#[from] ResolveError),
-    #[error("{0}")]
-    Diff(String),
+    #[error(transparent)]
+    Replacements(#[from] ReplacementsError),
+    #[error(transparent)]
+    Records(#[from] RecordError),
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error(transparent)]
+    PostLink(#[from] PostLinkError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("cannot describe the module: {0}")]
+    Describe(#[from] serde_json::Error),
+    /// A broken promise inside kpatch-rs, not a problem with the inputs.
+    #[error("internal error: {0}; please report it")]
+    Internal(String),
     #[error("{}", .refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Unpatchable { refusals: Vec<Refusal> },
     #[error("the patches change no code: {objects}")]
     NoChange { objects: String },
-    #[error("{0}")]
-    Module(String),
 }
 
 impl BuildError {
@@ -331,16 +375,11 @@ fn write_module(
     livepatch: &LivepatchModule,
     ko: &[u8],
 ) -> Result<(PathBuf, Vec<(String, usize)>), BuildError> {
-    let info = serde_json::to_vec(livepatch)
-        .map_err(|e| BuildError::Module(format!("cannot describe the module: {e}")))?;
-    let (rewritten, summary) = post_link::rewrite_module(&livepatch.name, ko, Some(&info))
-        .map_err(|e| BuildError::Module(e.to_string()))?;
-    fs::create_dir_all(&options.output).map_err(|e| {
-        BuildError::Module(format!("cannot create {}: {e}", options.output.display()))
-    })?;
+    let info = serde_json::to_vec(livepatch)?;
+    let (rewritten, summary) = post_link::rewrite_module(&livepatch.name, ko, Some(&info))?;
+    fs::create_dir_all(&options.output).map_err(io_error("create", &options.output))?;
     let module_path = options.output.join(format!("{}.ko", livepatch.name));
-    fs::write(&module_path, &rewritten)
-        .map_err(|e| BuildError::Module(format!("cannot write {}: {e}", module_path.display())))?;
+    fs::write(&module_path, &rewritten).map_err(io_error("write", &module_path))?;
     Ok((module_path, summary.sections))
 }
 

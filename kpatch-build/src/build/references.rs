@@ -13,7 +13,7 @@ use kpatch_diff::elf::{Binding, Object};
 use kpatch_diff::report::Report;
 
 use super::diff_units::DiffedUnit;
-use super::inputs::read_file;
+use super::inputs::{read_file, InputError};
 use super::klp_records::{self, klp_symbol_name};
 use super::module::KlpObjectName;
 use super::resolve::{self, Exports, KlpObjectSymbols, Reach, ReferenceFacts, Unit};
@@ -79,13 +79,10 @@ pub fn resolve_units(
             KlpObjectName::Module(module_name) => {
                 if !module_symbols.contains_key(module_name) {
                     let ko = find_module_file(reference_build, module_name).ok_or_else(|| {
-                        BuildError::Input(format!(
-                            "cannot find {module_name}.ko under {}: the module's symbols are \
-                             needed to patch it; build the modules of the original tree there, \
-                             or pass the directory of the kernel's (decompressed) modules with \
-                             --modules",
-                            reference_build.display()
-                        ))
+                        InputError::ModuleNotFound {
+                            module: module_name.clone(),
+                            dir: reference_build.to_path_buf(),
+                        }
                     })?;
                     let data = read_file(&ko, "module", "build the original modules")?;
                     module_depends.insert(module_name.clone(), resolve::module_depends(&data));
@@ -97,7 +94,7 @@ pub fn resolve_units(
                 &module_symbols[module_name]
             }
         };
-        let original = Object::parse(name, orig).map_err(|e| BuildError::Diff(e.to_string()))?;
+        let original = Object::parse(name, orig)?;
         let locals = resolve::unit_locals(&original);
         let defined = resolve::unit_defined(&original);
         let file = Path::new(name)
@@ -270,9 +267,7 @@ fn defined_by_patch(diffed: &[DiffedUnit]) -> Result<BTreeSet<String>, BuildErro
         let Some(bytes) = &unit.output.object else {
             continue;
         };
-        let parse = |bytes: &[u8]| {
-            Object::parse(&unit.name, bytes).map_err(|e| BuildError::Diff(e.to_string()))
-        };
+        let parse = |bytes: &[u8]| Object::parse(&unit.name, bytes).map_err(BuildError::from);
         let before = defined_globals(&parse(&unit.orig)?);
         defined.extend(
             defined_globals(&parse(bytes)?)

@@ -15,15 +15,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::build::kbuild::{self, CommandError};
+use crate::build::{io_error, IoError};
 
 /// Why the patched tree could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error("cannot mirror {source_path} into {copy}: {reason}")]
+    #[error("cannot mirror {} into {}: {source}", tree.display(), copy.display())]
     Mirror {
-        source_path: String,
-        copy: String,
-        reason: String,
+        tree: PathBuf,
+        copy: PathBuf,
+        #[source]
+        source: IoError,
     },
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -45,57 +47,57 @@ pub struct SyncStats {
 
 /// Makes `copy` a hard-linked mirror of `source`.
 pub fn sync_linked_tree(source: &Path, copy: &Path) -> Result<SyncStats, TreeError> {
-    let mirror_error = |reason: String| TreeError::Mirror {
-        source_path: source.display().to_string(),
-        copy: copy.display().to_string(),
-        reason,
-    };
     let mut stats = SyncStats::default();
-    sync_directory(source, copy, &mut stats).map_err(|e| mirror_error(e.to_string()))?;
+    sync_directory(source, copy, &mut stats).map_err(|e| TreeError::Mirror {
+        tree: source.to_path_buf(),
+        copy: copy.to_path_buf(),
+        source: e,
+    })?;
     Ok(stats)
 }
 
-fn sync_directory(source: &Path, copy: &Path, stats: &mut SyncStats) -> io::Result<()> {
+fn sync_directory(source: &Path, copy: &Path, stats: &mut SyncStats) -> Result<(), IoError> {
     match fs::symlink_metadata(copy) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
-            fs::remove_file(copy)?;
-            fs::create_dir(copy)?;
+            fs::remove_file(copy).map_err(io_error("remove", copy))?;
+            fs::create_dir(copy).map_err(io_error("create", copy))?;
         }
-        Err(_) => fs::create_dir_all(copy)?,
+        Err(_) => fs::create_dir_all(copy).map_err(io_error("create", copy))?,
     }
     let mut wanted = std::collections::HashSet::new();
-    for entry in fs::read_dir(source)? {
-        let entry = entry?;
+    for entry in fs::read_dir(source).map_err(io_error("list", source))? {
+        let entry = entry.map_err(io_error("list", source))?;
         let name = entry.file_name();
         let from = entry.path();
         let to = copy.join(&name);
         wanted.insert(name);
-        let kind = entry.file_type()?;
+        let kind = entry.file_type().map_err(io_error("stat", &from))?;
         if kind.is_dir() {
             sync_directory(&from, &to, stats)?;
         } else if kind.is_symlink() {
-            let target = fs::read_link(&from)?;
+            let target = fs::read_link(&from).map_err(io_error("read the link", &from))?;
             let current = fs::read_link(&to).ok();
             if current.as_ref() != Some(&target) {
                 remove_any(&to)?;
-                std::os::unix::fs::symlink(&target, &to)?;
+                std::os::unix::fs::symlink(&target, &to)
+                    .map_err(io_error("create the link", &to))?;
                 stats.linked += 1;
             }
         } else {
-            let source_inode = entry.metadata()?.ino();
+            let source_inode = entry.metadata().map_err(io_error("stat", &from))?.ino();
             let same = fs::symlink_metadata(&to)
                 .map(|meta| meta.is_file() && meta.ino() == source_inode)
                 .unwrap_or(false);
             if !same {
                 remove_any(&to)?;
-                fs::hard_link(&from, &to)?;
+                fs::hard_link(&from, &to).map_err(io_error("hard-link", &to))?;
                 stats.linked += 1;
             }
         }
     }
-    for entry in fs::read_dir(copy)? {
-        let entry = entry?;
+    for entry in fs::read_dir(copy).map_err(io_error("list", copy))? {
+        let entry = entry.map_err(io_error("list", copy))?;
         if !wanted.contains(&entry.file_name()) {
             remove_any(&entry.path())?;
             stats.removed += 1;
@@ -104,13 +106,14 @@ fn sync_directory(source: &Path, copy: &Path, stats: &mut SyncStats) -> io::Resu
     Ok(())
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
+fn remove_any(path: &Path) -> Result<(), IoError> {
+    let removed = match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-    }
+    };
+    removed.map_err(io_error("remove", path))
 }
 
 /// Brings `copy` back to `source`, applies `patches` in order, and checks that every file the

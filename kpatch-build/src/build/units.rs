@@ -10,9 +10,10 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use crate::build::module::KlpObjectName;
+use crate::build::{io_error, IoError};
 
 /// Why the units the patch touches could not be worked out.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum UnitsError {
     #[error("cannot read patch {patch}: {reason}")]
     Patch { patch: String, reason: String },
@@ -24,8 +25,8 @@ pub enum UnitsError {
     Empty { patch: String },
     #[error("no object of this configuration includes {header}")]
     UnusedHeader { header: String },
-    #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// The files one patch changes, relative to the tree root (`-p1`).
@@ -174,10 +175,7 @@ pub fn objects_including(build: &Path, header: &Path) -> Result<Vec<PathBuf>, Un
     let mut found = Vec::new();
     let mut stack = vec![build.to_path_buf()];
     while let Some(directory) = stack.pop() {
-        let entries = fs::read_dir(&directory).map_err(|e| UnitsError::Read {
-            path: directory.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let entries = fs::read_dir(&directory).map_err(io_error("list", &directory))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let Ok(kind) = entry.file_type() else {
