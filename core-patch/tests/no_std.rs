@@ -48,11 +48,9 @@ fn require_target() -> bool {
     if target_installed() {
         return true;
     }
-    let why = format!("the {TARGET} target is not installed (rustup target add {TARGET})");
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("skipped: {why}");
+    kpatch_support::skip_unless_ci(&format!(
+        "the {TARGET} target is not installed (rustup target add {TARGET})"
+    ));
     false
 }
 

@@ -231,7 +231,7 @@ impl Inspection {
                     }
                 )?;
                 for object in &patch.objects {
-                    writeln!(out, "object {}", object.klp_object.klp_name())?;
+                    writeln!(out, "object {}", object.name.klp_name())?;
                     for function in &object.functions {
                         writeln!(
                             out,

@@ -25,8 +25,8 @@ fn fixtures() -> PathBuf {
 
 fn tool_available(tool: &str) -> bool {
     let found = Command::new(tool).arg("--version").output().is_ok();
-    if !found && std::env::var_os("CI").is_some() {
-        panic!("{tool} is required in CI");
+    if !found {
+        kpatch_support::skip_unless_ci(&format!("{tool} not found (cargo xtask deps)"));
     }
     found
 }

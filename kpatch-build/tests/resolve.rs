@@ -21,8 +21,8 @@ fn tools_available() -> bool {
     let found = ["gcc", "ld"]
         .iter()
         .all(|tool| Command::new(tool).arg("--version").output().is_ok());
-    if !found && std::env::var_os("CI").is_some() {
-        panic!("gcc and ld are required in CI");
+    if !found {
+        kpatch_support::skip_unless_ci("gcc and ld not found (cargo xtask deps)");
     }
     found
 }

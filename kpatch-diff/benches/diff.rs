@@ -14,11 +14,7 @@ fn fixtures_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("KPATCH_RS_KERNEL_FIXTURES") {
         return Some(PathBuf::from(dir));
     }
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
-    };
-    Some(cache.join("kpatch-rs/fixtures/latest"))
+    Some(kpatch_support::cache_root()?.join("fixtures/latest"))
 }
 
 fn millis(duration: Duration) -> f64 {

@@ -1,5 +1,5 @@
-//! The diff engine on real Linux 6.12 objects: each `fixtures/kernel/*.patch` built before and
-//! after by `cargo xtask fixtures`, checked for exactly the functions the patch changes and for
+//! The diff engine on real Linux 6.12 objects: each patch of `fixtures/kernel/patches` built
+//! before and after by `cargo xtask fixtures`, checked for exactly the functions the patch changes and for
 //! the special section entries only real kernel code produces.
 //!
 //! Skipped with a message when the fixtures are not built, except under CI.
@@ -20,22 +20,12 @@ use kpatch_diff::{diff, Pair};
 fn fixtures_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("KPATCH_RS_KERNEL_FIXTURES") {
         Some(dir) => PathBuf::from(dir),
-        None => {
-            let cache = match std::env::var_os("XDG_CACHE_HOME") {
-                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-                _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
-            };
-            cache.join("kpatch-rs/fixtures/latest")
-        }
+        None => kpatch_support::cache_root()?.join("fixtures/latest"),
     };
     if dir.join("complete").is_file() {
         return Some(dir);
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "kernel fixtures missing under CI: run `cargo xtask fixtures` first"
-    );
-    eprintln!("skipped: kernel fixtures not built (run `cargo xtask fixtures`)");
+    kpatch_support::skip_unless_ci("kernel fixtures not built (run `cargo xtask fixtures`)");
     None
 }
 

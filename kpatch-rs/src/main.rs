@@ -3,6 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cli::print_error;
+use kpatch_build::build::inputs::InputError;
+use kpatch_build::build::{BuildError, BuildOptions, SymbolSource};
 
 mod cli;
 
@@ -160,15 +163,43 @@ fn exit_code(result: anyhow::Result<u8>) -> ExitCode {
 }
 
 fn run_build(args: BuildArgs) -> ExitCode {
-    use kpatch_build::build::{build, BuildOptions, SymbolSource};
+    let result = build_options(&args)
+        .map_err(BuildError::from)
+        .and_then(|options| kpatch_build::build::build(&options));
+    match result {
+        Ok(report) => {
+            let stdout = &mut std::io::stdout().lock();
+            let written = if args.json {
+                report.write_json(stdout)
+            } else {
+                report.write_human(stdout)
+            };
+            match written {
+                Ok(()) => ExitCode::from(kpatch_build::exit::SUCCESS),
+                Err(error) => {
+                    print_error(&format!("cannot print the report: {error}"));
+                    ExitCode::from(kpatch_build::exit::ERROR)
+                }
+            }
+        }
+        Err(error) => {
+            if args.json {
+                // A pipeline reads the outcome from stdout whatever it is; the message still
+                // goes to stderr for the person reading the log.
+                let _ = error.write_json(&mut std::io::stdout().lock());
+            }
+            print_error(&error);
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
 
+/// The build's options from the command line, with the defaults filled in.
+fn build_options(args: &BuildArgs) -> Result<BuildOptions, InputError> {
     let symbols = match (&args.vmlinux, &args.system_map) {
         (Some(vmlinux), _) => SymbolSource::Vmlinux(vmlinux.clone()),
         (None, Some(map)) => SymbolSource::SystemMap(map.clone()),
-        (None, None) => {
-            eprintln!("error: pass the kernel's symbols with --vmlinux or --system-map");
-            return ExitCode::from(kpatch_build::exit::ERROR);
-        }
+        (None, None) => return Err(InputError::NoSymbolSource),
     };
     let symbol_file = args.vmlinux.as_ref().or(args.system_map.as_ref());
     let beside_vmlinux = |file: &str| {
@@ -194,16 +225,13 @@ fn run_build(args: BuildArgs) -> ExitCode {
             })
             .collect()
     });
-    let cache = args.cache_dir.clone().unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
-            })
-            .unwrap_or_else(std::env::temp_dir)
-            .join("kpatch-rs/build")
-    });
-    let options = BuildOptions {
+    let cache = match &args.cache_dir {
+        Some(dir) => dir.clone(),
+        None => kpatch_support::cache_root()
+            .map(|root| root.join("build"))
+            .ok_or(InputError::NoCacheDir)?,
+    };
+    Ok(BuildOptions {
         sourcedir: args.sourcedir.clone(),
         config: args
             .config
@@ -223,38 +251,7 @@ fn run_build(args: BuildArgs) -> ExitCode {
         replace: !args.no_replace,
         cache,
         make_vars: args.make_vars.clone(),
-    };
-    match build(&options) {
-        Ok(report) => {
-            let stdout = &mut std::io::stdout().lock();
-            let written = if args.json {
-                report.write_json(stdout)
-            } else {
-                report.write_human(stdout)
-            };
-            match written {
-                Ok(()) => ExitCode::from(kpatch_build::exit::SUCCESS),
-                Err(error) => {
-                    eprintln!("error: cannot print the report: {error}");
-                    ExitCode::from(kpatch_build::exit::ERROR)
-                }
-            }
-        }
-        Err(error) => {
-            if args.json {
-                // A pipeline reads the outcome from stdout whatever it is; the message still
-                // goes to stderr for the person reading the log.
-                let _ = error.write_json(&mut std::io::stdout().lock());
-            }
-            print_error(&error);
-            ExitCode::from(error.exit_code())
-        }
-    }
-}
-
-/// The one way every subcommand prints an error: `error: ` and the chain of causes.
-fn print_error(error: &dyn std::fmt::Display) {
-    eprintln!("error: {error:#}");
+    })
 }
 
 /// A `--make-var`: `NAME=VALUE` with a make variable name (letters, digits, `_`).

@@ -2,7 +2,7 @@
 //!
 //! The floor is compiling the one translation unit the patch touches twice (original and
 //! patched) through Kbuild's single-object rule, in an already prepared build directory. The
-//! benchmark times `kpatch-rs build` of `fixtures/build/cmdline.patch` on a warm cache (best of
+//! benchmark times `kpatch-rs build` of `fixtures/patches/cmdline.patch` on a warm cache (best of
 //! three), the floor in the same run (best of three), and a cold build into an empty cache,
 //! and prints the figures and the ratio. It prints; it does not judge: the machine is shared.
 
@@ -41,7 +41,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
     let source = &kernel.source;
     let vmlinux = kernel.build.join("vmlinux");
-    let patch = root.join("fixtures/build/cmdline.patch");
+    let patch = root.join("fixtures/patches/cmdline.patch");
     let work = root.join("target/bench-build");
     let _ = std::fs::remove_dir_all(&work);
     let cache = work.join("cache");

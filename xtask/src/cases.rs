@@ -150,7 +150,12 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
                 }
                 patch => {
                     if Path::new(patch).is_absolute() || patch.split('/').any(|p| p == "..") {
-                        return Err(at("patches are files of the case directory"));
+                        return Err(at(
+                            "patches are files of the case directory, or @NAME in fixtures/patches",
+                        ));
+                    }
+                    if patch.starts_with('@') && patch.contains('/') {
+                        return Err(at("@NAME names a file of fixtures/patches, without a path"));
                     }
                     patches.push(patch.to_string());
                 }
@@ -170,6 +175,15 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
         });
     }
     Ok(lines)
+}
+
+/// The file a build line's patch word names: `@NAME` is `fixtures/patches/NAME`, the patches
+/// several tests share; anything else is a file of the case directory.
+fn patch_path(case_dir: &Path, word: &str) -> PathBuf {
+    match word.strip_prefix('@') {
+        Some(name) => crate::project_root().join("fixtures/patches").join(name),
+        None => case_dir.join(word),
+    }
 }
 
 /// The cases under `tests_dir`, sorted by name.
@@ -370,11 +384,11 @@ fn run_builds(
             command.arg("--no-replace");
         }
         for patch in &line.patches {
-            let path = case.dir.join(patch);
+            let path = patch_path(&case.dir, patch);
             if !path.is_file() {
                 return Ok(Err(format!(
-                    "`build` names {patch}, which is not a file of {}",
-                    case.dir.display()
+                    "`build` names {patch}, which is not the file {}",
+                    path.display()
                 )));
             }
             command.arg(path);
@@ -726,6 +740,15 @@ mod tests {
         check_build_file("a ../a.patch\n", Err("files of the case"));
         check_build_file("a /tmp/a.patch\n", Err("files of the case"));
         check_build_file(
+            "a @cmdline.patch own.patch\n",
+            Ok(vec![build_line(
+                "a",
+                false,
+                &["@cmdline.patch", "own.patch"],
+            )]),
+        );
+        check_build_file("a @sub/x.patch\n", Err("without a path"));
+        check_build_file(
             "a a.patch\na b.patch\n",
             Err("line 2: the module name is used twice"),
         );
@@ -734,6 +757,32 @@ mod tests {
         check_build_file("a a.patch => exit two: x\n", Err("must be a number"));
         check_build_file("a a.patch => exit 0: x\n", Err("non-zero exit code"));
         check_build_file("a a.patch => exit 2:\n", Err("non-zero exit code"));
+    }
+
+    #[test]
+    fn an_at_name_is_a_shared_patch_and_every_shared_patch_a_test_names_exists() {
+        let root = crate::project_root();
+        assert_eq!(
+            patch_path(Path::new("/case"), "@cmdline.patch"),
+            root.join("fixtures/patches/cmdline.patch")
+        );
+        assert_eq!(
+            patch_path(Path::new("/case"), "own.patch"),
+            PathBuf::from("/case/own.patch")
+        );
+        for case in discover(&root.join("tests")).expect("tests/ cases") {
+            for line in &case.builds {
+                for patch in &line.patches {
+                    let path = patch_path(&case.dir, patch);
+                    assert!(
+                        path.is_file(),
+                        "{}: {patch} is not {}",
+                        case.name,
+                        path.display()
+                    );
+                }
+            }
+        }
     }
 
     fn check_build(

@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the main job from a fresh machine, end to end.
 //!
 //! Installs what is missing, builds (or finds) the cached test kernel, builds kpatch-rs, turns
-//! `fixtures/build/cmdline.patch` into a livepatch module with `kpatch-rs build`, shows what the
+//! `fixtures/patches/cmdline.patch` into a livepatch module with `kpatch-rs build`, shows what the
 //! module asks of the kernel with `kpatch-rs inspect`, and loads it into the test kernel under
 //! QEMU: `/proc/cmdline` before, while patched, and after the patch is disabled and removed.
 
@@ -47,7 +47,7 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let source = &kernel.source;
     let vmlinux = kernel.build.join("vmlinux");
-    let patch = root.join("fixtures/build/cmdline.patch");
+    let patch = root.join("fixtures/patches/cmdline.patch");
     cmd!(
         sh,
         "{kpatch} build --sourcedir {source} --vmlinux {vmlinux} -o {work} {patch}"

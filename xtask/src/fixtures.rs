@@ -1,7 +1,7 @@
 //! `cargo xtask fixtures`: real kernel object pairs for the diff tests and the benchmark.
 //!
-//! Builds the translation units that each `fixtures/kernel/*.patch` touches, once from the
-//! pristine Linux 6.12 source and once from a patched copy, the way kpatch-rs builds them
+//! Builds the translation units that each patch listed in `fixtures/kernel/patches` touches,
+//! once from the pristine Linux 6.12 source and once from a patched copy, the way kpatch-rs builds them
 //! (`make O=... KCFLAGS='-ffunction-sections -fdata-sections' path/file.o` after
 //! `modules_prepare`). The pristine tree is never written to: the patched tree is a hard-link
 //! copy whose touched files are replaced by fresh copies before `patch` runs.
@@ -116,18 +116,13 @@ fn test_kernel() -> Result<(PathBuf, PathBuf)> {
     }
 }
 
-/// FNV-1a, enough to tell cache entries apart.
+/// The hash of `parts`, each ended by a 0xff byte so that the parts cannot run together.
 fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = kpatch_support::Fnv1a::new();
     for part in parts {
-        for &byte in *part {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        hash ^= 0xff;
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        hash.write(part).write(&[0xff]);
     }
-    hash
+    hash.finish()
 }
 
 /// One fixture patch and the objects it touches.
@@ -138,12 +133,15 @@ struct FixturePatch {
 }
 
 fn fixture_patches() -> Result<Vec<FixturePatch>> {
-    let dir = crate::project_root().join("fixtures/kernel");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+    let root = crate::project_root();
+    let list = root.join("fixtures/kernel/patches");
+    let text = std::fs::read_to_string(&list)
+        .with_context(|| format!("cannot read {}", list.display()))?;
+    let mut paths: Vec<PathBuf> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|name| root.join("fixtures/patches").join(name))
         .collect();
     paths.sort();
     paths

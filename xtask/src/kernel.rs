@@ -195,37 +195,95 @@ impl KernelDirs {
     }
 }
 
+/// The test kernel an xtask command runs on, from its `--core`, `--fragment` and
+/// `--kernel-build` options.
+#[derive(Debug, Clone)]
+pub struct KernelChoice {
+    pub core: Core,
+    pub fragments: Vec<PathBuf>,
+    /// An existing build directory to use instead of the cached kernel.
+    pub kernel_build: Option<PathBuf>,
+}
+
+impl Default for KernelChoice {
+    fn default() -> Self {
+        KernelChoice {
+            core: Core::C,
+            fragments: Vec::new(),
+            kernel_build: None,
+        }
+    }
+}
+
+impl KernelChoice {
+    /// How the options read in usage messages.
+    pub const USAGE: &'static str =
+        "--core c|rust|rust-pre-fix, --fragment FILE, --kernel-build DIR";
+
+    /// Takes `arg` if it is one of the kernel options, reading its value with `value`;
+    /// returns whether it was.
+    pub fn take(
+        &mut self,
+        arg: &str,
+        mut value: impl FnMut(&str) -> Result<String>,
+    ) -> Result<bool> {
+        match arg {
+            "--core" => self.core = Core::parse(&value("c, rust or rust-pre-fix")?)?,
+            "--fragment" => self
+                .fragments
+                .push(absolute(Path::new(&value("a config fragment file")?))?),
+            "--kernel-build" => {
+                self.kernel_build = Some(absolute(Path::new(&value("a kernel build directory")?))?)
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The kernel's spec: the core's, with the extra fragments.
+    pub fn spec(&self) -> KernelSpec {
+        let mut spec = KernelSpec::for_core(self.core);
+        spec.fragments.extend(self.fragments.iter().cloned());
+        spec
+    }
+
+    /// The kernel: the given build directory, or the cached kernel of the spec, built if
+    /// needed.
+    pub fn kernel(&self, sh: &Shell) -> Result<KernelDirs> {
+        match &self.kernel_build {
+            Some(build) => existing_kernel(build),
+            None => ensure_kernel(sh, &self.spec()),
+        }
+    }
+}
+
 /// `cargo xtask kernel [--print-dirs] [--core c|rust|rust-pre-fix] [--fragment FILE]...`
 pub fn run(args: &[String]) -> Result<()> {
-    let mut core = Core::C;
-    let mut extra_fragments = Vec::new();
+    let mut choice = KernelChoice::default();
     let mut print_dirs = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
+        let value = |what: &str| {
+            args.next()
+                .cloned()
+                .with_context(|| format!("{arg} needs {what}"))
+        };
+        if choice.take(arg, value)? {
+            continue;
+        }
         match arg.as_str() {
             "--print-dirs" => print_dirs = true,
-            "--core" => {
-                let Some(name) = args.next() else {
-                    bail!("--core needs `c`, `rust` or `rust-pre-fix`");
-                };
-                core = Core::parse(name)?;
-            }
-            "--fragment" => {
-                let Some(file) = args.next() else {
-                    bail!("--fragment needs a config fragment file");
-                };
-                extra_fragments.push(absolute(Path::new(file))?);
-            }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask kernel` \
                  (expected --print-dirs, --core c|rust|rust-pre-fix or --fragment FILE)"
             ),
         }
     }
-    let mut spec = KernelSpec::for_core(core);
-    spec.fragments.extend(extra_fragments);
+    if choice.kernel_build.is_some() {
+        bail!("`cargo xtask kernel` builds the cached kernel; --kernel-build names one built elsewhere");
+    }
     let sh = Shell::new()?;
-    let dirs = ensure_kernel(&sh, &spec)?;
+    let dirs = choice.kernel(&sh)?;
     if print_dirs {
         println!("source={}", dirs.source.display());
         println!("build={}", dirs.build.display());
@@ -510,14 +568,11 @@ fn describe_inputs(tarball: &str, compiler: &str, fragments: &[(String, String)]
     text
 }
 
-/// FNV-1a, 64 bits, as 16 hex digits: stable across Rust versions, unlike `DefaultHasher`.
+/// The cache key of `material`, as 16 hex digits.
 fn cache_key(material: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in material.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    kpatch_support::Fnv1a::new()
+        .write(material.as_bytes())
+        .hex()
 }
 
 /// `linux-source-6.12` for `/usr/src/linux-source-6.12.tar.xz`.
@@ -910,9 +965,9 @@ mod tests {
                     .any(|l| l == target)
             });
         if !installed {
-            let why = format!("the {target} target is not installed (cargo xtask deps)");
-            assert!(std::env::var_os("CI").is_none(), "{why}");
-            eprintln!("skipped: {why}");
+            kpatch_support::skip_unless_ci(&format!(
+                "the {target} target is not installed (cargo xtask deps)"
+            ));
             return;
         }
         let dir = crate::project_root().join("target/kbuild-host-check");

@@ -46,7 +46,7 @@ commands:
             in ~/.cache/kpatch-rs/stable-delta/runs/ and fixtures/stable-delta/
             [--sample: the fixed list of fixtures/stable-delta/sample.txt] [--parallel N]
             [--file PATH]... [--limit N] [--skip-guest] [--rebuild] [--report-only]
-  fixtures  build the kernel object pairs of fixtures/kernel/*.patch for the diff tests
+  fixtures  build the kernel object pairs of fixtures/kernel/patches for the diff tests
   race-stress  the founding race on a real kernel: M comes and goes while P3 is
             enabled and disabled [--core c|rust|rust-pre-fix] [--rounds N]
             [--window-ms MS] [--kernel-build DIR]; --experiment [--rounds N]: every
@@ -93,16 +93,10 @@ fn dispatch() -> Result<()> {
 /// The workspace root: xtask lives one level below it.
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/kpatch-rs/<part>`: where each cache of xtask lives.
 pub fn cache_dir(part: &str) -> anyhow::Result<std::path::PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
-        _ => match std::env::var_os("HOME") {
-            Some(home) => std::path::PathBuf::from(home).join(".cache"),
-            None => {
-                bail!("cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set")
-            }
-        },
-    };
-    Ok(base.join("kpatch-rs").join(part))
+    match kpatch_support::cache_root() {
+        Some(root) => Ok(root.join(part)),
+        None => bail!("cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set"),
+    }
 }
 
 pub fn project_root() -> std::path::PathBuf {

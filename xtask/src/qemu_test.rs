@@ -2,13 +2,13 @@
 //! group run in one boot of the cached kernel under QEMU, one line per script or case and
 //! a final `N passed, N failed` line.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
 use crate::guest::{self, Ending, Outcome, Rootfs};
-use crate::kernel::{self, KernelDirs, KernelSpec};
+use crate::kernel::{KernelChoice, KernelDirs};
 use crate::{cases, selftests};
 
 /// How many scripts and cases passed and failed.
@@ -41,9 +41,7 @@ enum Only {
 /// `cargo xtask qemu-test [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR]
 /// [--tests DIR] [--only selftests|cases]`
 pub fn run(args: &[String]) -> Result<()> {
-    let mut spec = KernelSpec::stock();
-    let mut extra_fragments = Vec::new();
-    let mut kernel_build: Option<PathBuf> = None;
+    let mut choice = KernelChoice::default();
     let mut only = Only::All;
     let mut tests_dir = crate::project_root().join("tests");
     let mut args = args.iter();
@@ -53,12 +51,10 @@ pub fn run(args: &[String]) -> Result<()> {
                 .cloned()
                 .with_context(|| format!("{arg} needs {what}"))
         };
+        if choice.take(arg, &mut value)? {
+            continue;
+        }
         match arg.as_str() {
-            "--fragment" => extra_fragments.push(std::path::absolute(value("a config fragment")?)?),
-            "--core" => spec = KernelSpec::for_core(kernel::Core::parse(&value("c, rust or rust-pre-fix")?)?),
-            "--kernel-build" => {
-                kernel_build = Some(std::path::absolute(value("a kernel build directory")?)?)
-            }
             "--tests" => tests_dir = std::path::absolute(value("a directory of cases")?)?,
             "--only" => {
                 only = match value("selftests or cases")?.as_str() {
@@ -69,17 +65,13 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask qemu-test` \
-                 (expected --core c|rust|rust-pre-fix, --fragment FILE, --kernel-build DIR, --tests DIR, \
-                 --only selftests|cases)"
+                 (expected {}, --tests DIR, --only selftests|cases)",
+                KernelChoice::USAGE
             ),
         }
     }
-    spec.fragments.extend(extra_fragments);
     let sh = Shell::new()?;
-    let kernel = match kernel_build {
-        Some(build) => kernel::existing_kernel(&build)?,
-        None => kernel::ensure_kernel(&sh, &spec)?,
-    };
+    let kernel = choice.kernel(&sh)?;
     let (tally, _) = run_all(&sh, &kernel, only, &tests_dir)?;
     println!("{}", tally.summary());
     if tally.failed > 0 {

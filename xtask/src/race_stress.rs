@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
 use crate::guest::{self, make_executable, Ending, Job, Rootfs};
-use crate::kernel::{self, Core, KernelDirs, KernelSpec};
+use crate::kernel::{self, Core, KernelChoice, KernelDirs, KernelSpec};
 
 /// The fixture: `race_target.c` (M), `p1.patch`..`p3.patch` and `guest.sh`.
 const FIXTURE: &str = "fixtures/race-stress";
@@ -135,10 +135,9 @@ impl Observation {
 /// `cargo xtask race-stress [--core c|rust|rust-pre-fix] [--rounds N] [--window-ms MS]
 /// [--kernel-build DIR]`, or `--experiment [--rounds N]`.
 pub fn run(args: &[String]) -> Result<()> {
-    let mut core = Core::C;
+    let mut choice = KernelChoice::default();
     let mut rounds = None;
     let mut window_ms = 0;
-    let mut kernel_build = None;
     let mut experiment = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -151,18 +150,17 @@ pub fn run(args: &[String]) -> Result<()> {
             text.parse::<u32>()
                 .with_context(|| format!("{arg} takes a number, not `{text}`"))
         };
+        if choice.take(arg, &mut value)? {
+            continue;
+        }
         match arg.as_str() {
-            "--core" => core = Core::parse(&value("c, rust or rust-pre-fix")?)?,
             "--rounds" => rounds = Some(number(value("a number of rounds")?)?),
             "--window-ms" => window_ms = number(value("milliseconds")?)?,
-            "--kernel-build" => {
-                kernel_build = Some(std::path::absolute(value("a kernel build directory")?)?)
-            }
             "--experiment" => experiment = true,
             other => bail!(
-                "unknown argument `{other}` to `cargo xtask race-stress` (expected --core \
-                 c|rust|rust-pre-fix, --rounds N, --window-ms MS, --kernel-build DIR, \
-                 --experiment)"
+                "unknown argument `{other}` to `cargo xtask race-stress` (expected {}, \
+                 --rounds N, --window-ms MS, --experiment)",
+                KernelChoice::USAGE
             ),
         }
     }
@@ -171,10 +169,8 @@ pub fn run(args: &[String]) -> Result<()> {
         return run_experiment(&sh, rounds.unwrap_or(EXPERIMENT_ROUNDS));
     }
     let rounds = rounds.unwrap_or(DEFAULT_ROUNDS);
-    let kernel = match kernel_build {
-        Some(build) => kernel::existing_kernel(&build)?,
-        None => kernel::ensure_kernel(&sh, &KernelSpec::for_core(core))?,
-    };
+    let core = choice.core;
+    let kernel = choice.kernel(&sh)?;
     let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
     let observation = observe(&sh, &kpatch, &kernel, core.name(), rounds, window_ms)?;
     println!("race-stress: {}", observation.describe());

@@ -504,12 +504,7 @@ fn livepatch_name(index: usize, file: &str) -> String {
 /// A fixed pseudo-random order (FNV-1a of the path), so that a run stopped early has tried a
 /// spread of the tree rather than its first directories.
 fn spread_key(file: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in file.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    kpatch_support::fnv1a(file.as_bytes())
 }
 
 /// The first line of kpatch-rs's message that says why; for a compile failure the compiler's

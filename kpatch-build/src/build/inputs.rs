@@ -53,6 +53,13 @@ pub enum InputError {
     NoSymvers(PathBuf),
     #[error("no patch given; pass one or more patch files")]
     NoPatch,
+    #[error("pass the kernel's symbols with --vmlinux or --system-map")]
+    NoSymbolSource,
+    #[error(
+        "cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set; pass \
+         --cache-dir"
+    )]
+    NoCacheDir,
     #[error("cannot resolve {}: {source}", path.display())]
     Canonicalize {
         path: PathBuf,
@@ -217,19 +224,16 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
         })?;
     let config = read_file(&options.config, "kernel config", "pass --config")?;
     let compiler = kbuild::compiler_version()?;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = kpatch_support::Fnv1a::new();
     for part in [
         source.to_string_lossy().as_bytes(),
         &config,
         compiler.as_bytes(),
         options.make_vars.join("\n").as_bytes(),
     ] {
-        for &byte in part.iter().chain(std::iter::once(&0u8)) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        hash.write(part).write(&[0]);
     }
-    Ok(format!("{hash:016x}"))
+    Ok(hash.hex())
 }
 
 /// The release string Kbuild builds with: `--kernel-release`, else the

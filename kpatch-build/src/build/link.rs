@@ -52,11 +52,11 @@ pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, 
         fs::write(&path, &linkable).map_err(io_error("write", &path))?;
         objects.push(path);
 
-        let klp_object = unit.klp_object.clone();
+        let object_name = unit.klp_object.clone();
         let klp_object = klp_objects
-            .entry(klp_object.clone())
+            .entry(object_name.clone())
             .or_insert_with(|| KlpObject {
-                klp_object,
+                name: object_name,
                 functions: Vec::new(),
                 callbacks: Default::default(),
             });

@@ -97,8 +97,10 @@ impl Callbacks {
 /// One `klp_object`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KlpObject {
-    /// The binary it patches.
-    pub klp_object: KlpObjectName,
+    /// What it patches. The key in the module's `.kpatch.info` stays `target`, as modules
+    /// already built carry it, so that the same inputs still give the same bytes.
+    #[serde(rename = "target")]
+    pub name: KlpObjectName,
     /// The functions it replaces.
     pub functions: Vec<KlpFunction>,
     /// Its callbacks.
@@ -158,11 +160,8 @@ impl LivepatchModule {
                 module: self.name.clone(),
             });
         }
-        let mut klp_objects: Vec<&KlpObjectName> = self
-            .objects
-            .iter()
-            .map(|object| &object.klp_object)
-            .collect();
+        let mut klp_objects: Vec<&KlpObjectName> =
+            self.objects.iter().map(|object| &object.name).collect();
         klp_objects.sort();
         if let Some(pair) = klp_objects.windows(2).find(|pair| pair[0] == pair[1]) {
             return Err(ModuleError::DuplicateObject {
@@ -224,7 +223,7 @@ fn imports(module: &LivepatchModule) -> String {
 pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
     module.validate()?;
     let mut objects: Vec<&KlpObject> = module.objects.iter().collect();
-    objects.sort_by(|a, b| a.klp_object.cmp(&b.klp_object));
+    objects.sort_by(|a, b| a.name.cmp(&b.name));
 
     // The replacements and callbacks are reached by their symbols in the linked objects,
     // whose names (`kpatch_rs.fs/proc/cmdline.o.cmdline_proc_show`) are no C identifiers:
@@ -235,7 +234,7 @@ pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
     let mut next_function = 0usize;
     let mut next_callback = 0usize;
     for object in objects {
-        let ident = c_identifier(&object.klp_object);
+        let ident = c_identifier(&object.name);
         let _ = writeln!(
             tables,
             "\nstatic struct klp_func kpatch_funcs_{ident}[] = {{"
@@ -257,7 +256,7 @@ pub fn render_source(module: &LivepatchModule) -> Result<String, ModuleError> {
         }
         tables.push_str("\t{ }\n};\n");
 
-        let name = match &object.klp_object {
+        let name = match &object.name {
             KlpObjectName::Vmlinux => "NULL".to_string(),
             KlpObjectName::Module(name) => c_string(name),
         };
@@ -325,7 +324,7 @@ mod tests {
             import_namespaces: vec!["CXL".to_string()],
             objects: vec![
                 KlpObject {
-                    klp_object: KlpObjectName::Module("kpatch_test_mod".to_string()),
+                    name: KlpObjectName::Module("kpatch_test_mod".to_string()),
                     functions: vec![function("test_mod_show", 0, 1)],
                     callbacks: Callbacks {
                         pre_patch: Some("kpatch_rs.m.o.pre".to_string()),
@@ -334,7 +333,7 @@ mod tests {
                     },
                 },
                 KlpObject {
-                    klp_object: KlpObjectName::Vmlinux,
+                    name: KlpObjectName::Vmlinux,
                     functions: vec![function("cmdline_proc_show", 2, 0)],
                     callbacks: Callbacks::default(),
                 },
@@ -396,8 +395,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_empty_modules_and_duplicate_objects() {
-        let object = |klp_object: KlpObjectName| KlpObject {
-            klp_object,
+        let object = |name: KlpObjectName| KlpObject {
+            name,
             functions: vec![function("f", 0, 0)],
             callbacks: Callbacks::default(),
         };

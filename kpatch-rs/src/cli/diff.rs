@@ -99,7 +99,7 @@ pub fn run(args: &DiffArgs) -> Result<u8> {
     for (result, output) in results.iter().zip(&outputs) {
         match result {
             Err(error) => {
-                eprintln!("error: {error}");
+                super::print_error(error);
                 failed = true;
             }
             Ok(result) => {
@@ -129,7 +129,7 @@ pub fn run(args: &DiffArgs) -> Result<u8> {
         match report.outcome {
             Outcome::Unpatchable => {
                 for refusal in &report.refusals {
-                    eprintln!("error: {refusal}");
+                    super::print_error(refusal);
                 }
             }
             Outcome::NoChange => eprintln!("{}: the objects differ in no function", report.object),

@@ -3,3 +3,9 @@
 
 pub mod core_explore;
 pub mod diff;
+
+/// The one way every subcommand prints an error or a refusal: `error: ` and the message (with
+/// anyhow's chain of causes).
+pub fn print_error(error: &dyn std::fmt::Display) {
+    eprintln!("error: {error:#}");
+}
