@@ -205,6 +205,134 @@ impl Comparer<'_> {
                 .all(|(o, p)| {
                     o.offset - orig_base == p.offset - patched_base
                         && o.r_type == p.r_type
+                        && self.same_reference(o, p)
+                })
+    }
+
+    /// Whether two relocations at the same place refer to the same thing. A jump into
+    /// `.altinstr_aux` lands on its site's fallback block, which moves whenever another site
+    /// of the unit is added or removed: the blocks are compared, not their offsets.
+    fn same_reference(&self, o: &Relocation, p: &Relocation) -> bool {
+        let (orig_target, patched_target) = (self.orig.resolve(o), self.patched.resolve(p));
+        if let (
+            RelocationTarget::Section {
+                section: os,
+                addend: oa,
+            },
+            RelocationTarget::Section {
+                section: ps,
+                addend: pa,
+            },
+        ) = (orig_target, patched_target)
+        {
+            let ubsan = |object: &Object, section| {
+                special_sections::is_ubsan_data(&object.section(section).name)
+            };
+            if ubsan(self.orig, os) && ubsan(self.patched, ps) {
+                return oa == pa && self.same_ubsan_data(os, ps);
+            }
+            let aux = |object: &Object, section| object.section(section).name == ".altinstr_aux";
+            if aux(self.orig, os) && aux(self.patched, ps) {
+                return match (
+                    self.orig.jump_block(o, os, oa),
+                    self.patched.jump_block(p, ps, pa),
+                ) {
+                    (Some(orig_block), Some(patched_block)) => {
+                        self.same_block(os, orig_block, ps, patched_block)
+                    }
+                    _ => self.same_target(orig_target, patched_target),
+                };
+            }
+        }
+        self.same_target(orig_target, patched_target)
+    }
+
+    /// Whether two UBSAN data sections describe the same check, wherever it moved: the same
+    /// bytes but the source location's line and column (bytes 8 to 16), the file named in a
+    /// string equal up to a line number, the same type descriptors. The sections are numbered
+    /// in the unit's order, so they are compared by content, not paired by name.
+    fn same_ubsan_data(&self, os: SectionId, ps: SectionId) -> bool {
+        const LINE_AND_COLUMN: std::ops::Range<usize> = 8..16;
+        let (orig, patched) = (self.orig.section(os), self.patched.section(ps));
+        if orig.data.len() != patched.data.len()
+            || orig.relocations.len() != patched.relocations.len()
+        {
+            return false;
+        }
+        // A type descriptor holds no references: compared as bytes, which also bounds the
+        // recursion below to one step.
+        if special_sections::is_ubsan_type(&orig.name) {
+            return orig.data == patched.data && orig.relocations.is_empty();
+        }
+        let same_bytes = orig
+            .data
+            .iter()
+            .zip(&patched.data)
+            .enumerate()
+            .all(|(at, (o, p))| o == p || LINE_AND_COLUMN.contains(&at));
+        same_bytes
+            && orig
+                .relocations
+                .iter()
+                .zip(&patched.relocations)
+                .all(|(o, p)| {
+                    if o.offset != p.offset || o.r_type != p.r_type {
+                        return false;
+                    }
+                    match (self.orig.resolve(o), self.patched.resolve(p)) {
+                        (
+                            RelocationTarget::Section {
+                                section: ot,
+                                addend: oa,
+                            },
+                            RelocationTarget::Section {
+                                section: pt,
+                                addend: pa,
+                            },
+                        ) if special_sections::is_ubsan_type(&self.orig.section(ot).name)
+                            && special_sections::is_ubsan_type(&self.patched.section(pt).name) =>
+                        {
+                            oa == pa && self.same_ubsan_data(ot, pt)
+                        }
+                        (orig_target, patched_target) => {
+                            self.same_target(orig_target, patched_target)
+                        }
+                    }
+                })
+    }
+
+    /// Whether two blocks of code are the same: bytes, and relocations at the same places to
+    /// the same targets.
+    fn same_block(
+        &self,
+        os: SectionId,
+        (ostart, oend): (u64, u64),
+        ps: SectionId,
+        (pstart, pend): (u64, u64),
+    ) -> bool {
+        let orig_bytes = self
+            .orig
+            .section(os)
+            .data
+            .get(ostart as usize..oend as usize);
+        let patched_bytes = self
+            .patched
+            .section(ps)
+            .data
+            .get(pstart as usize..pend as usize);
+        let orig_relocations = self.orig.relocations_in(os, ostart, oend);
+        let patched_relocations = self.patched.relocations_in(ps, pstart, pend);
+        // The block's own references are compared as targets, never followed into another
+        // block, so that blocks that jump to each other cannot recurse.
+        orig_bytes.is_some()
+            && orig_bytes == patched_bytes
+            && orig_relocations.len() == patched_relocations.len()
+            && orig_relocations
+                .iter()
+                .zip(patched_relocations)
+                .all(|(o, p)| {
+                    o.offset - ostart == p.offset - pstart
+                        && o.r_type == p.r_type
                         && self.same_target(self.orig.resolve(o), self.patched.resolve(p))
                 })
     }
@@ -224,7 +352,8 @@ impl Comparer<'_> {
         let patched_relocations = self.patched.relocations_in(psec, ps, pe);
         for (o, p) in orig_relocations.iter().zip(patched_relocations) {
             let (ot, pt) = (self.orig.resolve(o), self.patched.resolve(p));
-            if o.offset - os != p.offset - ps || o.r_type != p.r_type || !self.same_target(ot, pt) {
+            if o.offset - os != p.offset - ps || o.r_type != p.r_type || !self.same_reference(o, p)
+            {
                 return format!(
                     "relocation at +{:#x}: {} became {} at +{:#x}",
                     o.offset - os,
@@ -988,6 +1117,7 @@ fn changed_anonymous_sections(comparer: &Comparer<'_>) -> Vec<Refusal> {
             || !section.is_content()
             || section.is_merge()
             || special_sections::is_special(&section.name)
+            || special_sections::is_ubsan_data(&section.name)
             || !patched.symbols_in(section.id).is_empty()
         {
             continue;

@@ -539,6 +539,38 @@ impl Object {
         }
     }
 
+    /// The code a reference into an executable section lands on, up to and including the
+    /// first unconditional jump after it, as `[start, end)`: one site's fallback block in
+    /// `.altinstr_aux` (a capability test and the jumps back into its function). `None` when
+    /// the reference does not land on an instruction or no jump ends the block within 64
+    /// bytes.
+    pub fn jump_block(
+        &self,
+        relocation: &Relocation,
+        section: SectionId,
+        addend: i64,
+    ) -> Option<(u64, u64)> {
+        const LONGEST: u64 = 64;
+        let start = u64::try_from(addend.checked_add(self.reference_bias(relocation))?).ok()?;
+        let instructions = self.instructions.get(section.0)?;
+        let data = &self.section(section).data;
+        let first = instructions.partition_point(|&(at, _)| u64::from(at) < start);
+        if instructions.get(first).map(|&(at, _)| u64::from(at)) != Some(start) {
+            return None;
+        }
+        for &(at, length) in &instructions[first..] {
+            let end = u64::from(at) + u64::from(length);
+            if end - start > LONGEST {
+                return None;
+            }
+            // `jmp rel32` and `jmp rel8`.
+            if matches!(data.get(at as usize), Some(0xe9 | 0xeb)) {
+                return Some((start, end));
+            }
+        }
+        None
+    }
+
     pub fn section(&self, id: SectionId) -> &Section {
         &self.sections[id.0]
     }

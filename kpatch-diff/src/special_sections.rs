@@ -115,6 +115,18 @@ pub fn is_code_companion(section_name: &str) -> bool {
     matches!(section_name, ".altinstr_replacement" | ".altinstr_aux")
 }
 
+/// UBSAN's per-check data (`.data..Lubsan_dataN`, each starting with the check's source
+/// location) and type descriptors (`.data..Lubsan_typeN`): anonymous sections, numbered in
+/// the unit's order, that belong to the function making the check.
+pub fn is_ubsan_data(section_name: &str) -> bool {
+    section_name.contains("..Lubsan_data") || is_ubsan_type(section_name)
+}
+
+/// UBSAN's type descriptors: a kind, some bits and the type's name, nothing relocated.
+pub fn is_ubsan_type(section_name: &str) -> bool {
+    section_name.contains("..Lubsan_type")
+}
+
 /// Dynamic debug descriptors: code refers to them by symbol, and included code gets its own
 /// copies, registered by the module loader like any module's.
 pub fn is_dyndbg(section_name: &str) -> bool {

@@ -704,3 +704,25 @@ fn a_changed_kernel_thread_loop_is_refused_and_its_callees_are_not() {
         },
     );
 }
+
+#[test]
+fn a_fallback_block_that_moved_in_altinstr_aux_is_no_change() {
+    check(
+        "altinstr_aux",
+        Expect {
+            changed: &["first"],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn ubsan_source_locations_that_moved_are_no_change() {
+    check(
+        "ubsan_lines",
+        Expect {
+            changed: &["read_table"],
+            ..NOTHING
+        },
+    );
+}
