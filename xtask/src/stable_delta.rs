@@ -518,8 +518,15 @@ fn build_reason(exit: i32, stderr: &str) -> String {
         } else {
             "patched"
         };
-        // kpatch-rs's own message may quote the first error after the make command line; the
-        // compiler's line itself follows in the log tail.
+        // kpatch-rs's own message quotes the compiler's first error after the make command
+        // line; the log tail that follows may have lost it to later notes.
+        let quoted = stderr.lines().find_map(|l| {
+            let (_, rest) = l.split_once("; first error: ")?;
+            Some(rest.split("; last lines of ").next().unwrap_or(rest))
+        });
+        if let Some(line) = quoted {
+            return format!("{side}: {}", tree_relative(line.trim()));
+        }
         if let Some(line) = stderr.lines().find(|l| {
             !l.starts_with("error: ") && (l.contains(": error:") || l.contains(": fatal error:"))
         }) {
@@ -1343,6 +1350,19 @@ fn markdown(summary: &Summary, rows: &[Row]) -> String {
             sorted.iter().sum::<f64>()
         );
     }
+    let _ = writeln!(md, "\n{}", goals(rows));
+    let refused: Vec<&Row> = rows.iter().filter(|r| r.outcome == "refused").collect();
+    if !refused.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Refusals, and why each is right\n\n| file | why a livepatch must not do it |\n|---|---|"
+        );
+        for row in refused {
+            let why = refusal_rationale(&row.outcome_text)
+                .unwrap_or("**no rule explains this refusal: check it by hand**");
+            let _ = writeln!(md, "| {} | {why} |", row.file);
+        }
+    }
     let _ = writeln!(
         md,
         "\n## Files\n\n| file | klp object | outcome | build s | guest s |\n|---|---|---|---:|---:|"
@@ -1364,6 +1384,88 @@ fn markdown(summary: &Summary, rows: &[Row]) -> String {
         );
     }
     md
+}
+
+/// Why a refusal is right, by the rule that made it (the first that the reason names).
+fn refusal_rationale(reason: &str) -> Option<&'static str> {
+    const RULES: &[(&str, &str)] = &[
+        (
+            "kernel thread's main loop",
+            "the thread sleeps inside the changed function and never returns from it, so the \
+             transition would never finish (seen in QEMU: the task stays on the old code)",
+        ),
+        (
+            "__init function",
+            "the function ran once at boot and its memory is freed: nothing would ever call the \
+             replacement, and the change it makes to boot-time state is not made",
+        ),
+        (
+            "changed size",
+            "the running kernel's object has the old size: code that uses the new layout would \
+             read or write past it",
+        ),
+        (
+            "changed its initial value",
+            "the object is already in use with its old value (a registered table, a driver \
+             structure): a livepatch replaces code, so the new value would never take effect",
+        ),
+        (
+            "moved from section",
+            "the object's storage class changed (for example .bss to .data): the running \
+             kernel's copy is the one in use, and the patch's idea of it differs",
+        ),
+        (
+            "has no __fentry__ call",
+            "ftrace cannot redirect the function, and callers the patch does not replace (other \
+             units, or through its address) would keep running the old code",
+        ),
+        (
+            "static local",
+            "a fresh copy of the variable would lose the running kernel's value",
+        ),
+        (
+            "belongs to no function or data symbol",
+            "the change is in a table the kernel reads from its own image (such as PCI fixups \
+             at boot and resume); a module's copy of it is never read",
+        ),
+        (
+            "is refused when",
+            "a jump label on a key only a livepatch relocation reaches would be read before the \
+             relocation is applied",
+        ),
+    ];
+    RULES
+        .iter()
+        .find(|(marker, _)| reason.contains(marker))
+        .map(|&(_, why)| why)
+}
+
+/// The goals of the run, measured: nothing that oopses, warns or fails to load; working or
+/// rightly refused modules for at least 95% of the files that compile on their own.
+fn goals(rows: &[Row]) -> String {
+    let count = |outcome: &str| rows.iter().filter(|r| r.outcome == outcome).count();
+    let unsafe_modules = count("oops") + count("load failure");
+    let own = rows.len() - count("does not compile on its own");
+    let good = count("works") + count("refused") + count("no code change");
+    let unexplained = rows
+        .iter()
+        .filter(|r| r.outcome == "refused" && refusal_rationale(&r.outcome_text).is_none())
+        .count();
+    let share = if own == 0 {
+        100.0
+    } else {
+        100.0 * good as f64 / own as f64
+    };
+    format!(
+        "## Goals\n\n\
+         - modules that oops, warn or fail to load: {unsafe_modules} (goal 0);\n\
+         - files that compile on their own ending as a working module, a refusal or no code \
+           change: {good} of {own}, {share:.1}% (goal at least 95%); refusals no rule explains: \
+           {unexplained};\n\
+         - tool errors: {}; not loaded or not built: {}.",
+        count("tool error"),
+        count("not loaded") + count("not built"),
+    )
 }
 
 fn json(summary: &Summary, rows: &[Row]) -> Result<String> {
@@ -1862,6 +1964,22 @@ mod tests {
     }
 
     #[test]
+    fn every_refusal_kind_has_its_reason_and_an_unknown_one_none() {
+        for reason in [
+            "cannot patch init/main.o: __init function start_kernel in section .init.text changed",
+            "cannot patch kernel/sysctl.o: data symbol kern_table in section .data.kern_table \
+             changed size (2184 -> 2128 bytes)",
+            "cannot patch net/ipv4/ipvs.o: function sync_thread_backup changed and is a kernel \
+             thread's main loop (it calls kthread_should_stop)",
+            "cannot patch security/selinux/avc.o: function avc_has_perm_noaudit changed and has \
+             no __fentry__ call for the livepatch to hook",
+        ] {
+            assert!(refusal_rationale(reason).is_some(), "{reason}");
+        }
+        assert_eq!(refusal_rationale("cannot patch x.o: something new"), None);
+    }
+
+    #[test]
     fn compile_failure_reason_is_the_first_compiler_error() {
         let stderr = "error: building patched objects failed: `make ...`\n  CC fs/x.o\nfs/x.c:3:1: error: unknown type name 'foo'\nfs/x.c:9:1: error: other\n";
         assert_eq!(
@@ -1878,6 +1996,16 @@ mod tests {
             ),
             "building the livepatch module failed: ERROR: modpost: module livepatch-a uses \
              symbol dma_buf_put from namespace DMA_BUF, but does not import it."
+        );
+        // The log tail may have lost the error line to later notes: kpatch-rs's own quote
+        // of it is used, never a make line.
+        let quoted = "error: building patched objects failed: `make x.o` (exit status: 2); \
+                      first error: /c/s1/patched-source/net/x.c:305:9: error: too few \
+                      arguments; last lines of /c/patched.log:\n  532 | note\n\
+                      make[5]: *** [scripts/Makefile.build:234: net/x.o] Error 1\n";
+        assert_eq!(
+            build_reason(1, quoted),
+            "patched: net/x.c:305:9: error: too few arguments"
         );
         assert_eq!(
             build_reason(2, "error: fs/x.o: section .data changed\nfs/x.o: y\n"),
