@@ -105,6 +105,10 @@ struct BuildArgs {
     /// BINDGEN=/path/to/bindgen for a kernel with Rust code.
     #[arg(long = "make-var", value_name = "VAR=VALUE", value_parser = parse_make_var)]
     make_vars: Vec<String>,
+    /// Build with this machine's compiler even when the kernel's config says another built
+    /// the kernel (its CONFIG_CC_VERSION_TEXT): only when you know the difference is harmless.
+    #[arg(long)]
+    skip_compiler_check: bool,
     /// Print the report as one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -251,6 +255,7 @@ fn build_options(args: &BuildArgs) -> Result<BuildOptions, InputError> {
         replace: !args.no_replace,
         cache,
         make_vars: args.make_vars.clone(),
+        skip_compiler_check: args.skip_compiler_check,
     })
 }
 

@@ -238,6 +238,33 @@ fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
         "{}",
         stderr(&result)
     );
+    // A kernel built by another compiler is refused with both versions, unless the caller
+    // says the difference is harmless.
+    let other_compiler = dir.path().join("other-compiler.config");
+    let mut lines: Vec<String> = config
+        .lines()
+        .filter(|l| !l.starts_with("CONFIG_CC_VERSION_TEXT="))
+        .map(str::to_string)
+        .collect();
+    lines.push(
+        "CONFIG_CC_VERSION_TEXT=\"x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0\"".into(),
+    );
+    std::fs::write(&other_compiler, lines.join("\n") + "\n").expect("write config");
+    let other_arg = other_compiler.display().to_string();
+    check(
+        &["--config", &other_arg],
+        "cmdline.patch",
+        2,
+        "it was built by `x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0`, and `gcc` here is `gcc ",
+    );
+    let skipped = build(
+        &kernel,
+        &output,
+        &["--config", &other_arg, "--skip-compiler-check"],
+        &[fixture("cmdline.patch")],
+    );
+    assert!(skipped.status.success(), "{}", stderr(&skipped));
+    std::fs::remove_dir_all(&output).expect("remove output");
     // A file operation that fails names the operation and the path, in the message and in the
     // --json document.
     let file = dir.path().join("a-file");

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::kbuild;
 use super::units;
+use kpatch_diff::compare::Refusal;
+
 use super::{io_error, BuildError, BuildOptions, SymbolSource};
 
 /// An input that cannot serve, with what to pass instead.
@@ -137,6 +139,9 @@ pub fn absolute(options: &BuildOptions) -> BuildOptions {
 /// Checks the inputs and takes this build's cache entry.
 pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
     check_inputs(options)?;
+    if !options.skip_compiler_check {
+        check_compiler(options)?;
+    }
     let touched = touched_files(options)?;
     let key = cache_key(options)?;
     let cache = options.cache.join(&key);
@@ -168,6 +173,64 @@ pub(super) fn read_file(
         path: path.to_path_buf(),
         hint,
         source,
+    })
+}
+
+/// The C compiler every make run uses: `CC=` among the make variables, else `gcc`.
+fn compiler_program(options: &BuildOptions) -> &str {
+    options
+        .make_vars
+        .iter()
+        .find_map(|var| var.strip_prefix("CC="))
+        .unwrap_or("gcc")
+}
+
+/// The compiler that built the kernel, as its config records it (`CONFIG_CC_VERSION_TEXT`,
+/// the first line of `$(CC) --version` without `#`).
+fn kernel_compiler(config: &str) -> Option<String> {
+    config.lines().find_map(|line| {
+        let value = line.strip_prefix("CONFIG_CC_VERSION_TEXT=")?;
+        Some(value.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Whether two `--version` lines name the same compiler: everything after the program's
+/// name (`x86_64-linux-gnu-gcc-12` and `gcc` are one program on Debian 12) must agree, the
+/// package release included.
+fn same_compiler(kernel: &str, ours: &str) -> bool {
+    let rest = |line: &str| {
+        let line = line.replace('#', "");
+        line.split_once(' ')
+            .map_or(String::new(), |(_, rest)| rest.trim().to_string())
+    };
+    !rest(kernel).is_empty() && rest(kernel) == rest(ours)
+}
+
+/// A module compiled by another compiler than the kernel's may differ from the kernel's own
+/// code in ways that break it (inlining, clones, structure padding of bit fields, new
+/// instrumentation): refused unless the caller says otherwise.
+fn check_compiler(options: &BuildOptions) -> Result<(), BuildError> {
+    let config = read_file(&options.config, "kernel config", "pass --config")?;
+    let Some(kernel) = kernel_compiler(&String::from_utf8_lossy(&config)) else {
+        return Ok(());
+    };
+    let program = compiler_program(options);
+    let ours = kbuild::compiler_version(program)?;
+    if same_compiler(&kernel, &ours) {
+        return Ok(());
+    }
+    Err(BuildError::Unpatchable {
+        refusals: vec![Refusal {
+            object: "the kernel".to_string(),
+            section: String::new(),
+            symbol: String::new(),
+            reason: format!(
+                "it was built by `{kernel}`, and `{program}` here is `{ours}`: a module \
+                 compiled by another compiler may not match the kernel's code; install the \
+                 kernel's compiler (and pass it with --make-var CC=...), or pass \
+                 --skip-compiler-check if you know the difference is harmless"
+            ),
+        }],
     })
 }
 
@@ -223,7 +286,7 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
             source,
         })?;
     let config = read_file(&options.config, "kernel config", "pass --config")?;
-    let compiler = kbuild::compiler_version()?;
+    let compiler = kbuild::compiler_version(compiler_program(options))?;
     let mut hash = kpatch_support::Fnv1a::new();
     for part in [
         source.to_string_lossy().as_bytes(),
@@ -285,4 +348,39 @@ fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> 
         return Err(InputError::ReleaseNotAWord(release).into());
     }
     Ok(Some(release))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kernel_compiler, same_compiler};
+
+    #[test]
+    fn the_kernels_compiler_is_read_from_its_config() {
+        let config = "CONFIG_CC_IS_GCC=y\nCONFIG_CC_VERSION_TEXT=\"x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0\"\n";
+        assert_eq!(
+            kernel_compiler(config).as_deref(),
+            Some("x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0")
+        );
+        assert_eq!(kernel_compiler("CONFIG_LIVEPATCH=y\n"), None);
+    }
+
+    #[test]
+    fn compilers_agree_on_everything_but_the_programs_name() {
+        let debian_12 = "gcc (Debian 12.2.0-14+deb12u1) 12.2.0";
+        assert!(same_compiler(
+            "x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0",
+            debian_12
+        ));
+        assert!(same_compiler(debian_12, debian_12));
+        // Another package release of the same version is another build of the compiler.
+        assert!(!same_compiler(
+            "gcc-12 (Debian 12.2.0-14) 12.2.0",
+            debian_12
+        ));
+        assert!(!same_compiler(
+            "x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0",
+            debian_12
+        ));
+        assert!(!same_compiler("", debian_12));
+    }
 }

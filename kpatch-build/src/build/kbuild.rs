@@ -32,10 +32,10 @@ pub struct CommandError {
 }
 
 /// The first line of `gcc --version`: the compiler that builds the patch, part of the cache key.
-pub fn compiler_version() -> Result<String, CommandError> {
+pub fn compiler_version(compiler: &str) -> Result<String, CommandError> {
     let version = run_captured(
-        "asking gcc for its version",
-        Command::new("gcc").arg("--version"),
+        &format!("asking {compiler} for its version"),
+        Command::new(compiler).arg("--version"),
     )?;
     Ok(version.lines().next().unwrap_or("").to_string())
 }

@@ -77,6 +77,8 @@ pub struct BuildOptions {
     /// `VAR=VALUE` for every make run: the toolchain the running kernel was built with where
     /// it is not the default one (`RUSTC=`, `BINDGEN=` for a kernel with Rust code).
     pub make_vars: Vec<String>,
+    /// Build even when the compiler is not the one the kernel was built with.
+    pub skip_compiler_check: bool,
 }
 
 /// The symbols of the running kernel's vmlinux.
