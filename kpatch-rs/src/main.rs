@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cli::print_error;
 use kpatch_build::build::inputs::InputError;
+use kpatch_build::build::sign::SigningKey;
 use kpatch_build::build::{BuildError, BuildOptions, SymbolSource};
 
 mod cli;
@@ -26,7 +27,7 @@ enum Command {
     /// functions and write an object holding them and what they need.
     Diff(cli::diff::DiffArgs),
     /// Build a livepatch module from patch files against a kernel source tree.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show a livepatch module's objects, functions, sympos and livepatch relocations.
     Inspect(InspectArgs),
     /// Check the Rust livepatch core.
@@ -109,6 +110,13 @@ struct BuildArgs {
     /// the kernel (its CONFIG_CC_VERSION_TEXT): only when you know the difference is harmless.
     #[arg(long)]
     skip_compiler_check: bool,
+    /// Sign the module with this private key (a PEM file, or a PKCS#11 URI), as the kernel's
+    /// scripts/sign-file takes it, with the hash of the config's CONFIG_MODULE_SIG_HASH.
+    #[arg(long, value_name = "KEY", requires = "sign_cert")]
+    sign_key: Option<String>,
+    /// The X.509 certificate (PEM or DER) of --sign-key.
+    #[arg(long, value_name = "CERT", requires = "sign_key")]
+    sign_cert: Option<std::path::PathBuf>,
     /// Print the report as one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -151,7 +159,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Diff(args)) => exit_code(cli::diff::run(&args)),
-        Some(Command::Build(args)) => run_build(args),
+        Some(Command::Build(args)) => run_build(*args),
         Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
     }
 }
@@ -256,6 +264,13 @@ fn build_options(args: &BuildArgs) -> Result<BuildOptions, InputError> {
         cache,
         make_vars: args.make_vars.clone(),
         skip_compiler_check: args.skip_compiler_check,
+        signing_key: match (&args.sign_key, &args.sign_cert) {
+            (Some(key), Some(cert)) => Some(SigningKey {
+                key: key.clone(),
+                cert: cert.clone(),
+            }),
+            _ => None,
+        },
     })
 }
 

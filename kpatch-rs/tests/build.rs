@@ -34,6 +34,14 @@ fn kernel() -> Option<Kernel> {
     }
 }
 
+fn project_file(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fixtures/patches")
@@ -221,6 +229,21 @@ fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
         "cmdline.patch",
         1,
         "does not enable CONFIG_LIVEPATCH",
+    );
+    // Signing is checked before any work: the key must be there, and the kernel must check
+    // signatures (the stock test kernel does not: its config has no CONFIG_MODULE_SIG_HASH).
+    let key = project_file("fixtures/signing/test-key.pem");
+    check(
+        &["--sign-key", "/nonexistent/key.pem", "--sign-cert", &key],
+        "cmdline.patch",
+        1,
+        "signing key /nonexistent/key.pem does not exist",
+    );
+    check(
+        &["--sign-key", &key, "--sign-cert", &key],
+        "cmdline.patch",
+        1,
+        "has no CONFIG_MODULE_SIG_HASH",
     );
     let result = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
         .args(["build", "--sourcedir"])

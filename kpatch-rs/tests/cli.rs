@@ -89,6 +89,39 @@ fn make_var_needs_a_name_and_a_value() {
 }
 
 #[test]
+fn a_signing_key_needs_its_certificate_and_the_other_way_round() {
+    let base = [
+        "build",
+        "--sourcedir",
+        "/nonexistent-kpatch-rs-tree",
+        "--vmlinux",
+        "/nonexistent-kpatch-rs-tree/vmlinux",
+    ];
+    for (option, missing) in [("--sign-key", "--sign-cert"), ("--sign-cert", "--sign-key")] {
+        let mut args = base.to_vec();
+        args.extend([option, "/tmp/signing.pem", "x.patch"]);
+        let (code, text) = run(&args);
+        assert_eq!(code, Some(1), "{option}: {text}");
+        assert!(
+            text.contains("required arguments were not provided") && text.contains(missing),
+            "{option}: {text}"
+        );
+    }
+    // Both together pass the parser; the build then fails on the missing source tree.
+    let mut args = base.to_vec();
+    args.extend([
+        "--sign-key",
+        "pkcs11:token=kernel",
+        "--sign-cert",
+        "/tmp/cert.pem",
+        "x.patch",
+    ]);
+    let (code, text) = run(&args);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("is not a kernel source tree"), "{text}");
+}
+
+#[test]
 fn build_json_prints_a_document_when_no_module_is_built() {
     let dir = tempfile::tempdir().expect("temp dir");
     let output = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))

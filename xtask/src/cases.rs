@@ -10,8 +10,10 @@
 //!   case passes when the script exits 0 and its output matches, line by line, ignoring
 //!   trailing blanks;
 //! - `build`: modules made by the project's own `kpatch-rs build` from patch files of the
-//!   case (against the kernel under test), one per line, `NAME [--no-replace] PATCH...`;
-//!   `livepatch-NAME.ko` is then beside `guest.sh`. A line ending in `=> exit CODE: MESSAGE`
+//!   case (against the kernel under test), one per line, `NAME [--no-replace] [--sign]
+//!   PATCH...`; `livepatch-NAME.ko` is then beside `guest.sh`. `--sign` signs it with the
+//!   committed test key (`fixtures/signing/test-key.pem`, which the signing kernel trusts),
+//!   and the build must then have appended a signature. A line ending in `=> exit CODE: MESSAGE`
 //!   is a build that must fail instead: with that exit code, MESSAGE somewhere in its output,
 //!   and no module written. A case with a `build` and no `guest.sh` is judged on the host
 //!   alone and needs no boot;
@@ -38,6 +40,16 @@ use crate::kpatch::{build_kpatch_rs, kpatch_build_command};
 use crate::selftests::{build_modules, copy_tree};
 
 const GUEST_DIR: &str = "/cases";
+
+/// The key and certificate (one PEM file) a `--sign` build line signs with, relative to the
+/// project root; `fixtures/kernel-config/module-signing.config` builds it into the kernel.
+pub const TEST_SIGNING_KEY: &str = "fixtures/signing/test-key.pem";
+
+/// The cases that need the signing kernel (`module-signing.config`), apart from `tests/`.
+pub const SIGNING_CASES: &str = "fixtures/signing/cases";
+
+/// What `scripts/sign-file` appends after the signature: a signed module ends with it.
+const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs one case's `guest.sh` in the guest: clears the kernel log first, and afterwards
@@ -83,6 +95,8 @@ pub struct BuildLine {
     /// The module is `livepatch-NAME.ko`.
     pub name: String,
     pub no_replace: bool,
+    /// Signed with the test key ([`TEST_SIGNING_KEY`]).
+    pub sign: bool,
     /// Patch files, relative to the case directory.
     pub patches: Vec<String>,
     /// Set when the build must fail.
@@ -97,7 +111,7 @@ pub struct ExpectedFailure {
     pub message: String,
 }
 
-/// Reads a `build` file: `NAME [--no-replace] PATCH... [=> exit CODE: MESSAGE]` per line,
+/// Reads a `build` file: `NAME [--no-replace] [--sign] PATCH... [=> exit CODE: MESSAGE]` per line,
 /// blank lines and `#` comments ignored.
 pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, String> {
     let mut lines = Vec::new();
@@ -141,10 +155,12 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
             return Err(at("a module name has only letters, digits, `-` and `_`"));
         }
         let mut no_replace = false;
+        let mut sign = false;
         let mut patches = Vec::new();
         for word in words {
             match word {
                 "--no-replace" => no_replace = true,
+                "--sign" => sign = true,
                 option if option.starts_with('-') => {
                     return Err(at(&format!("unknown option {option}")))
                 }
@@ -170,6 +186,7 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
         lines.push(BuildLine {
             name: name.to_string(),
             no_replace,
+            sign,
             patches,
             failure,
         });
@@ -383,6 +400,14 @@ fn run_builds(
         if line.no_replace {
             command.arg("--no-replace");
         }
+        if line.sign {
+            let key = crate::project_root().join(TEST_SIGNING_KEY);
+            command
+                .arg("--sign-key")
+                .arg(&key)
+                .arg("--sign-cert")
+                .arg(&key);
+        }
         for patch in &line.patches {
             let path = patch_path(&case.dir, patch);
             if !path.is_file() {
@@ -405,7 +430,16 @@ fn run_builds(
         let log = work.join(format!("{}.build.log", line.name));
         std::fs::write(&log, &text).with_context(|| format!("cannot write {}", log.display()))?;
         let modules = files_with_extension(&output_dir, "ko")?;
-        let verdict = judge_build(line, output.status.code(), &text, &modules);
+        let verdict = judge_build(line, output.status.code(), &text, &modules).and_then(|()| {
+            match modules.first() {
+                Some(module) if line.sign && line.failure.is_none() => {
+                    let bytes = std::fs::read(module)
+                        .map_err(|e| format!("cannot read {}: {e}", module.display()))?;
+                    judge_signature(&bytes)
+                }
+                _ => Ok(()),
+            }
+        });
         if let Err(why) = verdict {
             return Ok(Err(format!(
                 "kpatch-rs build {}: {why} (log: {})",
@@ -472,6 +506,16 @@ fn judge_build(
         }
     }
     Ok(())
+}
+
+/// Whether a module a `--sign` line built carries a signature: `sign-file` ends it with
+/// [`SIGNATURE_MARKER`]. The guest is the judge of whether the kernel accepts it.
+fn judge_signature(module: &[u8]) -> std::result::Result<(), String> {
+    if module.ends_with(SIGNATURE_MARKER) {
+        Ok(())
+    } else {
+        Err("asked to sign, but the module has no appended signature".to_string())
+    }
 }
 
 fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
@@ -700,6 +744,7 @@ mod tests {
         BuildLine {
             name: name.to_string(),
             no_replace,
+            sign: false,
             patches: patches.iter().map(|p| p.to_string()).collect(),
             failure: None,
         }
@@ -748,6 +793,15 @@ mod tests {
             )]),
         );
         check_build_file("a @sub/x.patch\n", Err("without a path"));
+        let mut signed = build_line("s", true, &["@cmdline.patch"]);
+        signed.sign = true;
+        check_build_file(
+            "s --sign --no-replace @cmdline.patch\n",
+            Ok(vec![signed.clone()]),
+        );
+        check_build_file("s --no-replace @cmdline.patch --sign\n", Ok(vec![signed]));
+        check_build_file("s --signed a.patch\n", Err("unknown option --signed"));
+        check_build_file("s --sign\n", Err("at least one patch"));
         check_build_file(
             "a a.patch\na b.patch\n",
             Err("line 2: the module name is used twice"),
@@ -770,7 +824,11 @@ mod tests {
             patch_path(Path::new("/case"), "own.patch"),
             PathBuf::from("/case/own.patch")
         );
-        for case in discover(&root.join("tests")).expect("tests/ cases") {
+        let case_dirs = ["tests", SIGNING_CASES];
+        let cases = case_dirs
+            .iter()
+            .flat_map(|dir| discover(&root.join(dir)).expect("cases"));
+        for case in cases {
             for line in &case.builds {
                 for patch in &line.patches {
                     let path = patch_path(&case.dir, patch);
@@ -806,6 +864,17 @@ mod tests {
             passes,
             "{failure:?} {code:?} {text:?} {modules:?}"
         );
+    }
+
+    #[test]
+    fn a_signed_module_ends_with_the_signature_marker() {
+        let mut signed = b"\x7fELF...module...PKCS#7...".to_vec();
+        signed.extend_from_slice(b"\0\0\x02\0\0\0\0\0\0\0\x01\xb5");
+        signed.extend_from_slice(SIGNATURE_MARKER);
+        assert_eq!(judge_signature(&signed), Ok(()));
+        assert!(judge_signature(b"\x7fELF...module...").is_err());
+        // The marker without its newline is what a truncated module would end with.
+        assert!(judge_signature(&signed[..signed.len() - 1]).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
 //! stock one and the Rust-core one, and their verdicts are printed side by side; then the
 //! race stress (`cargo xtask race-stress`) runs on both, clean required, and on the Rust core
-//! built with the pre-fix binding rule, where it must see the race.
+//! built with the pre-fix binding rule, where it must see the race. The signing cases
+//! (`fixtures/signing/cases/`) run on one more kernel, the stock one with module signatures
+//! enforced.
 
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
@@ -86,6 +88,23 @@ pub fn run(args: &[String]) -> Result<()> {
     );
 
     let (mut tally, stock_verdicts) = crate::qemu_test::run_everything_verdicts(&sh, &kernel)?;
+
+    // `kpatch-rs build --sign-key`: the unsigned module refused and the signed one loaded by
+    // a kernel that enforces module signatures and trusts the test key.
+    let signing_cases = crate::project_root().join(crate::cases::SIGNING_CASES);
+    match ensure_kernel(&sh, &KernelSpec::module_signing())
+        .and_then(|dirs| crate::qemu_test::run_cases(&sh, &dirs, &signing_cases))
+    {
+        Ok(signing_tally) => {
+            tally.passed += signing_tally.passed;
+            tally.failed += signing_tally.failed;
+            tally.skipped += signing_tally.skipped;
+        }
+        Err(error) => {
+            tally.failed += 1;
+            println!("FAIL  signing cases: {error:#}");
+        }
+    }
 
     // The same selftests, through the same runner, on the kernel whose module coming/going
     // hooks run core-patch's Rust algorithm; then both kernels' verdicts side by side.

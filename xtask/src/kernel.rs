@@ -35,6 +35,10 @@ pub const LIVEPATCH_FRAGMENT: &str = "fixtures/kernel-config/livepatch-qemu.conf
 /// The fragment that adds `CONFIG_RUST`, merged after [`LIVEPATCH_FRAGMENT`] for the Rust core.
 pub const RUST_FRAGMENT: &str = "fixtures/kernel-config/rust.config";
 
+/// Merged after [`LIVEPATCH_FRAGMENT`] for the kernel that enforces module signatures and
+/// trusts the test key (`fixtures/signing/`).
+pub const MODULE_SIGNING_FRAGMENT: &str = "fixtures/kernel-config/module-signing.config";
+
 /// Merged after [`RUST_FRAGMENT`] for the race experiment's pre-fix Rust core.
 pub const RUST_PRE_FIX_FRAGMENT: &str = "fixtures/kernel-config/rust-pre-fix.config";
 
@@ -123,6 +127,15 @@ impl KernelSpec {
             fragments: vec![crate::project_root().join(LIVEPATCH_FRAGMENT)],
             core: Core::C,
         }
+    }
+
+    /// The stock test kernel with module signatures enforced and the test key trusted: what
+    /// `cargo xtask qemu-test --fragment fixtures/kernel-config/module-signing.config` builds.
+    pub fn module_signing() -> KernelSpec {
+        let mut spec = KernelSpec::stock();
+        spec.fragments
+            .push(crate::project_root().join(MODULE_SIGNING_FRAGMENT));
+        spec
     }
 
     /// The test kernel whose module coming/going hooks run core-patch's Rust algorithm.
@@ -392,6 +405,10 @@ fn key_material(sh: &Shell, spec: &KernelSpec) -> Result<String> {
         &fragments,
     );
     material.push_str(&test_modules_material()?);
+    material.push_str(&project_files_material(
+        &crate::project_root(),
+        &spec.fragments,
+    )?);
     if spec.core.is_rust() {
         material.push_str(&rust_core_material()?);
     }
@@ -410,6 +427,72 @@ fn test_modules_material() -> Result<String> {
         text.push('\n');
     }
     Ok(text)
+}
+
+/// The config options whose value can be a file the kernel build reads: a relative path in a
+/// fragment names a file of the project, which [`install_project_files`] copies to the same
+/// path under the build directory, where Kbuild (running there) finds it. A PKCS#11 URI is
+/// no file.
+const FILE_OPTIONS: &[&str] = &["CONFIG_MODULE_SIG_KEY"];
+
+/// The project files the fragments name through [`FILE_OPTIONS`], as paths relative to the
+/// project root (`fixtures/signing/test-key.pem`).
+fn project_files(fragments: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for fragment in fragments {
+        let text = std::fs::read_to_string(fragment)
+            .with_context(|| format!("cannot read config fragment {}", fragment.display()))?;
+        for (name, value) in fragment_values(&text) {
+            if !FILE_OPTIONS.contains(&name) {
+                continue;
+            }
+            let value = value.trim_matches('"');
+            if value.is_empty() || value.starts_with("pkcs11:") || value.starts_with('/') {
+                continue;
+            }
+            let path = PathBuf::from(value);
+            if path.components().any(|c| c.as_os_str() == "..") {
+                bail!(
+                    "{}: {name}={value} must be a file inside the project, without `..`",
+                    fragment.display()
+                );
+            }
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// The named project files' part of the key: their bytes, so that a new test key builds a
+/// new kernel that trusts it.
+fn project_files_material(root: &Path, fragments: &[PathBuf]) -> Result<String> {
+    let mut text = String::new();
+    for file in project_files(fragments)? {
+        let bytes = std::fs::read(root.join(&file))
+            .with_context(|| format!("cannot read {}, which a fragment names", file.display()))?;
+        let _ = writeln!(
+            text,
+            "project file {} {} bytes {}",
+            file.display(),
+            bytes.len(),
+            kpatch_support::Fnv1a::new().write(&bytes).hex()
+        );
+    }
+    Ok(text)
+}
+
+/// Copies the project files (under `root`) the fragments name to the same paths under `build`.
+fn install_project_files(root: &Path, fragments: &[PathBuf], build: &Path) -> Result<()> {
+    for file in project_files(fragments)? {
+        let to = build.join(&file);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::copy(root.join(&file), &to)
+            .with_context(|| format!("cannot copy {} to {}", file.display(), to.display()))?;
+    }
+    Ok(())
 }
 
 /// Puts [`TEST_MODULES`] into the extracted tree `source` (this cache entry's own copy): each
@@ -716,6 +799,7 @@ fn extract(spec: &KernelSpec, dirs: &KernelDirs) -> Result<()> {
 /// dependencies are unmet and the kernel would quietly lack what a test needs.
 fn configure(sh: &Shell, spec: &KernelSpec, dirs: &KernelDirs) -> Result<()> {
     std::fs::create_dir_all(&dirs.build)?;
+    install_project_files(&crate::project_root(), &spec.fragments, &dirs.build)?;
     run_logged(
         make(dirs).arg("tinyconfig"),
         &dirs.log,
@@ -1018,6 +1102,69 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_key_file_a_fragment_names_is_copied_and_keyed_by_its_bytes() {
+        let dir = std::env::temp_dir().join(format!("kpatch-rs-key-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.as_path();
+        let write = |path: &str, text: &str| {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap_or(root)).expect("create");
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let fragment = write(
+            "signing.config",
+            "CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_KEY=\"keys/test.pem\"\n",
+        );
+        write("keys/test.pem", "key one");
+        let fragments = [fragment];
+        let first = project_files_material(root, &fragments).expect("material");
+        assert!(
+            first.contains("project file keys/test.pem 7 bytes"),
+            "{first}"
+        );
+        write("keys/test.pem", "key two");
+        let second = project_files_material(root, &fragments).expect("material");
+        assert_ne!(first, second);
+
+        let build = root.join("build");
+        install_project_files(root, &fragments, &build).expect("install");
+        assert_eq!(
+            std::fs::read_to_string(build.join("keys/test.pem"))
+                .ok()
+                .as_deref(),
+            Some("key two")
+        );
+
+        // A token or an absolute path is the kernel build's own business; `..` leaves the project.
+        let others = write(
+            "others.config",
+            "CONFIG_MODULE_SIG_KEY=\"pkcs11:token=kernel\"\n\
+             # CONFIG_MODULE_SIG_KEY=\"not/this.pem\"\n\
+             CONFIG_SYSTEM_TRUSTED_KEYS=\"x.pem\"\n",
+        );
+        assert_eq!(
+            project_files(&[others]).expect("files"),
+            Vec::<PathBuf>::new()
+        );
+        let absolute = write("abs.config", "CONFIG_MODULE_SIG_KEY=\"/etc/key.pem\"\n");
+        assert_eq!(
+            project_files(&[absolute]).expect("files"),
+            Vec::<PathBuf>::new()
+        );
+        let outside = write("out.config", "CONFIG_MODULE_SIG_KEY=\"../key.pem\"\n");
+        let error = project_files(&[outside]).err().map(|e| format!("{e:#}"));
+        assert!(error.is_some_and(|e| e.contains("inside the project")));
+        // The committed fragment names the committed key.
+        let committed = crate::project_root().join(MODULE_SIGNING_FRAGMENT);
+        assert_eq!(
+            project_files(&[committed]).expect("files"),
+            vec![PathBuf::from(crate::cases::TEST_SIGNING_KEY)]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

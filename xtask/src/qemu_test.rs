@@ -103,6 +103,11 @@ pub fn run_selftests_verdicts(sh: &Shell, kernel: &KernelDirs) -> Result<(Tally,
     )
 }
 
+/// Runs only the cases of `tests_dir` on `kernel`; prints one line per case.
+pub fn run_cases(sh: &Shell, kernel: &KernelDirs, tests_dir: &Path) -> Result<Tally> {
+    run_all(sh, kernel, Only::Cases, tests_dir).map(|(tally, _)| tally)
+}
+
 fn run_all(
     sh: &Shell,
     kernel: &KernelDirs,

@@ -1,12 +1,13 @@
 //! The inputs phase: every argument checked before any work, so that a wrong one fails in
 //! milliseconds with what to pass instead; the files the patches touch; the cache entry for
 //! this (source, config, compiler, make variables), locked for the build; the release string
-//! Kbuild builds with.
+//! Kbuild builds with; the hash a signed module is signed with.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::kbuild;
+use super::sign::{self, SigningKey};
 use super::units;
 use kpatch_diff::compare::Refusal;
 
@@ -92,6 +93,25 @@ pub enum InputError {
         dir.display()
     )]
     ModuleNotFound { module: String, dir: PathBuf },
+    #[error(
+        "signing key {} does not exist; pass a PEM file with the private key, or a PKCS#11 \
+         URI (pkcs11:...), with --sign-key",
+        .0.display()
+    )]
+    NoSigningKey(PathBuf),
+    #[error(
+        "signing certificate {} does not exist; pass the key's X.509 certificate (a PEM or \
+         DER file) with --sign-cert",
+        .0.display()
+    )]
+    NoSigningCert(PathBuf),
+    #[error(
+        "kernel config {} has no CONFIG_MODULE_SIG_HASH: that kernel does not check module \
+         signatures, so there is no hash to sign with; pass the config of a kernel built with \
+         CONFIG_MODULE_SIG=y, or build without --sign-key",
+        .0.display()
+    )]
+    NoSignatureHash(PathBuf),
 }
 
 /// What the inputs phase hands on.
@@ -105,6 +125,8 @@ pub struct Inputs {
     pub log: PathBuf,
     /// `KERNELRELEASE` for every make run, when known.
     pub release: Option<String>,
+    /// The hash to sign the module with (`CONFIG_MODULE_SIG_HASH`), when signing is asked for.
+    pub signature_hash: Option<String>,
     /// One build at a time per cache entry: two builds would patch the same tree. Held until
     /// the value is dropped, at the end of the build.
     _lock: fs::File,
@@ -132,6 +154,16 @@ pub fn absolute(options: &BuildOptions) -> BuildOptions {
         output: absolute(&options.output),
         patches: options.patches.iter().map(|p| absolute(p)).collect(),
         cache: absolute(&options.cache),
+        signing_key: options.signing_key.as_ref().map(|signing_key| SigningKey {
+            key: if signing_key.key_is_pkcs11_uri() {
+                signing_key.key.clone()
+            } else {
+                absolute(Path::new(&signing_key.key))
+                    .to_string_lossy()
+                    .into_owned()
+            },
+            cert: absolute(&signing_key.cert),
+        }),
         ..options.clone()
     }
 }
@@ -139,6 +171,7 @@ pub fn absolute(options: &BuildOptions) -> BuildOptions {
 /// Checks the inputs and takes this build's cache entry.
 pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
     check_inputs(options)?;
+    let signature_hash = signature_hash(options)?;
     if !options.skip_compiler_check {
         check_compiler(options)?;
     }
@@ -158,6 +191,7 @@ pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
         cache,
         log,
         release,
+        signature_hash,
         _lock: lock,
     })
 }
@@ -267,6 +301,27 @@ fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// The hash a signed module is signed with, from the kernel config, after checking that the
+/// key (unless it is on a token) and the certificate are there; None when no signing is
+/// asked for.
+fn signature_hash(options: &BuildOptions) -> Result<Option<String>, BuildError> {
+    let Some(signing_key) = &options.signing_key else {
+        return Ok(None);
+    };
+    if !signing_key.key_is_pkcs11_uri() && !Path::new(&signing_key.key).is_file() {
+        return Err(InputError::NoSigningKey(PathBuf::from(&signing_key.key)).into());
+    }
+    // sign-file reads the certificate from a file whatever the key is.
+    if !signing_key.cert.is_file() {
+        return Err(InputError::NoSigningCert(signing_key.cert.clone()).into());
+    }
+    let config = read_file(&options.config, "kernel config", "pass --config")?;
+    match sign::module_sig_hash(&String::from_utf8_lossy(&config)) {
+        Some(hash) => Ok(Some(hash)),
+        None => Err(InputError::NoSignatureHash(options.config.clone()).into()),
+    }
+}
+
 /// The files the patches touch, relative to the tree.
 fn touched_files(options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
     let mut touched = Vec::new();
@@ -352,7 +407,93 @@ fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> 
 
 #[cfg(test)]
 mod tests {
-    use super::{kernel_compiler, same_compiler};
+    use super::*;
+
+    /// Options for a build whose only real inputs are the config and the signing key;
+    /// `key` and `cert` are file names under `dir` (or a URI for `key`).
+    fn signing_options(dir: &Path, config: &str, key: &str, cert: &str) -> BuildOptions {
+        let config_path = dir.join("config");
+        fs::write(&config_path, config).expect("write config");
+        BuildOptions {
+            sourcedir: dir.join("source"),
+            config: config_path,
+            symbols: SymbolSource::Vmlinux(dir.join("vmlinux")),
+            modules: None,
+            kernel_release: None,
+            symvers: dir.join("Module.symvers"),
+            name: "x".to_string(),
+            jobs: 1,
+            output: dir.join("out"),
+            patches: Vec::new(),
+            replace: true,
+            cache: dir.join("cache"),
+            make_vars: Vec::new(),
+            skip_compiler_check: true,
+            signing_key: Some(SigningKey {
+                key: if key.starts_with("pkcs11:") {
+                    key.to_string()
+                } else {
+                    dir.join(key).display().to_string()
+                },
+                cert: dir.join(cert),
+            }),
+        }
+    }
+
+    fn check_signing(config: &str, key: &str, cert: &str, expected: Result<&str, &str>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join("key.pem"), "key").expect("write key");
+        fs::write(dir.path().join("cert.pem"), "cert").expect("write cert");
+        let options = signing_options(dir.path(), config, key, cert);
+        match (signature_hash(&options), expected) {
+            (Ok(hash), Ok(wanted)) => assert_eq!(hash.as_deref(), Some(wanted)),
+            (Err(error), Err(fragment)) => {
+                let text = error.to_string();
+                assert!(text.contains(fragment), "{key} {cert}: {text}");
+            }
+            (result, expected) => panic!("{key} {cert}: {result:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn signing_needs_a_key_a_certificate_and_a_kernel_that_checks_signatures() {
+        let signing = "CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_HASH=\"sha512\"\n";
+        check_signing(signing, "key.pem", "cert.pem", Ok("sha512"));
+        // A key on a token is no file; its certificate still is, since sign-file reads it.
+        check_signing(signing, "pkcs11:token=kernel", "cert.pem", Ok("sha512"));
+        check_signing(
+            signing,
+            "pkcs11:token=kernel",
+            "none.pem",
+            Err("signing certificate"),
+        );
+        check_signing(
+            signing,
+            "none.pem",
+            "cert.pem",
+            Err("none.pem does not exist; pass a PEM file with the private key"),
+        );
+        check_signing(
+            signing,
+            "key.pem",
+            "none.pem",
+            Err("none.pem does not exist; pass the key's X.509 certificate"),
+        );
+        check_signing(
+            "CONFIG_LIVEPATCH=y\n# CONFIG_MODULE_SIG is not set\n",
+            "key.pem",
+            "cert.pem",
+            Err("has no CONFIG_MODULE_SIG_HASH"),
+        );
+    }
+
+    #[test]
+    fn no_signing_asked_for_needs_no_hash() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut options = signing_options(dir.path(), "CONFIG_LIVEPATCH=y\n", "k", "c");
+        options.signing_key = None;
+        assert!(matches!(signature_hash(&options), Ok(None)));
+    }
 
     #[test]
     fn the_kernels_compiler_is_read_from_its_config() {

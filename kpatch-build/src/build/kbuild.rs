@@ -1,4 +1,4 @@
-//! Kbuild: the one place where kpatch-rs runs other programs (make, patch, cp, ld).
+//! Kbuild: the one place where kpatch-rs runs other programs (make, patch, cp, ld, sign-file).
 //!
 //! Every command's output goes to a log file under the build cache, and a failure carries
 //! the command line and the log's tail, so the user sees why without digging. Nothing here
@@ -321,6 +321,23 @@ pub fn link_relocatable(output: &Path, inputs: &[PathBuf], log: &Path) -> Result
         .arg(output)
         .args(inputs);
     run_logged("linking the livepatch objects", &mut command, log)
+}
+
+/// Signs `module` into `signed` with the kernel's `scripts/sign-file`, as the kernel's own
+/// `modules_install` does: `sign-file HASH KEY CERT MODULE DEST`. The key may be a PKCS#11
+/// URI; `KBUILD_SIGN_PIN` passes through from the environment, as with the kernel's build.
+pub fn sign_file(
+    sign_file: &Path,
+    hash: &str,
+    key: &str,
+    cert: &Path,
+    module: &Path,
+    signed: &Path,
+    log: &Path,
+) -> Result<(), CommandError> {
+    let mut command = Command::new(sign_file);
+    command.arg(hash).arg(key).arg(cert).arg(module).arg(signed);
+    run_logged("signing the module", &mut command, log)
 }
 
 #[cfg(test)]

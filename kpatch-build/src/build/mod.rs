@@ -6,7 +6,8 @@
 //! `diff_units` (the object diff per unit and the verdict over all), `references` (how each
 //! reference reaches its symbol, by the rule of `resolve`), `link` (linkable objects through
 //! `replacements` and `klp_records`, the module source from `module`, Kbuild's link) and
-//! `post_link` (the livepatch relocations). Every phase's time goes into the report.
+//! `post_link` (the livepatch relocations), then `sign` (the kernel's `sign-file`, when asked
+//! for). Every phase's time goes into the report.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use module::{KlpObject, LivepatchModule, ModuleError};
 use post_link::PostLinkError;
 use replacements::ReplacementsError;
 use resolve::{Exports, ResolveError};
+use sign::{SignError, Signature, SigningKey};
+
 use trees::TreeError;
 use units::UnitsError;
 
@@ -38,6 +41,7 @@ pub mod post_link;
 pub mod references;
 pub mod replacements;
 pub mod resolve;
+pub mod sign;
 pub mod trees;
 pub mod units;
 
@@ -79,6 +83,9 @@ pub struct BuildOptions {
     pub make_vars: Vec<String>,
     /// Build even when the compiler is not the one the kernel was built with.
     pub skip_compiler_check: bool,
+    /// Sign the module with this key, with the hash of the kernel config
+    /// (`CONFIG_MODULE_SIG_HASH`); None writes it unsigned.
+    pub signing_key: Option<SigningKey>,
 }
 
 /// The symbols of the running kernel's vmlinux.
@@ -155,6 +162,8 @@ pub enum BuildError {
     #[error(transparent)]
     PostLink(#[from] PostLinkError),
     #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error(transparent)]
     Io(#[from] IoError),
     #[error("cannot describe the module: {0}")]
     Describe(#[from] serde_json::Error),
@@ -230,6 +239,8 @@ pub struct BuildReport {
     pub objects: Vec<ObjectSummary>,
     /// The livepatch relocation sections written, with their entry counts.
     pub klp_relocation_sections: Vec<(String, usize)>,
+    /// How the module is signed; None (`null`) for an unsigned module.
+    pub signature: Option<Signature>,
     /// Seconds per phase, in order.
     pub timings: Vec<(String, f64)>,
 }
@@ -259,6 +270,9 @@ impl BuildReport {
         }
         for (section, count) in &self.klp_relocation_sections {
             writeln!(out, "  livepatch relocations: {section} ({count})")?;
+        }
+        if let Some(signature) = &self.signature {
+            writeln!(out, "  signed: {}", signature.hash)?;
         }
         let total: f64 = self.timings.iter().map(|(_, seconds)| seconds).sum();
         let phases: Vec<String> = self
@@ -332,8 +346,15 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     )?;
     timer.lap("link");
 
-    let (module, klp_relocation_sections) = write_module(options, &livepatch, &ko)?;
+    let info = serde_json::to_vec(&livepatch)?;
+    let (rewritten, post_link) = post_link::rewrite_module(&livepatch.name, &ko, Some(&info))?;
     timer.lap("post-link");
+
+    let (bytes, signature) = sign::sign(options, &inputs, &compiled.original, rewritten)?;
+    if signature.is_some() {
+        timer.lap("sign");
+    }
+    let module = write_module(options, &livepatch, &bytes)?;
 
     drop(inputs);
     Ok(BuildReport {
@@ -341,7 +362,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         module,
         kernel_name: livepatch.kernel_name(),
         objects: linkable.summaries,
-        klp_relocation_sections,
+        klp_relocation_sections: post_link.sections,
+        signature,
         timings: timer.phases,
     })
 }
@@ -370,19 +392,17 @@ fn livepatch_module(
     }
 }
 
-/// The post-link phase: the livepatch relocations written into the linked module, with its
-/// description, and the module written to the output directory.
+/// The finished module (rewritten by post-link, signed when asked for) written to the
+/// output directory, the only file a build writes there.
 fn write_module(
     options: &BuildOptions,
     livepatch: &LivepatchModule,
-    ko: &[u8],
-) -> Result<(PathBuf, Vec<(String, usize)>), BuildError> {
-    let info = serde_json::to_vec(livepatch)?;
-    let (rewritten, summary) = post_link::rewrite_module(&livepatch.name, ko, Some(&info))?;
+    bytes: &[u8],
+) -> Result<PathBuf, BuildError> {
     fs::create_dir_all(&options.output).map_err(io_error("create", &options.output))?;
     let module_path = options.output.join(format!("{}.ko", livepatch.name));
-    fs::write(&module_path, &rewritten).map_err(io_error("write", &module_path))?;
-    Ok((module_path, summary.sections))
+    fs::write(&module_path, bytes).map_err(io_error("write", &module_path))?;
+    Ok(module_path)
 }
 
 #[cfg(test)]
