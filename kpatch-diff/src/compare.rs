@@ -354,11 +354,19 @@ impl Comparer<'_> {
             let (ot, pt) = (self.orig.resolve(o), self.patched.resolve(p));
             if o.offset - os != p.offset - ps || o.r_type != p.r_type || !self.same_reference(o, p)
             {
+                let (was, now) = (describe(self.orig, ot), describe(self.patched, pt));
+                if was == now && o.offset - os == p.offset - ps && o.r_type == p.r_type {
+                    // The same name at the same place: what it names changed (a table of
+                    // device IDs that gained an entry, a fallback block that tests another
+                    // bit).
+                    return format!(
+                        "relocation at +{:#x} refers to {now}, whose contents changed",
+                        p.offset - ps
+                    );
+                }
                 return format!(
-                    "relocation at +{:#x}: {} became {} at +{:#x}",
+                    "relocation at +{:#x}: {was} became {now} at +{:#x}",
                     o.offset - os,
-                    describe(self.orig, ot),
-                    describe(self.patched, pt),
                     p.offset - ps
                 );
             }
