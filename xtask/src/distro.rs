@@ -212,9 +212,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let work = root.join("target/distro");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    // An empty cache: the first build starts from the never-built source tree.
-    let build_cache = distro.cache.join("build");
-    let _ = std::fs::remove_dir_all(&build_cache);
+    // Empty caches: the first build starts from the never-built source tree. Each symbol
+    // source builds in its own cache directory, so that the byte comparison below also shows
+    // that the module does not depend on where the cache is.
+    let cache_for = |symbol_source: &str| match symbol_source {
+        "vmlinux" => distro.cache.join("build"),
+        other => distro.cache.join(format!("build-{other}")),
+    };
+    for symbol_source in SOURCES {
+        let _ = std::fs::remove_dir_all(cache_for(symbol_source));
+    }
 
     let Distro {
         source,
@@ -230,6 +237,7 @@ pub fn run(args: &[String]) -> Result<()> {
             _ => vec!["--system-map".to_string(), path_text(&distro.system_map)],
         };
         let out = work.join(symbol_source);
+        let build_cache = cache_for(symbol_source);
         for case in CASES {
             let patch = root.join(format!("fixtures/distro/{}.patch", case.patch));
             let start = Instant::now();
@@ -249,9 +257,15 @@ pub fn run(args: &[String]) -> Result<()> {
         let module = format!("livepatch-{}.ko", case.patch);
         let same = std::fs::read(work.join("vmlinux").join(&module))?
             == std::fs::read(work.join("system-map").join(&module))?;
+        if !same {
+            bail!(
+                "{module}: the builds from the debug vmlinux and from System.map, in two cache \
+                 directories, differ; the same fix must give the same bytes"
+            );
+        }
         println!(
-            "{module}: the builds from the debug vmlinux and from System.map are {}",
-            if same { "byte-identical" } else { "different" }
+            "{module}: the builds from the debug vmlinux and from System.map, in two cache \
+             directories, are byte-identical"
         );
     }
 

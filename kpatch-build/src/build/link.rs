@@ -125,6 +125,21 @@ pub fn link(
     )
 }
 
+/// Compiler flags that keep the cache directory's path out of the module: with
+/// `CONFIG_DEBUG_INFO` the generated source and modpost's `.mod.c` are compiled with debug
+/// information that names their directory, so the same inputs gave other bytes under another
+/// `--cache-dir`. A path with white space is left alone (make would split the flag).
+fn path_independent_cflags(module_dir: &Path) -> String {
+    let Some(cache) = module_dir.parent() else {
+        return String::new();
+    };
+    let cache = cache.display().to_string();
+    if cache.is_empty() || cache.contains(char::is_whitespace) {
+        return String::new();
+    }
+    format!("-ffile-prefix-map={cache}=kpatch-rs-cache")
+}
+
 /// Compiles the generated source, links it with the prepared diff objects into one object,
 /// and lets Kbuild make the module from that object.
 ///
@@ -146,11 +161,12 @@ fn link_module(
     }
     write(&main_dir.join("livepatch-main.c"), source)?;
     write(&main_dir.join("Kbuild"), "obj-m := livepatch-main.o\n")?;
+    let cflags = path_independent_cflags(module_dir);
     build.build_external(
         "compiling the livepatch module source",
         &main_dir,
         &["livepatch-main.o"],
-        "",
+        &cflags,
     )?;
     let mut inputs = vec![main_dir.join("livepatch-main.o")];
     inputs.extend(patched_objects.iter().cloned());
@@ -163,7 +179,12 @@ fn link_module(
     // modpost reads an object's symbol CRCs from its `.cmd` file (with CONFIG_MODVERSIONS);
     // the prebuilt object exports nothing, so an empty one says so.
     write(&link_dir.join(format!(".{module_name}.o.cmd")), "")?;
-    build.build_external("building the livepatch module", &link_dir, &["modules"], "")?;
+    build.build_external(
+        "building the livepatch module",
+        &link_dir,
+        &["modules"],
+        &cflags,
+    )?;
     Ok(read_file(
         &link_dir.join(format!("{module_name}.ko")),
         "module",
