@@ -1201,6 +1201,10 @@ fn classify(row: &mut Row) {
                 ),
             },
             2 => ("refused".to_string(), format!("refused: {}", build.reason)),
+            3 if !build.reason.is_empty() => (
+                "no code change".to_string(),
+                format!("no code change: {}", build.reason),
+            ),
             3 => ("no code change".to_string(), "no code change".to_string()),
             _ if build.detail.contains("building original objects failed")
                 || build.detail.contains("building patched objects failed") =>
