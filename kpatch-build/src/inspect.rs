@@ -72,6 +72,38 @@ pub struct Inspection {
     pub klp_relocation_sections: Vec<KlpRelocationSection>,
     /// Its livepatch symbols.
     pub klp_symbols: Vec<KlpSymbol>,
+    /// The signature appended to it, if any.
+    pub signature: Option<AppendedSignature>,
+}
+
+/// A module signature as `scripts/sign-file` appends it: the signature, a `module_signature`
+/// trailer (12 bytes; the signature's length big-endian in the last four) and the marker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppendedSignature {
+    /// The trailer's key identifier type: `PKCS#7` for every signature current kernels accept.
+    pub id_type: String,
+    /// The signature's length in bytes.
+    pub bytes: u32,
+}
+
+/// The marker the kernel looks for at the end of a signed module.
+const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
+
+/// The signature appended to a module's bytes, if the marker ends them and the trailer's
+/// length fits.
+pub fn appended_signature(data: &[u8]) -> Option<AppendedSignature> {
+    const TRAILER: usize = 12;
+    let body = data.strip_suffix(SIGNATURE_MARKER)?;
+    let trailer = body.get(body.len().checked_sub(TRAILER)?..)?;
+    let bytes = u32::from_be_bytes([trailer[8], trailer[9], trailer[10], trailer[11]]);
+    if (bytes as usize) > body.len() - TRAILER {
+        return None;
+    }
+    let id_type = match trailer[2] {
+        2 => "PKCS#7".to_string(),
+        other => format!("unknown ({other})"),
+    };
+    Some(AppendedSignature { id_type, bytes })
 }
 
 /// Reads the livepatch metadata of module `file` from its bytes.
@@ -195,6 +227,7 @@ pub fn inspect(file: &str, data: &[u8]) -> Result<Inspection, InspectError> {
         patch,
         klp_relocation_sections,
         klp_symbols,
+        signature: appended_signature(data),
     })
 }
 
@@ -218,6 +251,14 @@ impl Inspection {
             },
             self.vermagic.trim()
         )?;
+        match &self.signature {
+            Some(signature) => writeln!(
+                out,
+                "signed: {} signature of {} bytes appended",
+                signature.id_type, signature.bytes
+            )?,
+            None => writeln!(out, "not signed")?,
+        }
         match &self.patch {
             Some(patch) => {
                 writeln!(
@@ -281,5 +322,47 @@ impl Inspection {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{appended_signature, AppendedSignature, SIGNATURE_MARKER};
+
+    fn signed(module: &[u8], signature: &[u8], id_type: u8) -> Vec<u8> {
+        let mut data = module.to_vec();
+        data.extend_from_slice(signature);
+        let length = u32::try_from(signature.len())
+            .expect("length")
+            .to_be_bytes();
+        data.extend_from_slice(&[0, 0, id_type, 0, 0, 0, 0, 0]);
+        data.extend_from_slice(&length);
+        data.extend_from_slice(SIGNATURE_MARKER);
+        data
+    }
+
+    #[test]
+    fn an_appended_signature_is_read_from_its_trailer() {
+        assert_eq!(
+            appended_signature(&signed(b"\x7fELF...", &[7; 466], 2)),
+            Some(AppendedSignature {
+                id_type: "PKCS#7".to_string(),
+                bytes: 466
+            })
+        );
+        assert_eq!(
+            appended_signature(&signed(b"\x7fELF", &[1; 3], 1)).map(|s| s.id_type),
+            Some("unknown (1)".to_string())
+        );
+    }
+
+    #[test]
+    fn no_marker_or_a_length_past_the_start_is_no_signature() {
+        assert_eq!(appended_signature(b"\x7fELF plain module"), None);
+        let mut lying = signed(b"", &[0; 4], 2);
+        let length_at = lying.len() - SIGNATURE_MARKER.len() - 4;
+        lying[length_at..length_at + 4].copy_from_slice(&1000u32.to_be_bytes());
+        assert_eq!(appended_signature(&lying), None);
+        assert_eq!(appended_signature(SIGNATURE_MARKER), None);
     }
 }

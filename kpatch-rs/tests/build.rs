@@ -158,6 +158,7 @@ fn cmdline_patch_builds_a_reproducible_module_and_leaves_the_tree_alone() {
     assert!(inspect.status.success(), "{}", stderr(&inspect));
     let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
     assert_eq!(inspection["livepatch"], true);
+    assert!(inspection["signature"].is_null(), "{inspection}");
     assert_eq!(
         inspection["klp_symbols"],
         serde_json::json!([{ "object": "vmlinux", "name": "saved_command_line", "sympos": 0 }])
