@@ -183,6 +183,12 @@ impl Comparer<'_> {
                     addend: pa,
                 },
             ) => {
+                let ubsan = |object: &Object, section| {
+                    special_sections::is_ubsan_data(&object.section(section).name)
+                };
+                if ubsan(self.orig, os) && ubsan(self.patched, ps) {
+                    return oa == pa && self.same_ubsan_data(os, ps);
+                }
                 oa == pa
                     && self.twins.section(ps) == Some(os)
                     && self.orig.section(os).data == self.patched.section(ps).data
@@ -209,9 +215,10 @@ impl Comparer<'_> {
                 })
     }
 
-    /// Whether two relocations at the same place refer to the same thing. A jump into
-    /// `.altinstr_aux` lands on its site's fallback block, which moves whenever another site
-    /// of the unit is added or removed: the blocks are compared, not their offsets.
+    /// Whether two relocations at the same place refer to the same thing, by their targets
+    /// ([`Comparer::same_target`]). A jump into `.altinstr_aux` is the exception: it lands on
+    /// its site's fallback block, which moves whenever another site of the unit is added or
+    /// removed, so the blocks are compared, not their offsets.
     fn same_reference(&self, o: &Relocation, p: &Relocation) -> bool {
         let (orig_target, patched_target) = (self.orig.resolve(o), self.patched.resolve(p));
         if let (
@@ -225,12 +232,6 @@ impl Comparer<'_> {
             },
         ) = (orig_target, patched_target)
         {
-            let ubsan = |object: &Object, section| {
-                special_sections::is_ubsan_data(&object.section(section).name)
-            };
-            if ubsan(self.orig, os) && ubsan(self.patched, ps) {
-                return oa == pa && self.same_ubsan_data(os, ps);
-            }
             let aux = |object: &Object, section| object.section(section).name == ".altinstr_aux";
             if aux(self.orig, os) && aux(self.patched, ps) {
                 return match (
@@ -259,8 +260,7 @@ impl Comparer<'_> {
         {
             return false;
         }
-        // A type descriptor holds no references: compared as bytes, which also bounds the
-        // recursion below to one step.
+        // A type descriptor holds no references: compared as bytes.
         if special_sections::is_ubsan_type(&orig.name) {
             return orig.data == patched.data && orig.relocations.is_empty();
         }
@@ -280,6 +280,8 @@ impl Comparer<'_> {
                         return false;
                     }
                     match (self.orig.resolve(o), self.patched.resolve(p)) {
+                        // Check data refers to type descriptors only; another UBSAN section
+                        // here is not followed, so that the comparison cannot recurse.
                         (
                             RelocationTarget::Section {
                                 section: ot,
@@ -289,10 +291,17 @@ impl Comparer<'_> {
                                 section: pt,
                                 addend: pa,
                             },
-                        ) if special_sections::is_ubsan_type(&self.orig.section(ot).name)
-                            && special_sections::is_ubsan_type(&self.patched.section(pt).name) =>
+                        ) if special_sections::is_ubsan_data(&self.orig.section(ot).name)
+                            || special_sections::is_ubsan_data(&self.patched.section(pt).name) =>
                         {
-                            oa == pa && self.same_ubsan_data(ot, pt)
+                            let (orig_type, patched_type) =
+                                (self.orig.section(ot), self.patched.section(pt));
+                            oa == pa
+                                && special_sections::is_ubsan_type(&orig_type.name)
+                                && special_sections::is_ubsan_type(&patched_type.name)
+                                && orig_type.data == patched_type.data
+                                && orig_type.relocations.is_empty()
+                                && patched_type.relocations.is_empty()
                         }
                         (orig_target, patched_target) => {
                             self.same_target(orig_target, patched_target)
