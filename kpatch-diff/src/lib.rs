@@ -10,6 +10,7 @@ pub mod compare;
 pub mod correlate;
 pub mod elf;
 pub mod include;
+pub mod layout;
 pub mod output;
 pub mod report;
 pub mod special_sections;
@@ -51,13 +52,31 @@ pub struct DiffOutput {
     pub object: Option<Vec<u8>>,
 }
 
-/// Diffs one pair.
+/// How a diff treats the data layout of the types the objects describe (see [`layout`]).
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// Refuse a pair whose original has no DWARF, instead of reporting the layout unchecked:
+    /// `kpatch-rs build` compiles every unit with debug information, so there it must be.
+    pub require_dwarf: bool,
+    /// Types whose layout change the user accepted (`--allow-layout-change`): reported,
+    /// not refused.
+    pub allowed_layout_changes: Vec<String>,
+}
+
+/// Diffs one pair, the data layout checked where the objects carry DWARF.
 pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
+    diff_with(pair, &DiffOptions::default())
+}
+
+/// Diffs one pair with `options`.
+pub fn diff_with(pair: &Pair<'_>, options: &DiffOptions) -> Result<DiffOutput, DiffError> {
     let orig = Object::parse(pair.orig_name, pair.orig)?;
     let mut patched = Object::parse(pair.name, pair.patched)?;
     patched.name = pair.name.to_string();
     let twins = correlate::correlate(&orig, &patched);
     let mut comparison = compare::compare(&orig, &patched, &twins);
+    let layout = check_layout(pair, &orig, &patched, options);
+    comparison.refusals.extend(layout.refusals);
     let mut ignored = ignore_by_author(&patched, &mut comparison);
     ignored.extend(changed_boot_data(&orig, &patched, &twins));
 
@@ -127,6 +146,8 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
         module_keys: Vec::new(),
         references: Vec::new(),
         refusals: comparison.refusals.clone(),
+        layout_checked: layout.checked,
+        layout_changes_allowed: layout.allowed,
     };
     if outcome != Outcome::Changed {
         return Ok(DiffOutput {
@@ -318,5 +339,76 @@ fn changed_boot_data(orig: &Object, patched: &Object, twins: &correlate::Twins) 
 
 /// Diffs many pairs in parallel; results come back in the order of `pairs`.
 pub fn diff_all(pairs: &[Pair<'_>]) -> Vec<Result<DiffOutput, DiffError>> {
-    pairs.par_iter().map(diff).collect()
+    diff_all_with(pairs, &DiffOptions::default())
+}
+
+/// Diffs many pairs in parallel with `options`.
+pub fn diff_all_with(
+    pairs: &[Pair<'_>],
+    options: &DiffOptions,
+) -> Vec<Result<DiffOutput, DiffError>> {
+    pairs
+        .par_iter()
+        .map(|pair| diff_with(pair, options))
+        .collect()
+}
+
+/// The layout check of one pair: its refusals, the changes the user allowed, and whether
+/// the original's DWARF was there to check.
+struct LayoutVerdict {
+    checked: bool,
+    refusals: Vec<compare::Refusal>,
+    allowed: Vec<layout::LayoutChange>,
+}
+
+fn check_layout(
+    pair: &Pair<'_>,
+    orig: &Object,
+    patched: &Object,
+    options: &DiffOptions,
+) -> LayoutVerdict {
+    let refusal = |symbol: &str, reason: String| compare::Refusal {
+        object: pair.name.to_string(),
+        section: ".debug_info".to_string(),
+        symbol: symbol.to_string(),
+        reason,
+    };
+    let mut verdict = LayoutVerdict {
+        checked: false,
+        refusals: Vec::new(),
+        allowed: Vec::new(),
+    };
+    if !layout::has_dwarf(orig) || !layout::has_dwarf(patched) {
+        if options.require_dwarf {
+            verdict.refusals.push(refusal(
+                "",
+                "the objects carry no DWARF, so the data layout of the types the original \
+                 code uses cannot be checked (they must be compiled with -g)"
+                    .to_string(),
+            ));
+        }
+        return verdict;
+    }
+    let types = layout::read_types(orig).and_then(|o| Ok((o, layout::read_types(patched)?)));
+    let (old, new) = match types {
+        Ok(types) => types,
+        Err(error) => {
+            verdict.refusals.push(refusal(
+                "",
+                format!("{error}, so the data layout cannot be checked"),
+            ));
+            return verdict;
+        }
+    };
+    verdict.checked = true;
+    for change in layout::changes(&old, &new) {
+        if options.allowed_layout_changes.contains(&change.type_name) {
+            verdict.allowed.push(change);
+        } else {
+            verdict
+                .refusals
+                .push(refusal(&change.type_name, change.reason()));
+        }
+    }
+    verdict
 }

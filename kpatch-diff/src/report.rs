@@ -92,6 +92,13 @@ pub struct Report {
     /// Symbols the output refers to in the klp object.
     pub references: Vec<Reference>,
     pub refusals: Vec<Refusal>,
+    /// Whether the objects' DWARF was there to check the data layout of the original's
+    /// types against the patched ones (see `layout`).
+    pub layout_checked: bool,
+    /// Layout changes the user accepted with `--allow-layout-change`, which a refusal would
+    /// otherwise have stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layout_changes_allowed: Vec<crate::layout::LayoutChange>,
 }
 
 /// A jump label of copied code whose static key lies outside the output.
@@ -156,6 +163,20 @@ impl Report {
         }
         for reason in &self.left_out {
             writeln!(out, "  left out {reason}")?;
+        }
+        for change in &self.layout_changes_allowed {
+            writeln!(
+                out,
+                "  warning  layout change of {} allowed (--allow-layout-change): {}",
+                change.type_name,
+                change.changes.join("; ")
+            )?;
+        }
+        if !self.layout_checked && self.outcome == Outcome::Changed {
+            writeln!(
+                out,
+                "  warning  data layout not checked: the objects carry no DWARF (compile with -g)"
+            )?;
         }
         for name in &self.data {
             writeln!(out, "  data     {name}")?;

@@ -726,3 +726,165 @@ fn ubsan_source_locations_that_moved_are_no_change() {
         },
     );
 }
+
+/// The refusal texts of a fixture pair diffed with `options`.
+fn layout_diff(name: &str, options: &kpatch_diff::DiffOptions) -> Option<kpatch_diff::DiffOutput> {
+    if !common::have_tool("gcc") {
+        return None;
+    }
+    let orig = common::compile_fixture(name, "orig");
+    let patched = common::compile_fixture(name, "patched");
+    let object_name = format!("{name}.o");
+    let pair = kpatch_diff::Pair {
+        name: &object_name,
+        orig_name: "original",
+        orig: &orig,
+        patched: &patched,
+        klp_object: "vmlinux",
+    };
+    Some(kpatch_diff::diff_with(&pair, options).unwrap_or_else(|e| panic!("{name}: {e}")))
+}
+
+#[test]
+fn a_member_added_to_a_used_struct_is_refused_with_the_shadow_variable_advice() {
+    check(
+        "layout_member_added",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["session_bytes"],
+            refusals: &[
+                "cannot patch layout_member_added.o: the patch changes the layout of \
+                struct session: member bytes moved from offset 8 to offset 16; member buffer \
+                moved from offset 16 to offset 24; member cookie moved from offset 16 to offset \
+                24; member flags added at offset 8 (8 bytes); size changed from 24 to 32 bytes. \
+                The original code uses it (session_bytes), so objects laid out the old way may \
+                be live when the patch lands, and the new code would misread them. To give \
+                existing objects new state, leave the type as it is and keep the new field in a \
+                shadow variable (klp_shadow_alloc or klp_shadow_get_or_alloc where the object is \
+                first met, klp_shadow_get where it is used, klp_shadow_free when it goes away). \
+                If no object of the type can be live when the patch loads, pass \
+                --allow-layout-change 'struct session'",
+            ],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn a_resized_member_of_a_typedef_struct_is_refused_without_shadow_advice() {
+    let Some(output) = checked_diff(
+        "layout_resized",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["count_hit"],
+            refusals: &[
+                "cannot patch layout_resized.o: the patch changes the layout of \
+                counter_t: member hits moved from offset 4 to offset 8; member hits resized from \
+                4 bytes to 8 bytes; size changed from 8 to 16 bytes. The original code uses it \
+                (count_hit), so objects laid out the old way may be live when the patch lands, \
+                and the new code would misread them. If no object of the type can be live when \
+                the patch loads, pass --allow-layout-change 'counter_t'",
+            ],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    assert_eq!(output.report.refusals[0].symbol, "counter_t");
+}
+
+#[test]
+fn a_bit_field_that_moves_by_one_bit_is_a_layout_change() {
+    let Some(output) = layout_diff("layout_bitfield", &Default::default()) else {
+        return;
+    };
+    assert_eq!(output.report.outcome, Outcome::Unpatchable);
+    let reason = &output.report.refusals[0].reason;
+    for part in [
+        "layout of struct flags",
+        "member busy moved from bit 1 to bit 2",
+        "member count moved from bit 2 to bit 3",
+        "member stale added at bit 1 (1 bit)",
+        "klp_shadow_alloc",
+    ] {
+        assert!(reason.contains(part), "no `{part}` in: {reason}");
+    }
+}
+
+#[test]
+fn a_type_new_in_the_patch_and_a_renamed_member_pass_the_layout_check() {
+    for name in ["layout_new_type", "layout_renamed"] {
+        let Some(output) = layout_diff(name, &Default::default()) else {
+            return;
+        };
+        let report = &output.report;
+        assert!(report.layout_checked, "{name}: the layout was checked");
+        assert_eq!(
+            report.outcome,
+            Outcome::Changed,
+            "{name}: {:?}",
+            report.refusals
+        );
+        assert!(report.layout_changes_allowed.is_empty());
+    }
+}
+
+#[test]
+fn an_allowed_layout_change_is_reported_not_refused() {
+    let options = kpatch_diff::DiffOptions {
+        require_dwarf: true,
+        allowed_layout_changes: vec!["struct session".to_string()],
+    };
+    let Some(output) = layout_diff("layout_member_added", &options) else {
+        return;
+    };
+    let report = &output.report;
+    assert_eq!(report.outcome, Outcome::Changed, "{:?}", report.refusals);
+    assert_eq!(report.layout_changes_allowed.len(), 1);
+    let allowed = &report.layout_changes_allowed[0];
+    assert_eq!(allowed.type_name, "struct session");
+    assert!(allowed.member_added);
+    assert_eq!(allowed.users, ["session_bytes"]);
+    let json = serde_json::to_value(report).expect("report as JSON");
+    assert_eq!(
+        json["layout_changes_allowed"][0]["type_name"],
+        "struct session"
+    );
+    let mut text = Vec::new();
+    report.write_human(&mut text).expect("human report");
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("layout change of struct session allowed"),
+        "the human report names the allowed change:\n{text}"
+    );
+}
+
+#[test]
+fn objects_without_dwarf_are_refused_when_the_layout_check_needs_it() {
+    if !common::have_tool("gcc") {
+        return;
+    }
+    let orig = common::compile_fixture_with("layout_new_type", "orig", &["-g0"]);
+    let patched = common::compile_fixture_with("layout_new_type", "patched", &["-g0"]);
+    let pair = kpatch_diff::Pair {
+        name: "layout_new_type.o",
+        orig_name: "original",
+        orig: &orig,
+        patched: &patched,
+        klp_object: "vmlinux",
+    };
+    let unchecked = kpatch_diff::diff(&pair).expect("diff");
+    assert!(!unchecked.report.layout_checked);
+    assert_eq!(unchecked.report.outcome, Outcome::Changed);
+    let required = kpatch_diff::DiffOptions {
+        require_dwarf: true,
+        ..Default::default()
+    };
+    let refused = kpatch_diff::diff_with(&pair, &required).expect("diff");
+    assert_eq!(refused.report.outcome, Outcome::Unpatchable);
+    assert!(
+        refused.report.refusals[0].reason.contains("carry no DWARF"),
+        "{:?}",
+        refused.report.refusals
+    );
+}

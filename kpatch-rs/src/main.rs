@@ -110,6 +110,11 @@ struct BuildArgs {
     /// the kernel (its CONFIG_CC_VERSION_TEXT): only when you know the difference is harmless.
     #[arg(long)]
     skip_compiler_check: bool,
+    /// Build even though the patch changes the layout of TYPE (`struct foo`, `union bar`, or
+    /// a typedef's name), which kpatch-rs otherwise refuses: only when no object of that
+    /// type can be live when the patch loads. Repeat for more types; the report lists each.
+    #[arg(long = "allow-layout-change", value_name = "TYPE")]
+    allowed_layout_changes: Vec<String>,
     /// Sign the module with this private key (a PEM file, or a PKCS#11 URI), as the kernel's
     /// scripts/sign-file takes it, with the hash of the config's CONFIG_MODULE_SIG_HASH.
     #[arg(long, value_name = "KEY", requires = "sign_cert")]
@@ -264,6 +269,7 @@ fn build_options(args: &BuildArgs) -> Result<BuildOptions, InputError> {
         cache,
         make_vars: args.make_vars.clone(),
         skip_compiler_check: args.skip_compiler_check,
+        allowed_layout_changes: args.allowed_layout_changes.clone(),
         signing_key: match (&args.sign_key, &args.sign_cert) {
             (Some(key), Some(cert)) => Some(SigningKey {
                 key: key.clone(),

@@ -454,3 +454,53 @@ fn a_header_change_without_cmd_files_builds_the_original_tree_once() {
         std::fs::read(dir.path().join("b/livepatch-header-inline.ko")).expect("b")
     );
 }
+
+#[test]
+fn a_layout_change_is_refused_unless_allowed_and_then_reported() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("out");
+    let patch = fixture("fd-data-layout.patch");
+    // The test kernel has no CONFIG_DEBUG_INFO: kpatch-rs adds -g to read the layout.
+    let refused = build(&kernel, &output, &["--json"], std::slice::from_ref(&patch));
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let document: serde_json::Value =
+        serde_json::from_slice(&refused.stdout).expect("--json prints a document on refusal");
+    assert_eq!(document["refusals"][0]["object"], "fs/proc/fd.o");
+    assert_eq!(document["refusals"][0]["symbol"], "struct fd_data");
+    let reason = document["refusals"][0]["reason"].as_str().unwrap_or("");
+    for part in [
+        "member fd moved from offset 4 to offset 8",
+        "member lookup added at offset 4 (1 byte)",
+        "proc_fd_instantiate",
+        "klp_shadow_alloc",
+        "--allow-layout-change 'struct fd_data'",
+    ] {
+        assert!(reason.contains(part), "no `{part}` in: {reason}");
+    }
+    assert!(!output.exists() || std::fs::read_dir(&output).map(|d| d.count()).unwrap_or(0) == 0);
+
+    let allow = ["--allow-layout-change", "struct fd_data"];
+    let built = build(
+        &kernel,
+        &output,
+        &[&allow[..], &["--json"]].concat(),
+        std::slice::from_ref(&patch),
+    );
+    assert_eq!(built.status.code(), Some(0), "{}", stderr(&built));
+    let document: serde_json::Value = serde_json::from_slice(&built.stdout).expect("report");
+    let object = &document["objects"][0]["diff"];
+    assert_eq!(object["layout_checked"], true);
+    assert_eq!(
+        object["layout_changes_allowed"][0]["type_name"],
+        "struct fd_data"
+    );
+    assert_eq!(object["layout_changes_allowed"][0]["member_added"], true);
+    let human = build(&kernel, &output, &allow, &[patch]);
+    assert_eq!(human.status.code(), Some(0), "{}", stderr(&human));
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("warning: fs/proc/fd.o: the layout change of struct fd_data is allowed"),
+        "{text}"
+    );
+}

@@ -97,6 +97,9 @@ pub struct BuildLine {
     pub no_replace: bool,
     /// Signed with the test key ([`TEST_SIGNING_KEY`]).
     pub sign: bool,
+    /// Types passed as `--allow-layout-change`; the word is `--allow-layout-change=KIND:NAME`
+    /// for `KIND NAME` (`struct:foo_obj`), or `=NAME` for a typedef.
+    pub allow_layout_changes: Vec<String>,
     /// Patch files, relative to the case directory.
     pub patches: Vec<String>,
     /// Set when the build must fail.
@@ -111,7 +114,8 @@ pub struct ExpectedFailure {
     pub message: String,
 }
 
-/// Reads a `build` file: `NAME [--no-replace] [--sign] PATCH... [=> exit CODE: MESSAGE]` per line,
+/// Reads a `build` file: `NAME [--no-replace] [--sign] [--allow-layout-change=KIND:NAME]
+/// PATCH... [=> exit CODE: MESSAGE]` per line,
 /// blank lines and `#` comments ignored.
 pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, String> {
     let mut lines = Vec::new();
@@ -156,8 +160,13 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
         }
         let mut no_replace = false;
         let mut sign = false;
+        let mut allow_layout_changes = Vec::new();
         let mut patches = Vec::new();
         for word in words {
+            if let Some(type_name) = word.strip_prefix("--allow-layout-change=") {
+                allow_layout_changes.push(type_name.replacen(':', " ", 1));
+                continue;
+            }
             match word {
                 "--no-replace" => no_replace = true,
                 "--sign" => sign = true,
@@ -187,6 +196,7 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
             name: name.to_string(),
             no_replace,
             sign,
+            allow_layout_changes,
             patches,
             failure,
         });
@@ -407,6 +417,9 @@ fn run_builds(
                 .arg(&key)
                 .arg("--sign-cert")
                 .arg(&key);
+        }
+        for type_name in &line.allow_layout_changes {
+            command.arg("--allow-layout-change").arg(type_name);
         }
         for patch in &line.patches {
             let path = patch_path(&case.dir, patch);
@@ -745,6 +758,7 @@ mod tests {
             name: name.to_string(),
             no_replace,
             sign: false,
+            allow_layout_changes: Vec::new(),
             patches: patches.iter().map(|p| p.to_string()).collect(),
             failure: None,
         }
@@ -801,6 +815,12 @@ mod tests {
         );
         check_build_file("s --no-replace @cmdline.patch --sign\n", Ok(vec![signed]));
         check_build_file("s --signed a.patch\n", Err("unknown option --signed"));
+        let mut forced = build_line("f", false, &["a.patch"]);
+        forced.allow_layout_changes = vec!["struct foo_obj".to_string(), "counter_t".to_string()];
+        check_build_file(
+            "f --allow-layout-change=struct:foo_obj --allow-layout-change=counter_t a.patch\n",
+            Ok(vec![forced]),
+        );
         check_build_file("s --sign\n", Err("at least one patch"));
         check_build_file(
             "a a.patch\na b.patch\n",

@@ -68,7 +68,14 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         original_build.output.clone()
     };
     let objects = units_to_build(options, touched_files, &reference)?;
-    let include_flag = format!("-I{}", write_headers(&inputs.cache)?.display());
+    let config_text = read_file(&options.config, "kernel config", "pass --config")?;
+    let mut extra_flags = vec![format!("-I{}", write_headers(&inputs.cache)?.display())];
+    extra_flags.extend(
+        debug_info_flags(&String::from_utf8_lossy(&config_text))
+            .iter()
+            .map(|flag| flag.to_string()),
+    );
+    let include_flag = extra_flags.join(" ");
     let (original_result, patched_result) = std::thread::scope(|scope| {
         let original = scope.spawn(|| {
             original_build.prepare(&options.config)?;
@@ -95,6 +102,30 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         patched: patched_build,
         units: objects,
     })
+}
+
+/// The flags that give every compared object full DWARF for the layout check, whatever the
+/// kernel's own debug options: `-g` when the config has none (it changes no code: the diff's
+/// `debug_info_changes_no_code` test), every struct described in every unit when
+/// `CONFIG_DEBUG_INFO_REDUCED` would describe only the unit's own, and the DWARF kept in the
+/// object when `CONFIG_DEBUG_INFO_SPLIT` would move it to a `.dwo` file.
+pub fn debug_info_flags(config: &str) -> Vec<&'static str> {
+    let enabled = |option: &str| {
+        config
+            .lines()
+            .any(|line| line.strip_prefix(option) == Some("=y"))
+    };
+    let mut flags = Vec::new();
+    if !enabled("CONFIG_DEBUG_INFO") {
+        flags.push("-g");
+    }
+    if enabled("CONFIG_DEBUG_INFO_REDUCED") {
+        flags.push("-femit-struct-debug-detailed=any");
+    }
+    if enabled("CONFIG_DEBUG_INFO_SPLIT") {
+        flags.push("-gno-split-dwarf");
+    }
+    flags
 }
 
 /// Whether `build` is a Kbuild output directory whose `.cmd` files list dependencies.
@@ -177,4 +208,24 @@ fn write_headers(cache: &Path) -> Result<PathBuf, BuildError> {
     write("kpatch-syscall.h", module::KPATCH_SYSCALL_H)?;
     write("linux/livepatch_helpers.h", module::LIVEPATCH_HELPERS_H)?;
     Ok(include)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debug_info_flags;
+
+    #[test]
+    fn every_unit_gets_full_dwarf_whatever_the_debug_options() {
+        assert_eq!(
+            debug_info_flags("CONFIG_DEBUG_INFO_NONE=y\n# CONFIG_DEBUG_INFO is not set\n"),
+            ["-g"]
+        );
+        assert!(debug_info_flags("CONFIG_DEBUG_INFO=y\nCONFIG_DEBUG_INFO_DWARF5=y\n").is_empty());
+        assert_eq!(
+            debug_info_flags(
+                "CONFIG_DEBUG_INFO=y\nCONFIG_DEBUG_INFO_REDUCED=y\nCONFIG_DEBUG_INFO_SPLIT=y\n"
+            ),
+            ["-femit-struct-debug-detailed=any", "-gno-split-dwarf"]
+        );
+    }
 }

@@ -26,8 +26,13 @@ pub struct DiffedUnit {
     pub output: DiffOutput,
 }
 
-/// Reads each unit's object pair and diffs them all.
-pub fn diff_units(compiled: &Compiled) -> Result<Vec<DiffedUnit>, BuildError> {
+/// Reads each unit's object pair and diffs them all. The units are compiled with DWARF
+/// (`compile::debug_info_flags`), so the data layout of every type the original code uses is
+/// checked; `allowed_layout_changes` are the types the user accepts a layout change of.
+pub fn diff_units(
+    compiled: &Compiled,
+    allowed_layout_changes: &[String],
+) -> Result<Vec<DiffedUnit>, BuildError> {
     let mut inputs = Vec::new();
     for object in &compiled.units {
         let orig_name = format!("{} (original)", object.display());
@@ -62,7 +67,11 @@ pub fn diff_units(compiled: &Compiled) -> Result<Vec<DiffedUnit>, BuildError> {
             klp_object: klp_object.klp_name(),
         })
         .collect();
-    let results = kpatch_diff::diff_all(&pairs);
+    let options = kpatch_diff::DiffOptions {
+        require_dwarf: true,
+        allowed_layout_changes: allowed_layout_changes.to_vec(),
+    };
+    let results = kpatch_diff::diff_all_with(&pairs, &options);
     let mut diffed = Vec::new();
     for (result, (name, _, klp_object, orig, _)) in results.into_iter().zip(inputs) {
         let output = result?;

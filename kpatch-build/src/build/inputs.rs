@@ -429,6 +429,7 @@ mod tests {
             cache: dir.join("cache"),
             make_vars: Vec::new(),
             skip_compiler_check: true,
+            allowed_layout_changes: Vec::new(),
             signing_key: Some(SigningKey {
                 key: if key.starts_with("pkcs11:") {
                     key.to_string()

@@ -86,6 +86,9 @@ pub struct BuildOptions {
     /// Sign the module with this key, with the hash of the kernel config
     /// (`CONFIG_MODULE_SIG_HASH`); None writes it unsigned.
     pub signing_key: Option<SigningKey>,
+    /// Types whose layout change the user accepts (`--allow-layout-change`): reported, not
+    /// refused.
+    pub allowed_layout_changes: Vec<String>,
 }
 
 /// The symbols of the running kernel's vmlinux.
@@ -268,6 +271,18 @@ impl BuildReport {
                 writeln!(out, "  {status:8} {}", function.name)?;
             }
         }
+        for object in &self.objects {
+            for change in &object.diff.layout_changes_allowed {
+                writeln!(
+                    out,
+                    "warning: {}: the layout change of {} is allowed by --allow-layout-change, \
+                     and objects of it made before the patch will be misread: {}",
+                    object.object,
+                    change.type_name,
+                    change.changes.join("; ")
+                )?;
+            }
+        }
         for (section, count) in &self.klp_relocation_sections {
             writeln!(out, "  livepatch relocations: {section} ({count})")?;
         }
@@ -324,7 +339,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let compiled = compile::compile(options, &inputs)?;
     timer.lap("compile");
 
-    let diffed = diff_units::diff_units(&compiled)?;
+    let diffed = diff_units::diff_units(&compiled, &options.allowed_layout_changes)?;
     timer.lap("diff");
 
     let symvers = inputs::read_file(&options.symvers, "Module.symvers", "pass --symvers")?;
@@ -427,6 +442,8 @@ mod tests {
             data: Vec::new(),
             special_entries: BTreeMap::new(),
             dropped_entries: BTreeMap::new(),
+            layout_checked: true,
+            layout_changes_allowed: Vec::new(),
             module_keys: keys
                 .iter()
                 .map(|(key, _)| ModuleKey {

@@ -11,9 +11,11 @@ use kpatch_diff::report::Report;
 
 /// The x86_64 code-generation flags of a Linux 6.12 object as Kbuild compiles it (taken from a
 /// real `.o.cmd` file of the test kernel), at -O2 as distributions build, plus
-/// `-ffunction-sections -fdata-sections` as kpatch-rs builds. Warnings and include paths are
-/// left out: the fixtures are self-contained.
+/// `-ffunction-sections -fdata-sections` and `-g` as kpatch-rs builds (`-g` gives the layout
+/// check its DWARF, and changes no code: `debug_info_changes_no_code`). Warnings and include
+/// paths are left out: the fixtures are self-contained.
 pub const KERNEL_CFLAGS: &[&str] = &[
+    "-g",
     "-O2",
     "-std=gnu11",
     "-nostdinc",
@@ -86,6 +88,11 @@ pub fn have_tool(tool: &str) -> bool {
 /// Compiles `fixtures/NAME.VARIANT.c` as `NAME.c` (so `__FILE__` is the same in both variants,
 /// as it is for a kernel source file before and after a patch) and returns the object bytes.
 pub fn compile_fixture(name: &str, variant: &str) -> Vec<u8> {
+    compile_fixture_with(name, variant, &[])
+}
+
+/// Compiles a fixture as [`compile_fixture`] does, with `more` flags after the others.
+pub fn compile_fixture_with(name: &str, variant: &str, more: &[&str]) -> Vec<u8> {
     let fixtures = repo_root().join("fixtures");
     let dir = tempfile::tempdir().expect("cannot create a temporary directory");
     let source = dir.path().join(format!("{name}.c"));
@@ -106,6 +113,7 @@ pub fn compile_fixture(name: &str, variant: &str) -> Vec<u8> {
     let output = Command::new("gcc")
         .args(KERNEL_CFLAGS)
         .args(&extra)
+        .args(more)
         .arg("-c")
         .arg(format!("{name}.c"))
         .arg("-o")
