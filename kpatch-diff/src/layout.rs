@@ -496,13 +496,21 @@ fn type_names(dies: &HashMap<usize, Die>) -> HashMap<usize, String> {
 }
 
 /// The size of a type in bytes, through typedefs, qualifiers and arrays.
-fn type_size(dies: &HashMap<usize, Die>, mut offset: usize) -> u64 {
+fn type_size(dies: &HashMap<usize, Die>, offset: usize) -> u64 {
+    sized(dies, offset, 0)
+}
+
+/// [`type_size`], `depth` arrays deep: a malformed DWARF can make an array its own element.
+fn sized(dies: &HashMap<usize, Die>, mut offset: usize, depth: usize) -> u64 {
+    if depth > 16 {
+        return 0;
+    }
     for _ in 0..64 {
         let Some(die) = dies.get(&offset) else {
             return 0;
         };
         if die.tag == gimli::DW_TAG_array_type {
-            let element = die.ty.map_or(0, |t| type_size(dies, t));
+            let element = die.ty.map_or(0, |t| sized(dies, t, depth + 1));
             let count: u64 = die
                 .children
                 .iter()

@@ -96,3 +96,42 @@ fn debug_info_changes_no_code() {
     }
     assert_eq!(compared, names.len() * 2);
 }
+
+/// A malformed DWARF is a refusal or an error, never a panic: each byte of `.debug_info`
+/// and `.debug_abbrev` in turn (every third one) set to a value that breaks something.
+#[test]
+fn corrupt_dwarf_never_panics() {
+    if !common::have_tool("gcc") {
+        return;
+    }
+    let orig = common::compile_fixture("layout_member_added", "orig");
+    let patched = common::compile_fixture("layout_member_added", "patched");
+    let parsed = Object::parse("patched", &patched).expect("object");
+    let file = object::read::File::parse(patched.as_slice()).expect("object file");
+    let mut tried = 0;
+    for name in [".debug_info", ".debug_abbrev"] {
+        assert!(parsed.sections.iter().any(|s| s.name == name));
+        let section = object::Object::section_by_name(&file, name).expect("DWARF section");
+        let (start, size) = object::ObjectSection::file_range(&section).expect("file range");
+        for offset in (start..start + size).step_by(3) {
+            for value in [0x00u8, 0xff, 0x7f] {
+                let mut broken = patched.clone();
+                broken[offset as usize] = value;
+                let pair = kpatch_diff::Pair {
+                    name: "broken.o",
+                    orig_name: "original",
+                    orig: &orig,
+                    patched: &broken,
+                    klp_object: "vmlinux",
+                };
+                let options = kpatch_diff::DiffOptions {
+                    require_dwarf: true,
+                    ..Default::default()
+                };
+                let _ = kpatch_diff::diff_with(&pair, &options);
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried > 100, "only {tried} corruptions tried");
+}
