@@ -104,6 +104,9 @@ impl LayoutChange {
     }
 }
 
+/// At most this many moved members are named in a message, the rest counted.
+const NAMED_MOVES: usize = 4;
+
 /// At most this many users are named in a message.
 const NAMED_USERS: usize = 8;
 
@@ -243,26 +246,14 @@ fn compare_layouts(old: &Layout, new: &Layout) -> (Vec<String>, bool) {
         }
         renamed.is_none()
     });
-    for member in &old.members {
-        let Some(now) = new_members.get(member.name.as_str()) else {
-            continue;
-        };
-        if now.offset_bits != member.offset_bits {
-            lines.push(format!(
-                "member {} moved from {} to {}",
-                member.name,
-                offset_text(member.offset_bits),
-                offset_text(now.offset_bits)
-            ));
-        }
-        if now.size_bits != member.size_bits {
-            lines.push(format!(
-                "member {} resized from {} to {}",
-                member.name,
-                size_text(member.size_bits),
-                size_text(now.size_bits)
-            ));
-        }
+    // Added and removed members first: they are the change; moves follow from them.
+    for member in &added {
+        lines.push(format!(
+            "member {} added at {} ({})",
+            member.name,
+            offset_text(member.offset_bits),
+            size_text(member.size_bits)
+        ));
     }
     for member in &removed {
         lines.push(format!(
@@ -272,14 +263,34 @@ fn compare_layouts(old: &Layout, new: &Layout) -> (Vec<String>, bool) {
             size_text(member.size_bits)
         ));
     }
-    for member in &added {
-        lines.push(format!(
-            "member {} added at {} ({})",
-            member.name,
-            offset_text(member.offset_bits),
-            size_text(member.size_bits)
-        ));
+    let mut moved = Vec::new();
+    for member in &old.members {
+        let Some(now) = new_members.get(member.name.as_str()) else {
+            continue;
+        };
+        if now.size_bits != member.size_bits {
+            lines.push(format!(
+                "member {} resized from {} to {}",
+                member.name,
+                size_text(member.size_bits),
+                size_text(now.size_bits)
+            ));
+        }
+        if now.offset_bits != member.offset_bits {
+            moved.push(format!(
+                "member {} moved from {} to {}",
+                member.name,
+                offset_text(member.offset_bits),
+                offset_text(now.offset_bits)
+            ));
+        }
     }
+    if moved.len() > NAMED_MOVES {
+        let more = moved.len() - NAMED_MOVES;
+        moved.truncate(NAMED_MOVES);
+        moved.push(format!("{more} more members moved"));
+    }
+    lines.append(&mut moved);
     if old.size != new.size {
         lines.push(format!(
             "size changed from {} to {} bytes",
@@ -748,8 +759,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "member b moved from offset 4 to offset 8",
                 "member x added at offset 4 (4 bytes)",
+                "member b moved from offset 4 to offset 8",
                 "size changed from 8 to 12 bytes",
             ]
         );

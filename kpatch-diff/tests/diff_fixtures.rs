@@ -754,9 +754,9 @@ fn a_member_added_to_a_used_struct_is_refused_with_the_shadow_variable_advice() 
             changed: &["session_bytes"],
             refusals: &[
                 "cannot patch layout_member_added.o: the patch changes the layout of \
-                struct session: member bytes moved from offset 8 to offset 16; member buffer \
-                moved from offset 16 to offset 24; member cookie moved from offset 16 to offset \
-                24; member flags added at offset 8 (8 bytes); size changed from 24 to 32 bytes. \
+                struct session: member flags added at offset 8 (8 bytes); member bytes moved \
+                from offset 8 to offset 16; member buffer moved from offset 16 to offset 24; \
+                member cookie moved from offset 16 to offset 24; size changed from 24 to 32 bytes. \
                 The original code uses it (session_bytes), so objects laid out the old way may \
                 be live when the patch lands, and the new code would misread them. To give \
                 existing objects new state, leave the type as it is and keep the new field in a \
@@ -779,8 +779,8 @@ fn a_resized_member_of_a_typedef_struct_is_refused_without_shadow_advice() {
             changed: &["count_hit"],
             refusals: &[
                 "cannot patch layout_resized.o: the patch changes the layout of \
-                counter_t: member hits moved from offset 4 to offset 8; member hits resized from \
-                4 bytes to 8 bytes; size changed from 8 to 16 bytes. The original code uses it \
+                counter_t: member hits resized from 4 bytes to 8 bytes; member hits moved from \
+                offset 4 to offset 8; size changed from 8 to 16 bytes. The original code uses it \
                 (count_hit), so objects laid out the old way may be live when the patch lands, \
                 and the new code would misread them. If no object of the type can be live when \
                 the patch loads, pass --allow-layout-change 'counter_t'",

@@ -1394,6 +1394,13 @@ fn markdown(summary: &Summary, rows: &[Row]) -> String {
 fn refusal_rationale(reason: &str) -> Option<&'static str> {
     const RULES: &[(&str, &str)] = &[
         (
+            "the patch changes the layout of",
+            "objects the running kernel made with the old layout (a device's private data, \
+             allocated when it was probed) stay live, and the patched code would read and write \
+             them at the new offsets, into their neighbours or past their end \
+             (tests/build-layout-forced shows it)",
+        ),
+        (
             "kernel thread's main loop",
             "the thread sleeps inside the changed function and never returns from it, so the \
              transition would never finish (seen in QEMU: the task stays on the old code)",
@@ -1977,6 +1984,8 @@ mod tests {
              thread's main loop (it calls kthread_should_stop)",
             "cannot patch security/selinux/avc.o: function avc_has_perm_noaudit changed and has \
              no __fentry__ call for the livepatch to hook",
+            "cannot patch drivers/hwmon/emc1403.o: the patch changes the layout of struct \
+             thermal_data: member mutex added at offset 16 (32 bytes)",
         ] {
             assert!(refusal_rationale(reason).is_some(), "{reason}");
         }
