@@ -1395,10 +1395,10 @@ fn refusal_rationale(reason: &str) -> Option<&'static str> {
     const RULES: &[(&str, &str)] = &[
         (
             "the patch changes the layout of",
-            "objects the running kernel made with the old layout (a device's private data, \
-             allocated when it was probed) stay live, and the patched code would read and write \
-             them at the new offsets, into their neighbours or past their end \
-             (tests/build-layout-forced shows it)",
+            "objects the running kernel made with the old layout (a device's private data \
+             from its probe, a connection's or a netlink dump's state) stay live, and the \
+             patched code would read and write them at the new offsets, into their neighbours \
+             or past their end (tests/build-layout-forced shows it)",
         ),
         (
             "kernel thread's main loop",
