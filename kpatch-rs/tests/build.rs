@@ -198,7 +198,7 @@ fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
         &[],
         "stale.patch",
         1,
-        "failed: `patch -p1 --batch --forward",
+        "stale.patch does not apply to fs/proc/cmdline.c: hunk #1 at line 7 FAILED",
     );
     check(&[], "data-init.patch", 2, "cannot patch kernel/panic.o");
     // A refusal is a document on stdout with --json, each refusal as data.

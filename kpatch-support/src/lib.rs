@@ -3,7 +3,7 @@
 //! input (a built kernel, kernel fixtures) is missing. No dependencies, so that any crate can
 //! use it, the `no_std` core's tests included.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// FNV-1a, 64 bits: stable across Rust versions and platforms, unlike `DefaultHasher`, so a
 /// cache key computed today finds the entry written yesterday.
@@ -69,6 +69,49 @@ pub fn skip_unless_ci(why: &str) {
     eprintln!("skipped: {why}");
 }
 
+/// A fingerprint of the tree at `root` that any write to it changes: every entry's path,
+/// type, size, permissions, inode and modification time (not its change time, which a hard
+/// link to a file moves without writing it), symlink targets, and the contents of the files
+/// in `read` (paths relative to `root`). Returns the number of entries and the hash; the
+/// fault tests take it before and after, to show that the user's tree was never written.
+pub fn tree_fingerprint(root: &Path, read: &[&str]) -> std::io::Result<(usize, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut hash = Fnv1a::new();
+    let mut count = 0;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(&relative))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for name in entries {
+            let path = relative.join(&name);
+            let meta = std::fs::symlink_metadata(root.join(&path))?;
+            count += 1;
+            hash.write(path.as_os_str().as_encoded_bytes()).write(&[0]);
+            for value in [
+                meta.mode().into(),
+                meta.len(),
+                meta.ino(),
+                meta.mtime() as u64,
+                meta.mtime_nsec() as u64,
+            ] {
+                hash.write(&value.to_le_bytes());
+            }
+            if meta.is_symlink() {
+                let target = std::fs::read_link(root.join(&path))?;
+                hash.write(target.as_os_str().as_encoded_bytes());
+            } else if meta.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    for file in read {
+        hash.write(&std::fs::read(root.join(file))?).write(&[0]);
+    }
+    Ok((count, hash.finish()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +122,23 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn a_tree_fingerprint_sees_writes_and_not_hard_links() {
+        let dir = std::env::temp_dir().join(format!("kpatch-support-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tree/fs")).expect("mkdir");
+        std::fs::write(dir.join("tree/fs/a.c"), "a").expect("write");
+        let before = tree_fingerprint(&dir.join("tree"), &["fs/a.c"]).expect("fingerprint");
+        assert_eq!(before.0, 2);
+        std::fs::hard_link(dir.join("tree/fs/a.c"), dir.join("link.c")).expect("link");
+        let linked = tree_fingerprint(&dir.join("tree"), &["fs/a.c"]).expect("fingerprint");
+        std::fs::write(dir.join("tree/fs/a.c"), "b").expect("write");
+        let written = tree_fingerprint(&dir.join("tree"), &["fs/a.c"]).expect("fingerprint");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(before, linked);
+        assert_ne!(before, written);
     }
 
     #[test]

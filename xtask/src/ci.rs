@@ -66,6 +66,15 @@ pub fn run(args: &[String]) -> Result<()> {
             .map_err(Into::into),
     );
 
+    // `kpatch-rs build` killed at random points and run side by side: nothing lost.
+    let kills = crate::faults::CI_KILLS.to_string();
+    step(
+        "faults",
+        cmd!(sh, "cargo xtask faults --kills {kills}")
+            .run()
+            .map_err(Into::into),
+    );
+
     // Debian's own 6.12 kernel, livepatched by kpatch-rs from both symbol sources.
     step(
         "distro test",

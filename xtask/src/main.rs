@@ -13,6 +13,7 @@ mod ci;
 mod demo;
 mod deps;
 mod distro;
+mod faults;
 mod fixtures;
 mod guest;
 mod kernel;
@@ -34,6 +35,9 @@ commands:
   ci        everything CI checks: fmt, clippy, unit tests, QEMU tests
   distro-test  livepatch Debian's own 6.12 kernel in QEMU: 3 patches, debug vmlinux and
             System.map as symbol sources [--bench: also estimate a full build]
+  faults    kpatch-rs build killed (SIGKILL) at random points, then run again, and builds
+            side by side in one cache and in two: the same bytes, the tree untouched
+            [--kills N (50)] [--seed S] [--keep]
   deps      install the Debian packages the harness needs (apt-get)
   kernel    build the cached test kernel [--print-dirs] [--core c|rust|rust-pre-fix]
             [--fragment FILE]...
@@ -77,6 +81,7 @@ fn dispatch() -> Result<()> {
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
         "distro-test" => distro::run(rest),
+        "faults" => faults::run(rest),
         "kernel" => kernel::run(rest),
         "qemu-test" => qemu_test::run(rest),
         "fixtures" => fixtures::run(rest),

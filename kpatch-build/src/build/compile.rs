@@ -51,7 +51,9 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         given_reference
     } else {
         original_build.prepare(&options.config)?;
-        if !has_cmd_files(&original_build.output) {
+        // Its own stamp, not `.vmlinux.cmd`: a build killed while making the modules has one.
+        let built = original_build.output.join(".kpatch-built-all");
+        if !built.is_file() {
             eprintln!(
                 "kpatch-rs: a header changed and {} has no .cmd files; building the original \
                  tree once (kept in {}, log {})",
@@ -64,6 +66,7 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
                 ..original_build.clone()
             };
             whole.build_all("building the original tree once for header dependencies")?;
+            fs::write(&built, "").map_err(io_error("write", &built))?;
         }
         original_build.output.clone()
     };

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::kbuild;
 use super::sign::{self, SigningKey};
 use super::units;
+use super::{patches, version};
 use kpatch_diff::compare::Refusal;
 
 use super::{io_error, BuildError, BuildOptions, SymbolSource};
@@ -75,6 +76,18 @@ pub enum InputError {
     )]
     ReleaseMismatch { release: String, version: String },
     #[error(
+        "the source tree {} is Linux {source_version} (its Makefile), and {what} is of \
+         {other}: pass the source the running kernel was built from with --sourcedir, or the \
+         running kernel's files",
+        tree.display()
+    )]
+    VersionMismatch {
+        tree: PathBuf,
+        source_version: String,
+        what: String,
+        other: String,
+    },
+    #[error(
         "kernel release {0:?} has white space or quotes; pass `uname -r` of the running \
          kernel with --kernel-release"
     )]
@@ -128,7 +141,9 @@ pub struct Inputs {
     /// The hash to sign the module with (`CONFIG_MODULE_SIG_HASH`), when signing is asked for.
     pub signature_hash: Option<String>,
     /// One build at a time per cache entry: two builds would patch the same tree. Held until
-    /// the value is dropped, at the end of the build.
+    /// the value is dropped, at the end of the build, and by every program the build starts
+    /// for as long as it runs (`kbuild::inherit_lock`), even when kpatch-rs is killed.
+    _children_lock: kbuild::InheritedLock,
     _lock: fs::File,
 }
 
@@ -180,9 +195,17 @@ pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
     let cache = options.cache.join(&key);
     fs::create_dir_all(&cache).map_err(io_error("create the cache", &cache))?;
     let lock_path = cache.join("lock");
-    let lock = fs::File::create(&lock_path)
+    // Read and write: programs read it as their standard input (and find it empty).
+    let lock = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
         .and_then(|file| file.lock().map(|()| file))
         .map_err(io_error("lock", &lock_path))?;
+    let children_lock =
+        kbuild::inherit_lock(&lock).map_err(io_error("share the lock", &lock_path))?;
     let log = cache.join("build.log");
     let _ = fs::remove_file(&log);
     let release = kernel_release(options)?;
@@ -192,6 +215,7 @@ pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
         log,
         release,
         signature_hash,
+        _children_lock: children_lock,
         _lock: lock,
     })
 }
@@ -292,6 +316,11 @@ fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
     if !options.symbols.path().is_file() {
         return Err(InputError::NoSymbols(options.symbols.path().to_path_buf()).into());
     }
+    let vmlinux = match &options.symbols {
+        SymbolSource::Vmlinux(path) => Some(path.as_path()),
+        SymbolSource::SystemMap(_) => None,
+    };
+    version::check_source_matches(source, &options.config, &config, vmlinux)?;
     if !options.symvers.is_file() {
         return Err(InputError::NoSymvers(options.symvers.clone()).into());
     }
@@ -324,11 +353,16 @@ fn signature_hash(options: &BuildOptions) -> Result<Option<String>, BuildError> 
 
 /// The files the patches touch, relative to the tree.
 fn touched_files(options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
-    let mut touched = Vec::new();
+    let mut texts = Vec::new();
     for patch in &options.patches {
         let text = read_file(patch, "patch", "pass an existing patch file")?;
-        let text = String::from_utf8_lossy(&text);
-        touched.extend(units::touched_files(&patch.display().to_string(), &text)?);
+        texts.push((patch.display().to_string(), text));
+    }
+    // What kpatch-rs refuses in a patch comes first: a binary change names no file to touch.
+    patches::check_patches(&texts, &options.sourcedir)?;
+    let mut touched = Vec::new();
+    for (name, text) in &texts {
+        touched.extend(units::touched_files(name, &String::from_utf8_lossy(text))?);
     }
     Ok(touched)
 }
@@ -371,32 +405,8 @@ fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> 
     let Some(release) = release else {
         return Ok(None);
     };
-    let makefile = read_file(
-        &options.sourcedir.join("Makefile"),
-        "kernel Makefile",
-        "pass a kernel source tree with --sourcedir",
-    )?;
-    let makefile = String::from_utf8_lossy(&makefile);
-    let field = |key: &str| {
-        makefile
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(key)?
-                    .trim()
-                    .strip_prefix('=')
-                    .map(str::trim)
-            })
-            .unwrap_or("")
-            .to_string()
-    };
-    let version = format!(
-        "{}.{}.{}",
-        field("VERSION"),
-        field("PATCHLEVEL"),
-        field("SUBLEVEL")
-    );
-    let after = release.strip_prefix(&version);
-    if after.is_none_or(|rest| rest.starts_with(|c: char| c.is_ascii_digit())) {
+    let (version, _) = version::source_version(&options.sourcedir)?;
+    if !version::release_of(&release, &version) {
         return Err(InputError::ReleaseMismatch { release, version }.into());
     }
     if release.chars().any(|c| c.is_whitespace() || c == '\'') {

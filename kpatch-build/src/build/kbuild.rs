@@ -14,6 +14,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 /// The code-generation flags every compared object is built with: one section per function
 /// and per data object, so the diff can take or leave each one alone.
@@ -40,8 +41,56 @@ pub fn compiler_version(compiler: &str) -> Result<String, CommandError> {
     Ok(version.lines().next().unwrap_or("").to_string())
 }
 
+/// Every program kpatch-rs runs gets, as its standard input, the build's lock file: a
+/// program that reads it finds it empty, and every process the build starts, down to the
+/// compilers make runs, holds the lock as long as it lives. So a build killed with SIGKILL,
+/// whose make goes on without it, still holds its cache entry until that make is done, and
+/// the next build waits for it instead of building beside it in the same directories.
+static CHILD_STDIN: Mutex<Option<File>> = Mutex::new(None);
+
+/// While this lives, programs started here inherit the build's lock ([`CHILD_STDIN`]).
+#[derive(Debug)]
+pub struct InheritedLock(());
+
+/// Hands `lock` (the locked file) to every program started until the returned value is
+/// dropped. One build at a time per process.
+pub fn inherit_lock(lock: &File) -> std::io::Result<InheritedLock> {
+    let clone = lock.try_clone()?;
+    *CHILD_STDIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+    Ok(InheritedLock(()))
+}
+
+impl Drop for InheritedLock {
+    fn drop(&mut self) {
+        *CHILD_STDIN.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// The standard input of a program: the build's lock when one is held, else nothing.
+fn child_stdin() -> Stdio {
+    CHILD_STDIN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|file| file.try_clone().ok())
+        .map_or_else(Stdio::null, Stdio::from)
+}
+
 /// Runs `command`, appending its output to `log`; `what` describes the step for the error.
 pub fn run_logged(what: &str, command: &mut Command, log: &Path) -> Result<(), CommandError> {
+    match run_logged_output(what, command, log)? {
+        (_, None) => Ok(()),
+        (_, Some(error)) => Err(error),
+    }
+}
+
+/// Runs `command` with its output appended to `log`, and returns what it wrote there and,
+/// when it failed, the error; Err only when it could not run at all.
+fn run_logged_output(
+    what: &str,
+    command: &mut Command,
+    log: &Path,
+) -> Result<(String, Option<CommandError>), CommandError> {
     let line = render_command(command);
     let error = |tail: String| CommandError {
         what: what.to_string(),
@@ -59,6 +108,7 @@ pub fn run_logged(what: &str, command: &mut Command, log: &Path) -> Result<(), C
         .map_err(|e| error(format!(": cannot open log {}: {e}", log.display())))?;
     let start = file.seek(SeekFrom::End(0)).unwrap_or(0);
     let _ = writeln!(file, "$ {line}");
+    let after_line = file.stream_position().unwrap_or(start);
     let stdout = file
         .try_clone()
         .map_err(|e| error(format!(": cannot share log: {e}")))?;
@@ -66,22 +116,49 @@ pub fn run_logged(what: &str, command: &mut Command, log: &Path) -> Result<(), C
         .try_clone()
         .map_err(|e| error(format!(": cannot share log: {e}")))?;
     let status = command
-        .stdin(Stdio::null())
+        .stdin(child_stdin())
         .stdout(stdout)
         .stderr(stderr)
         .status()
         .map_err(|e| error(format!(": cannot start it: {e}")))?;
+    let output = log_text(log, after_line);
     if status.success() {
-        return Ok(());
+        return Ok((output, None));
     }
     let tail = log_tail(log, start, 25);
     let first = first_error(log, start)
         .map(|line| format!("; first error: {line}"))
         .unwrap_or_default();
-    Err(error(format!(
-        " ({status}){first}; last lines of {}:\n{tail}",
+    // A full file system may have kept the command from writing even its complaint.
+    let full = if output.contains("No space left on device") {
+        format!(
+            "; the file system of {} is full: free space on it, or pass --cache-dir on another \
+             file system",
+            log.parent().unwrap_or(log).display()
+        )
+    } else if output.trim().is_empty() && start == after_line {
+        format!(
+            "; nothing reached the log {}: is its file system full?",
+            log.display()
+        )
+    } else {
+        String::new()
+    };
+    let failure = error(format!(
+        " ({status}){first}{full}; last lines of {}:\n{tail}",
         log.display()
-    )))
+    ));
+    Ok((output, Some(failure)))
+}
+
+/// What the log got after byte `start`.
+fn log_text(log: &Path, start: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(log) {
+        let _ = file.seek(SeekFrom::Start(start));
+        let _ = file.read_to_string(&mut text);
+    }
+    text
 }
 
 /// The first line of the compiler's, the linker's or modpost's own error in what the log got
@@ -96,6 +173,7 @@ fn first_error(log: &Path, start: u64) -> Option<String> {
         .find(|line| {
             line.contains(": error:")
                 || line.contains(": fatal error:")
+                || line.contains("No space left on device")
                 || line.starts_with("ERROR: ")
                 || line.contains(": undefined reference to ")
         })
@@ -138,11 +216,7 @@ fn render_command(command: &Command) -> String {
 
 /// The last `lines` lines that the log got after byte `start`.
 fn log_tail(log: &Path, start: u64, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut file) = File::open(log) {
-        let _ = file.seek(SeekFrom::Start(start));
-        let _ = file.read_to_string(&mut text);
-    }
+    let text = log_text(log, start);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -285,32 +359,54 @@ pub fn link_tree(source: &Path, copy: &Path, log: &Path) -> Result<(), CommandEr
     )
 }
 
-/// Applies `patch` to `tree` with `patch -p1`, checking first with a dry run so that a patch
-/// that does not apply leaves the tree as it was.
-pub fn apply_patch(tree: &Path, patch: &Path, log: &Path) -> Result<(), CommandError> {
+/// How `patch` is run: a dry run with the fuzz it may use, or for real (without fuzz).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchMode {
+    DryRun { fuzz: u32 },
+    Apply,
+}
+
+/// What one run of `patch` printed, and the error when it failed.
+#[derive(Debug)]
+pub struct PatchRun {
+    pub output: String,
+    pub failure: Option<CommandError>,
+}
+
+/// Runs `patch -p1` on `tree` with `patch` (`patches::apply` decides what to make of it).
+pub fn run_patch(
+    tree: &Path,
+    patch: &Path,
+    mode: PatchMode,
+    log: &Path,
+) -> Result<PatchRun, CommandError> {
     // `patch -d` reads `-i` relative to the tree, so a relative path must be made absolute.
     let patch = &std::path::absolute(patch).unwrap_or_else(|_| patch.to_path_buf());
-    let patch_command = |dry_run: bool| {
-        let mut command = Command::new("patch");
-        command
-            .arg("-p1")
-            .arg("--batch")
-            .arg("--forward")
-            .arg("--no-backup-if-mismatch")
-            .arg("-r")
-            .arg("-")
-            .arg("-d")
-            .arg(tree)
-            .arg("-i")
-            .arg(patch);
-        if dry_run {
-            command.arg("--dry-run");
-        }
-        command
-    };
+    let mut command = Command::new("patch");
+    command
+        .arg("-p1")
+        .arg("--batch")
+        .arg("--forward")
+        .arg("--no-backup-if-mismatch")
+        .arg("-r")
+        .arg("-")
+        .arg(format!(
+            "--fuzz={}",
+            match mode {
+                PatchMode::DryRun { fuzz } => fuzz,
+                PatchMode::Apply => 0,
+            }
+        ))
+        .arg("-d")
+        .arg(tree)
+        .arg("-i")
+        .arg(patch);
+    if matches!(mode, PatchMode::DryRun { .. }) {
+        command.arg("--dry-run");
+    }
     let what = format!("applying {}", patch.display());
-    run_logged(&what, &mut patch_command(true), log)?;
-    run_logged(&what, &mut patch_command(false), log)
+    let (output, failure) = run_logged_output(&what, &mut command, log)?;
+    Ok(PatchRun { output, failure })
 }
 
 /// The `ld` that links kernel objects for x86_64.

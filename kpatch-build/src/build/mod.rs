@@ -22,6 +22,7 @@ use klp_records::RecordError;
 use kpatch_diff::elf::ElfError;
 use kpatch_diff::DiffError;
 use module::{KlpObject, LivepatchModule, ModuleError};
+use patches::PatchError;
 use post_link::PostLinkError;
 use replacements::ReplacementsError;
 use resolve::{Exports, ResolveError};
@@ -32,11 +33,13 @@ use units::UnitsError;
 
 pub mod compile;
 pub mod diff_units;
+pub mod files;
 pub mod inputs;
 pub mod kbuild;
 pub mod klp_records;
 pub mod link;
 pub mod module;
+pub mod patches;
 pub mod post_link;
 pub mod references;
 pub mod replacements;
@@ -44,6 +47,7 @@ pub mod resolve;
 pub mod sign;
 pub mod trees;
 pub mod units;
+pub mod version;
 
 pub use references::unreachable_keys;
 
@@ -118,7 +122,7 @@ impl SymbolSource {
 
 /// A file operation that failed: what was done, to which path, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {op} {}: {source}", path.display())]
+#[error("cannot {op} {}: {source}{}", path.display(), files::storage_full_hint(source))]
 pub struct IoError {
     pub op: &'static str,
     pub path: PathBuf,
@@ -146,6 +150,8 @@ pub enum BuildError {
     Input(#[from] InputError),
     #[error(transparent)]
     Units(#[from] UnitsError),
+    #[error(transparent)]
+    Patch(#[from] PatchError),
     #[error(transparent)]
     Tree(#[from] TreeError),
     #[error(transparent)]
@@ -408,7 +414,8 @@ fn livepatch_module(
 }
 
 /// The finished module (rewritten by post-link, signed when asked for) written to the
-/// output directory, the only file a build writes there.
+/// output directory, the only file a build writes there: all or nothing, so that a build
+/// killed or out of space never leaves a partial module under the module's name.
 fn write_module(
     options: &BuildOptions,
     livepatch: &LivepatchModule,
@@ -416,7 +423,7 @@ fn write_module(
 ) -> Result<PathBuf, BuildError> {
     fs::create_dir_all(&options.output).map_err(io_error("create", &options.output))?;
     let module_path = options.output.join(format!("{}.ko", livepatch.name));
-    fs::write(&module_path, bytes).map_err(io_error("write", &module_path))?;
+    files::write_atomically(&module_path, bytes)?;
     Ok(module_path)
 }
 

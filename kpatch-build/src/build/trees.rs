@@ -14,8 +14,9 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::build::kbuild::{self, CommandError};
-use crate::build::{io_error, IoError};
+use crate::build::kbuild::CommandError;
+use crate::build::patches::{self, PatchError};
+use crate::build::{files, io_error, IoError};
 
 /// Why the patched tree could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,8 @@ pub enum TreeError {
     },
     #[error(transparent)]
     Command(#[from] CommandError),
+    #[error(transparent)]
+    Patch(#[from] PatchError),
     #[error(
         "applying the patches changed {path} in place, which would also change the original \
          tree; kpatch-rs refuses to continue"
@@ -41,22 +44,42 @@ pub enum TreeError {
 pub struct SyncStats {
     /// Files linked again (or for the first time).
     pub linked: usize,
+    /// Files copied, where the cache cannot hard-link the source's files.
+    pub copied: usize,
     /// Files and directories removed because the original lacks them.
     pub removed: usize,
 }
 
-/// Makes `copy` a hard-linked mirror of `source`.
+/// Makes `copy` a hard-linked mirror of `source`, or a copied one where hard links cannot
+/// be made: the source on another file system than the cache (or a read-only mount of it),
+/// or files the user may read but not link (`fs.protected_hardlinks`). A copy keeps the
+/// original's modification time and is written under a temporary name first, so that the
+/// next sync can tell a complete, current copy by its size and time.
 pub fn sync_linked_tree(source: &Path, copy: &Path) -> Result<SyncStats, TreeError> {
-    let mut stats = SyncStats::default();
-    sync_directory(source, copy, &mut stats).map_err(|e| TreeError::Mirror {
+    sync_tree(source, copy, true)
+}
+
+fn sync_tree(source: &Path, copy: &Path, try_links: bool) -> Result<SyncStats, TreeError> {
+    let mut state = SyncState {
+        stats: SyncStats::default(),
+        links: try_links,
+    };
+    sync_directory(source, copy, &mut state).map_err(|e| TreeError::Mirror {
         tree: source.to_path_buf(),
         copy: copy.to_path_buf(),
         source: e,
     })?;
-    Ok(stats)
+    Ok(state.stats)
 }
 
-fn sync_directory(source: &Path, copy: &Path, stats: &mut SyncStats) -> Result<(), IoError> {
+struct SyncState {
+    stats: SyncStats,
+    /// Whether hard links still work; the first that fails for want of a shared file
+    /// system or of permission turns the rest of the sync into copies.
+    links: bool,
+}
+
+fn sync_directory(source: &Path, copy: &Path, state: &mut SyncState) -> Result<(), IoError> {
     match fs::symlink_metadata(copy) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
@@ -74,7 +97,7 @@ fn sync_directory(source: &Path, copy: &Path, stats: &mut SyncStats) -> Result<(
         wanted.insert(name);
         let kind = entry.file_type().map_err(io_error("stat", &from))?;
         if kind.is_dir() {
-            sync_directory(&from, &to, stats)?;
+            sync_directory(&from, &to, state)?;
         } else if kind.is_symlink() {
             let target = fs::read_link(&from).map_err(io_error("read the link", &from))?;
             let current = fs::read_link(&to).ok();
@@ -82,25 +105,48 @@ fn sync_directory(source: &Path, copy: &Path, stats: &mut SyncStats) -> Result<(
                 remove_any(&to)?;
                 std::os::unix::fs::symlink(&target, &to)
                     .map_err(io_error("create the link", &to))?;
-                stats.linked += 1;
+                state.stats.linked += 1;
             }
         } else {
-            let source_inode = entry.metadata().map_err(io_error("stat", &from))?.ino();
-            let same = fs::symlink_metadata(&to)
-                .map(|meta| meta.is_file() && meta.ino() == source_inode)
-                .unwrap_or(false);
-            if !same {
-                remove_any(&to)?;
-                fs::hard_link(&from, &to).map_err(io_error("hard-link", &to))?;
-                stats.linked += 1;
+            let meta = entry.metadata().map_err(io_error("stat", &from))?;
+            let modified = meta.modified().map_err(io_error("stat", &from))?;
+            let current = fs::symlink_metadata(&to).ok().filter(|m| m.is_file());
+            let same = current.is_some_and(|copied| {
+                copied.ino() == meta.ino()
+                    || (copied.nlink() == 1
+                        && copied.len() == meta.len()
+                        && copied.modified().ok() == Some(modified))
+            });
+            if same {
+                continue;
             }
+            remove_any(&to)?;
+            if state.links {
+                match fs::hard_link(&from, &to) {
+                    Ok(()) => {
+                        state.stats.linked += 1;
+                        continue;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::CrossesDevices | io::ErrorKind::PermissionDenied
+                        ) =>
+                    {
+                        state.links = false;
+                    }
+                    Err(e) => return Err(io_error("hard-link", &to)(e)),
+                }
+            }
+            files::copy_atomically(&from, &to, modified)?;
+            state.stats.copied += 1;
         }
     }
     for entry in fs::read_dir(copy).map_err(io_error("list", copy))? {
         let entry = entry.map_err(io_error("list", copy))?;
         if !wanted.contains(&entry.file_name()) {
             remove_any(&entry.path())?;
-            stats.removed += 1;
+            state.stats.removed += 1;
         }
     }
     Ok(())
@@ -127,7 +173,7 @@ pub fn patch_tree(
 ) -> Result<SyncStats, TreeError> {
     let stats = sync_linked_tree(source, copy)?;
     for patch in patches {
-        kbuild::apply_patch(copy, patch, log)?;
+        patches::apply(copy, patch, log)?;
     }
     for path in touched {
         let original = fs::metadata(source.join(path)).map(|meta| meta.ino());
@@ -191,6 +237,7 @@ mod tests {
             stats,
             SyncStats {
                 linked: 2,
+                copied: 0,
                 removed: 1
             }
         );
@@ -221,13 +268,48 @@ mod tests {
         let error = patch_tree(&source, &copy, std::slice::from_ref(&patch), &[], &log)
             .expect_err("must fail");
         let message = error.to_string();
-        assert!(
-            message.starts_with(&format!("applying {} failed", patch.display())),
-            "{message}"
+        assert_eq!(
+            message,
+            format!(
+                "patch {} does not apply to a.c: hunk #1 at line 1 FAILED; the source tree is \
+                 not the one the patch was made for: make the patch against the running \
+                 kernel's source",
+                patch.display()
+            )
         );
-        assert!(message.contains("FAILED"), "{message}");
         assert_eq!(
             fs::read_to_string(copy.join("a.c")).expect("read"),
+            "int a = 1;\n"
+        );
+    }
+
+    #[test]
+    fn where_links_cannot_be_made_the_tree_is_copied_and_resynced_by_size_and_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = dir.path().join("source");
+        let copy = dir.path().join("copy");
+        write(&source.join("fs/a.c"), "int a = 1;\n");
+        write(&source.join("include/b.h"), "#define B 1\n");
+        let stats = sync_tree(&source, &copy, false).expect("copy");
+        assert_eq!((stats.linked, stats.copied), (0, 2));
+        let copied = fs::metadata(copy.join("fs/a.c")).expect("stat");
+        assert_ne!(
+            copied.ino(),
+            fs::metadata(source.join("fs/a.c")).expect("stat").ino()
+        );
+        assert_eq!(
+            sync_tree(&source, &copy, false).expect("sync"),
+            SyncStats::default()
+        );
+        // What patch writes is a new file of another time: copied again from the original.
+        fs::remove_file(copy.join("fs/a.c")).expect("rm");
+        write(&copy.join("fs/a.c"), "int a = 42;\n");
+        // A copy killed before its rename leaves a temporary file, which is removed.
+        write(&copy.join("fs/.a.c.kpatch-rs-partial-1"), "int a");
+        let stats = sync_tree(&source, &copy, false).expect("sync");
+        assert_eq!((stats.copied, stats.removed), (1, 1));
+        assert_eq!(
+            fs::read_to_string(copy.join("fs/a.c")).expect("read"),
             "int a = 1;\n"
         );
     }
