@@ -342,23 +342,6 @@ impl KernelBuild {
     }
 }
 
-/// Makes `copy` a hard-linked copy of `source` (replacing what was there), so that patching
-/// the copy costs one new file per touched file and the original stays untouched.
-pub fn link_tree(source: &Path, copy: &Path, log: &Path) -> Result<(), CommandError> {
-    if copy.exists() {
-        fs::remove_dir_all(copy).map_err(|e| CommandError {
-            what: "removing the previous patched tree".to_string(),
-            command: format!("rm -rf {}", copy.display()),
-            tail: format!(": {e}"),
-        })?;
-    }
-    run_logged(
-        "copying the source tree (hard links)",
-        Command::new("cp").arg("-al").arg(source).arg(copy),
-        log,
-    )
-}
-
 /// How `patch` is run: a dry run with the fuzz it may use, or for real (without fuzz).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchMode {
