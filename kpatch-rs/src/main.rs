@@ -10,10 +10,18 @@ use kpatch_build::build::{BuildError, BuildOptions, SymbolSource};
 
 mod cli;
 
+/// `--version`: the crate's version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KPATCH_RS_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kpatch-rs",
-    version,
+    version = VERSION,
     about = "Build Linux kernel livepatch modules from source diffs"
 )]
 struct Cli {
@@ -35,6 +43,12 @@ enum Command {
         #[command(subcommand)]
         command: CoreCommand,
     },
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell), e.g.
+    /// `kpatch-rs completions bash > /usr/share/bash-completion/completions/kpatch-rs`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (kpatch-rs.1, kpatch-rs-build.1, ...) into DIR.
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,7 +113,7 @@ struct BuildArgs {
     #[arg(short = 'o', long, default_value = ".")]
     output: std::path::PathBuf,
     /// Stack on earlier livepatches instead of replacing them (replacing is the default).
-    #[arg(long)]
+    #[arg(short = 'R', long)]
     no_replace: bool,
     /// A make variable for every Kbuild run, VAR=VALUE, repeatable: the toolchain the running
     /// kernel was built with where it is not the default, such as RUSTC=/usr/bin/rustc and
@@ -163,6 +177,21 @@ fn main() -> ExitCode {
                 ExitCode::from(kpatch_build::exit::ERROR)
             }
         },
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            let result = cli::docs::completions(shell, &mut Cli::command(), &mut std::io::stdout());
+            exit_code(result.map(|()| kpatch_build::exit::SUCCESS))
+        }
+        Some(Command::Man { dir }) => {
+            use clap::CommandFactory;
+            let result = cli::docs::man_pages(Cli::command(), &dir).map(|pages| {
+                for page in pages {
+                    println!("{}", dir.join(page).display());
+                }
+                kpatch_build::exit::SUCCESS
+            });
+            exit_code(result)
+        }
         Some(Command::Diff(args)) => exit_code(cli::diff::run(&args)),
         Some(Command::Build(args)) => run_build(*args),
         Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),

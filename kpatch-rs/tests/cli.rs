@@ -145,3 +145,56 @@ fn build_json_prints_a_document_when_no_module_is_built() {
     // The message is on stderr too, for the log.
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: "));
 }
+
+#[test]
+fn version_names_the_commit() {
+    let (code, text) = run(&["--version"]);
+    assert_eq!(code, Some(0));
+    let commit = text
+        .trim()
+        .strip_prefix(concat!(
+            "kpatch-rs ",
+            env!("CARGO_PKG_VERSION"),
+            " (commit "
+        ))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version: {text}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "not a commit: {commit}"
+    );
+}
+
+#[test]
+fn man_pages_and_completions_come_from_the_options() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (code, text) = run(&["man", &dir.path().display().to_string()]);
+    assert_eq!(code, Some(0), "{text}");
+    let build = std::fs::read_to_string(dir.path().join("kpatch-rs-build.1")).expect("build page");
+    for option in ["allow\\-layout\\-change", "no\\-replace", "sign\\-key"] {
+        assert!(build.contains(option), "kpatch-rs-build.1 lacks {option}");
+    }
+    assert!(dir.path().join("kpatch-rs-core-explore.1").is_file());
+    let (code, script) = run(&["completions", "bash"]);
+    assert_eq!(code, Some(0), "{script}");
+    assert!(script.contains("--allow-layout-change") && script.contains("-R"));
+    // The script loads in bash and registers the command.
+    let path = dir.path().join("kpatch-rs.bash");
+    std::fs::write(&path, &script).expect("write script");
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p kpatch-rs",
+            path.display()
+        ))
+        .output()
+        .expect("run bash");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("kpatch-rs"),
+        "bash: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (code, _) = run(&["completions", "no-such-shell"]);
+    assert_eq!(code, Some(1));
+}

@@ -75,6 +75,12 @@ pub fn run(args: &[String]) -> Result<()> {
             .map_err(Into::into),
     );
 
+    // What a package installs: the binary, its manual pages and shell completions.
+    step(
+        "dist",
+        cmd!(sh, "cargo xtask dist").run().map_err(Into::into),
+    );
+
     // Debian's own 6.12 kernel, livepatched by kpatch-rs from both symbol sources.
     step(
         "distro test",

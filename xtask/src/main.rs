@@ -12,6 +12,7 @@ mod cases;
 mod ci;
 mod demo;
 mod deps;
+mod dist;
 mod distro;
 mod faults;
 mod fixtures;
@@ -39,6 +40,7 @@ commands:
             side by side in one cache and in two: the same bytes, the tree untouched
             [--kills N (50)] [--seed S] [--keep]
   deps      install the Debian packages the harness needs (apt-get)
+  dist      the release binary, manual pages and shell completions under target/dist/
   kernel    build the cached test kernel [--print-dirs] [--core c|rust|rust-pre-fix]
             [--fragment FILE]...
   qemu-test run the livepatch selftests and tests/ cases in QEMU
@@ -80,6 +82,7 @@ fn dispatch() -> Result<()> {
         "bench-build" => bench_build::run(rest),
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
+        "dist" => dist::run(rest),
         "distro-test" => distro::run(rest),
         "faults" => faults::run(rest),
         "kernel" => kernel::run(rest),

@@ -1,8 +1,10 @@
 //! The subcommands whose work is more than a call into the library: the file edge of
-//! `kpatch-rs diff` and the model checker behind `kpatch-rs core explore`.
+//! `kpatch-rs diff`, the model checker behind `kpatch-rs core explore`, and the completions
+//! and manual pages generated from the command line itself.
 
 pub mod core_explore;
 pub mod diff;
+pub mod docs;
 
 /// The one way every subcommand prints an error or a refusal: `error: ` and the message (with
 /// anyhow's chain of causes).
