@@ -209,11 +209,32 @@ fn exit_code(result: anyhow::Result<u8>) -> ExitCode {
 }
 
 fn run_build(args: BuildArgs) -> ExitCode {
-    let result = build_options(&args)
-        .map_err(BuildError::from)
-        .and_then(|options| kpatch_build::build::build(&options));
+    use kpatch_build::build::provenance::{self, Provenance};
+    let tool = format!("kpatch-rs {VERSION}");
+    let mut timings = Vec::new();
+    let (options, result) = match build_options(&args) {
+        Ok(options) => {
+            let result = kpatch_build::build::build_timed(&options, &mut timings);
+            (Some(options), result)
+        }
+        Err(error) => (None, Err(BuildError::from(error))),
+    };
+    let describe = |module: Option<&std::path::Path>| match &options {
+        Some(options) => provenance::describe(options, &tool, module),
+        None => Provenance {
+            schema_version: provenance::SCHEMA_VERSION,
+            tool: tool.clone(),
+            kernel_release: None,
+            vermagic: None,
+            inputs: Vec::new(),
+            output: None,
+        },
+    };
     match result {
-        Ok(report) => {
+        Ok(mut report) => {
+            if args.json {
+                report.provenance = Some(describe(Some(&report.module)));
+            }
             let stdout = &mut std::io::stdout().lock();
             let written = if args.json {
                 report.write_json(stdout)
@@ -232,7 +253,7 @@ fn run_build(args: BuildArgs) -> ExitCode {
             if args.json {
                 // A pipeline reads the outcome from stdout whatever it is; the message still
                 // goes to stderr for the person reading the log.
-                let _ = error.write_json(&mut std::io::stdout().lock());
+                let _ = error.write_json(&mut std::io::stdout().lock(), &describe(None), &timings);
             }
             print_error(&error);
             ExitCode::from(error.exit_code())

@@ -504,3 +504,78 @@ fn a_layout_change_is_refused_unless_allowed_and_then_reported() {
         "{text}"
     );
 }
+
+/// `sha256sum` of a file, the tool a pipeline checks digests with.
+fn sha256sum(path: &Path) -> String {
+    let output = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_json_report_carries_versions_digests_and_times_on_every_outcome() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = dir.path().join("out");
+    let patch = fixture("cmdline.patch");
+    let built = build(&kernel, &output, &["--json"], std::slice::from_ref(&patch));
+    assert_eq!(built.status.code(), Some(0), "{}", stderr(&built));
+    let document: serde_json::Value = serde_json::from_slice(&built.stdout).expect("report");
+    assert_eq!(document["schema_version"], 1);
+    let tool = document["tool"].as_str().unwrap_or_default();
+    assert!(
+        tool.starts_with("kpatch-rs ") && tool.contains("(commit "),
+        "{tool}"
+    );
+    let vermagic = document["vermagic"].as_str().unwrap_or_default();
+    assert!(vermagic.contains("mod_unload"), "{vermagic}");
+    assert_eq!(
+        document["kernel_release"].as_str(),
+        vermagic.split_whitespace().next()
+    );
+    let roles: Vec<&str> = document["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .filter_map(|i| i["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["patch", "config", "vmlinux", "symvers"]);
+    for input in document["inputs"].as_array().expect("inputs") {
+        let path = Path::new(input["path"].as_str().expect("path"));
+        assert_eq!(
+            input["sha256"].as_str(),
+            Some(sha256sum(path).as_str()),
+            "{path:?}"
+        );
+    }
+    let module = Path::new(document["output"]["path"].as_str().expect("module path"));
+    assert_eq!(
+        document["output"]["sha256"].as_str(),
+        Some(sha256sum(module).as_str())
+    );
+    assert!(document["timings"].as_array().is_some_and(|t| t.len() >= 6));
+
+    // A refusal carries the same provenance, the phases that ran, and no output.
+    let refused = build(&kernel, &output, &["--json"], &[fixture("data-init.patch")]);
+    assert_eq!(refused.status.code(), Some(2));
+    let document: serde_json::Value = serde_json::from_slice(&refused.stdout).expect("report");
+    assert_eq!(document["schema_version"], 1);
+    assert_eq!(document["output"], serde_json::Value::Null);
+    assert_eq!(
+        document["inputs"][0]["sha256"].as_str().map(str::len),
+        Some(64)
+    );
+    let phases: Vec<&str> = document["timings"]
+        .as_array()
+        .expect("timings")
+        .iter()
+        .filter_map(|t| t[0].as_str())
+        .collect();
+    assert_eq!(phases, ["inputs", "patched tree", "compile", "diff"]);
+}

@@ -391,7 +391,7 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
 /// The release string Kbuild builds with: `--kernel-release`, else the
 /// `include/config/kernel.release` of the headers directory `--symvers` lies in. It must
 /// start with the source tree's version, or the module would be built for another kernel.
-fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> {
+pub(crate) fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> {
     let release = match &options.kernel_release {
         Some(release) => Some(release.clone()),
         None => options

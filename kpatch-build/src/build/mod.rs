@@ -41,6 +41,7 @@ pub mod link;
 pub mod module;
 pub mod patches;
 pub mod post_link;
+pub mod provenance;
 pub mod references;
 pub mod replacements;
 pub mod resolve;
@@ -198,17 +199,30 @@ impl BuildError {
     /// The error as the one JSON document `kpatch-rs build --json` prints when no module was
     /// built: its outcome, exit code and message, and each refusal's object, section, symbol
     /// and reason.
-    pub fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// With the provenance of the build (schema and tool versions, input digests) and the
+    /// time of each phase that ran.
+    pub fn write_json(
+        &self,
+        out: &mut dyn std::io::Write,
+        provenance: &provenance::Provenance,
+        timings: &[(String, f64)],
+    ) -> std::io::Result<()> {
         let refusals: &[Refusal] = match self {
             BuildError::Unpatchable { refusals } => refusals,
             _ => &[],
         };
-        let document = serde_json::json!({
+        let mut document = serde_json::json!({
             "outcome": self.outcome(),
             "exit_code": self.exit_code(),
             "message": self.to_string(),
             "refusals": refusals,
+            "timings": timings,
         });
+        if let (Some(fields), Ok(serde_json::Value::Object(more))) =
+            (document.as_object_mut(), serde_json::to_value(provenance))
+        {
+            fields.extend(more);
+        }
         serde_json::to_writer_pretty(&mut *out, &document)?;
         writeln!(out)
     }
@@ -252,6 +266,10 @@ pub struct BuildReport {
     pub signature: Option<Signature>,
     /// Seconds per phase, in order.
     pub timings: Vec<(String, f64)>,
+    /// Versions, release, vermagic and digests, filled in by the caller that knows the tool
+    /// ([`provenance::describe`]).
+    #[serde(flatten)]
+    pub provenance: Option<provenance::Provenance>,
 }
 
 impl BuildReport {
@@ -305,15 +323,17 @@ impl BuildReport {
     }
 }
 
-struct Timer {
-    phases: Vec<(String, f64)>,
+/// Times the phases into the caller's list, which keeps them when a phase fails.
+struct Timer<'a> {
+    phases: &'a mut Vec<(String, f64)>,
     last: Instant,
 }
 
-impl Timer {
-    fn new() -> Timer {
+impl<'a> Timer<'a> {
+    fn new(phases: &'a mut Vec<(String, f64)>) -> Timer<'a> {
+        phases.clear();
         Timer {
-            phases: Vec::new(),
+            phases,
             last: Instant::now(),
         }
     }
@@ -328,8 +348,16 @@ impl Timer {
 
 /// Builds a livepatch module: the phases, in order.
 pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
+    build_timed(options, &mut Vec::new())
+}
+
+/// [`build`], with the time of each phase that ran in `timings`, whatever the outcome.
+pub fn build_timed(
+    options: &BuildOptions,
+    timings: &mut Vec<(String, f64)>,
+) -> Result<BuildReport, BuildError> {
     let options = &inputs::absolute(options);
-    let mut timer = Timer::new();
+    let mut timer = Timer::new(timings);
     let inputs = inputs::check(options)?;
     timer.lap("inputs");
 
@@ -385,7 +413,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
         objects: linkable.summaries,
         klp_relocation_sections: post_link.sections,
         signature,
-        timings: timer.phases,
+        timings: timer.phases.clone(),
+        provenance: None,
     })
 }
 
