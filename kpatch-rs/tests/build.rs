@@ -560,6 +560,20 @@ fn the_json_report_carries_versions_digests_and_times_on_every_outcome() {
         Some(sha256sum(module).as_str())
     );
     assert!(document["timings"].as_array().is_some_and(|t| t.len() >= 6));
+    // Piped, the progress is one line per finished phase, in order, with nothing redrawn.
+    let progress: Vec<String> = stderr(&built)
+        .lines()
+        .filter_map(|line| line.strip_prefix("kpatch-rs: ")?.strip_suffix(" s"))
+        .filter_map(|rest| {
+            let (phase, seconds) = rest.rsplit_once(' ')?;
+            seconds.parse::<f64>().ok().map(|_| phase.to_string())
+        })
+        .collect();
+    assert!(
+        progress.starts_with(&["inputs", "patched tree", "compile", "diff"].map(String::from)),
+        "{progress:?}"
+    );
+    assert!(!stderr(&built).contains('\r'));
 
     // A refusal carries the same provenance, the phases that ran, and no output.
     let refused = build(&kernel, &output, &["--json"], &[fixture("data-init.patch")]);
@@ -578,4 +592,31 @@ fn the_json_report_carries_versions_digests_and_times_on_every_outcome() {
         .filter_map(|t| t[0].as_str())
         .collect();
     assert_eq!(phases, ["inputs", "patched tree", "compile", "diff"]);
+}
+
+/// On a terminal the running phase has a spinner, redrawn in place.
+#[test]
+fn progress_on_a_terminal_redraws_the_running_phase() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let command = format!(
+        "{} build --sourcedir {} --vmlinux {} --output {} {}",
+        env!("CARGO_BIN_EXE_kpatch-rs"),
+        kernel.source.display(),
+        kernel.build.join("vmlinux").display(),
+        dir.path().join("out").display(),
+        fixture("data-init.patch").display()
+    );
+    // `script` runs the build on a pseudo-terminal, as a person at a shell would.
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script (bsdutils)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("\r\x1b[Kkpatch-rs: "),
+        "no redrawn phase in: {text:?}"
+    );
+    assert!(text.contains("kpatch-rs: diff "), "{text}");
 }

@@ -202,7 +202,18 @@ pub fn check(options: &BuildOptions) -> Result<Inputs, BuildError> {
         .create(true)
         .truncate(false)
         .open(&lock_path)
-        .and_then(|file| file.lock().map(|()| file))
+        .and_then(|file| {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(fs::TryLockError::WouldBlock) => eprintln!(
+                    "kpatch-rs: waiting for another build of the same kernel and config to \
+                     finish (it holds {})",
+                    lock_path.display()
+                ),
+                Err(fs::TryLockError::Error(error)) => return Err(error),
+            }
+            file.lock().map(|()| file)
+        })
         .map_err(io_error("lock", &lock_path))?;
     let children_lock =
         kbuild::inherit_lock(&lock).map_err(io_error("share the lock", &lock_path))?;

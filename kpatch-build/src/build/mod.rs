@@ -41,6 +41,7 @@ pub mod link;
 pub mod module;
 pub mod patches;
 pub mod post_link;
+pub mod progress;
 pub mod provenance;
 pub mod references;
 pub mod replacements;
@@ -323,10 +324,12 @@ impl BuildReport {
     }
 }
 
-/// Times the phases into the caller's list, which keeps them when a phase fails.
+/// Times the phases into the caller's list, which keeps them when a phase fails, and shows
+/// them as they finish.
 struct Timer<'a> {
     phases: &'a mut Vec<(String, f64)>,
     last: Instant,
+    progress: progress::Progress,
 }
 
 impl<'a> Timer<'a> {
@@ -335,13 +338,15 @@ impl<'a> Timer<'a> {
         Timer {
             phases,
             last: Instant::now(),
+            progress: progress::Progress::start(),
         }
     }
 
     fn lap(&mut self, phase: &str) {
         let now = Instant::now();
-        self.phases
-            .push((phase.to_string(), (now - self.last).as_secs_f64()));
+        let seconds = (now - self.last).as_secs_f64();
+        self.phases.push((phase.to_string(), seconds));
+        self.progress.finished(phase, seconds);
         self.last = now;
     }
 }
