@@ -22,7 +22,7 @@ use kpatch_diff::elf::{Object, RelocationTarget};
 pub struct Target {
     pub name: &'static str,
     pub run: fn(&[u8]),
-    /// What it reads, for `cargo xtask fuzz --list` and messages.
+    /// What it reads (`kpatch-fuzz replay` says it first).
     pub what: &'static str,
 }
 
@@ -31,7 +31,7 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "elf",
         run: elf,
-        what: "one object: the ELF reader and its accessors, a klp object's symbol table",
+        what: "one object: the ELF reader and its accessors, a klp object's symbol table, inspect",
     },
     Target {
         name: "diff",
@@ -62,13 +62,23 @@ const LOOKUPS: usize = 64;
 /// The ELF reader: `kpatch_diff::elf::Object::parse`, then every accessor over what it
 /// accepted (relocation targets, extents, jump blocks, strings); the same bytes as a klp
 /// object's symbol table (`KlpObjectSymbols::from_elf`, vmlinux and module) with `sympos`
-/// lookups of the object's own unit, and a module's `depends=`.
+/// lookups of the object's own unit, a module's `depends=`, and `kpatch-rs inspect`.
 pub fn elf(data: &[u8]) {
     let object = Object::parse("fuzz.o", data);
     if let Ok(object) = &object {
         walk(object);
     }
     let _ = resolve::module_depends(data);
+    // `kpatch-rs inspect` reads a module the same way, with its reports written out.
+    if let Ok(inspection) = kpatch_build::inspect::inspect("fuzz.ko", data) {
+        let mut sink = Vec::new();
+        inspection
+            .write_json(&mut sink)
+            .expect("the JSON inspection writes to memory");
+        inspection
+            .write_human(&mut sink)
+            .expect("the human inspection writes to memory");
+    }
     for klp_object in [
         KlpObjectName::Vmlinux,
         KlpObjectName::Module("fuzz_mod".to_string()),

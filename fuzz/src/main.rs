@@ -55,6 +55,7 @@ fn replay(args: &[String]) -> Result<(), String> {
     if files.is_empty() {
         return Err(USAGE.to_string());
     }
+    println!("{}: {}", target.name, target.what);
     let mut panicked = 0;
     for file in files {
         let data = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
