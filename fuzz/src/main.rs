@@ -4,7 +4,8 @@
 //!   `OUT/<target>/`: the C fixture pairs compiled with the kernel's flags (objects, pairs,
 //!   and symbol maps and `Module.symvers` lines made of their symbols), the committed
 //!   patches and System.map excerpt, and, given the directory `cargo xtask fixtures` keeps,
-//!   its small kernel object pairs and `.cmd` files.
+//!   its small kernel object pairs and `.cmd` files; and the livepatch modules earlier builds
+//!   left in kpatch-rs's build cache.
 //! - `kpatch-fuzz replay TARGET FILE...`: runs each file through the target once, as the
 //!   regression tests do, and says which panicked (a libFuzzer crash file reproduces so).
 
@@ -27,6 +28,9 @@ const USAGE: &str = "usage: kpatch-fuzz seeds OUT [KERNEL_FIXTURES]\n       \
 /// Kernel objects larger than this are left out of the seeds: a large input makes every
 /// execution slow, and the small ones already carry every kind of section.
 const LARGEST_SEED: u64 = 64 * 1024;
+
+/// How many livepatch modules of the build cache become seeds.
+const MODULE_SEEDS: usize = 8;
 
 /// Lines of a kernel `.cmd` file kept as a seed.
 const CMD_LINES: usize = 12;
@@ -148,6 +152,7 @@ fn seeds(args: &[String]) -> Result<(), String> {
     if let Some(kernel) = kernel_fixtures {
         kernel_seeds(&mut corpus, &kernel)?;
     }
+    module_seeds(&mut corpus)?;
     for (target, count) in &corpus.counts {
         eprintln!("kpatch-fuzz: {count} seeds for {target}");
     }
@@ -190,6 +195,30 @@ fn kernel_seeds(corpus: &mut Corpus, kernel: &Path) -> Result<(), String> {
                 .collect();
             corpus.add("patch", &format!("{name}.cmd"), &head)?;
         }
+    }
+    Ok(())
+}
+
+/// The livepatch modules that earlier `kpatch-rs build` runs left in the build cache (the
+/// unit tests make some), for `inspect` in the `elf` target: at most [`MODULE_SEEDS`].
+fn module_seeds(corpus: &mut Corpus) -> Result<(), String> {
+    let Some(builds) = kpatch_support::cache_root().map(|root| root.join("build")) else {
+        return Ok(());
+    };
+    let mut modules: Vec<PathBuf> = std::fs::read_dir(&builds)
+        .map(|entries| entries.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| std::fs::read_dir(entry.path().join("module/link")).ok())
+        .flat_map(|entries| entries.flatten().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "ko"))
+        .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.len() <= LARGEST_SEED))
+        .collect();
+    modules.sort();
+    for (index, path) in modules.iter().take(MODULE_SEEDS).enumerate() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = format!("module-{index}-{}", name.unwrap_or_default());
+        corpus.add("elf", &name, &read(path)?)?;
     }
     Ok(())
 }
