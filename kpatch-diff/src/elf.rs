@@ -667,15 +667,17 @@ impl Object {
             return RelocationTarget::String {
                 section: section_id,
                 string_start,
-                offset: addend - string_start as i64,
+                offset: addend.wrapping_sub(string_start as i64),
             };
         }
+        // Addresses are compared as i128: a symbol's value and size are any u64 that fit
+        // its section, an addend any i64.
         let covering = |address: i64| {
             self.symbols_in(section_id).iter().copied().find(|&id| {
                 let s = self.symbol(id);
-                let start = s.value as i64;
-                let end = start + (s.size.max(1) as i64);
-                address >= start && address < end
+                let start = i128::from(s.value);
+                let end = start + i128::from(s.size.max(1));
+                (start..end).contains(&i128::from(address))
             })
         };
         let list = self.symbols_in(section_id);
@@ -684,7 +686,7 @@ impl Object {
         let owning = |address: i64| {
             list.iter().copied().find(|&id| {
                 let (start, end) = self.extent(id);
-                address >= start as i64 && address < end as i64
+                (i128::from(start)..i128::from(end)).contains(&i128::from(address))
             })
         };
         let found = covering(location)
@@ -702,7 +704,9 @@ impl Object {
         match found {
             Some(id) => RelocationTarget::Symbol {
                 symbol: id,
-                offset: addend - self.symbol(id).value as i64,
+                // Address arithmetic, modulo 2^64 as the relocation's S + A is: an addend
+                // far below the symbol (i64::MIN) still names it.
+                offset: addend.wrapping_sub(self.symbol(id).value as i64),
             },
             None => RelocationTarget::Section {
                 section: section_id,
@@ -726,5 +730,48 @@ impl Object {
         let first = relocations.partition_point(|r| r.offset < start);
         let last = relocations.partition_point(|r| r.offset < end);
         &relocations[first..last]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs the fuzzer found (`cargo xtask fuzz`), kept in `fuzz/regressions/elf/`.
+    fn regression(name: &str) -> Object {
+        let path = format!(
+            "{}/../fuzz/regressions/elf/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Object::parse(name, &data).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_addend_far_below_its_symbol_wraps_as_the_relocation_does() {
+        // `same.orig.o` with the `__patchable_function_entries` entry's addend, `.text.answer
+        // + 0`, set to i64::MIN: the offset from `answer` (at 0x10) overflowed an i64.
+        let object = regression("addend-i64-min.o");
+        let relocation = object
+            .sections
+            .iter()
+            .find(|s| s.name == "__patchable_function_entries")
+            .and_then(|s| s.relocations.first())
+            .copied()
+            .expect("the table's relocation");
+        assert_eq!(relocation.addend, i64::MIN);
+        let answer = object
+            .symbols
+            .iter()
+            .find(|s| s.name == "answer")
+            .expect("answer");
+        assert_eq!(answer.value, 0x10);
+        assert_eq!(
+            object.resolve(&relocation),
+            RelocationTarget::Symbol {
+                symbol: answer.id,
+                offset: i64::MIN.wrapping_sub(0x10),
+            }
+        );
     }
 }

@@ -35,6 +35,8 @@ pub const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
     "libclang-dev",
+    // `cargo xtask fuzz`: libfuzzer-sys compiles libFuzzer, which is C++.
+    "g++",
 ];
 
 /// Cargo-installed tools: (crate, binary). The kernel's Rust build needs bindgen, which

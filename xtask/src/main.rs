@@ -16,6 +16,7 @@ mod dist;
 mod distro;
 mod faults;
 mod fixtures;
+mod fuzz;
 mod guest;
 mod kernel;
 mod kpatch;
@@ -53,6 +54,8 @@ commands:
             [--sample: the fixed list of fixtures/stable-delta/sample.txt] [--parallel N]
             [--file PATH]... [--limit N] [--skip-guest] [--rebuild] [--report-only]
   fixtures  build the kernel object pairs of fixtures/kernel/patches for the diff tests
+  fuzz      libFuzzer on the ELF reader, the diff, symbol maps and patches, each target for
+            a bounded time; a crash fails [--seconds N (default 60)] [TARGET...]
   race-stress  the founding race on a real kernel: M comes and goes while P3 is
             enabled and disabled [--core c|rust|rust-pre-fix] [--rounds N]
             [--window-ms MS] [--kernel-build DIR]; --experiment [--rounds N]: every
@@ -88,6 +91,7 @@ fn dispatch() -> Result<()> {
         "kernel" => kernel::run(rest),
         "qemu-test" => qemu_test::run(rest),
         "fixtures" => fixtures::run(rest),
+        "fuzz" => fuzz::run(rest),
         "race-stress" => race_stress::run(rest),
         "stable-delta" => stable_delta::run(rest),
         "help" | "--help" | "-h" => {
