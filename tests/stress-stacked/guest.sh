@@ -18,9 +18,9 @@ cpus=$(seq 0 $(($(getconf _NPROCESSORS_ONLN) - 1)))
 echo "cpus online: $(cat /sys/devices/system/cpu/online)"
 rm -f /tmp/stress-stop /tmp/module-loop /tmp/module-errors /tmp/calls-* /tmp/stress-kmsg
 
-# The whole kernel log of the stress, read as it is written: a thousand module loads with
-# twenty patches each say more than the log buffer holds, and the runner reads only what is
-# left of it at the end.
+# The whole kernel log of the stress, read as it is written: every load and unload of the
+# module logs a line per patch, hundreds in all, and the runner reads only what is left in the
+# log buffer at the end.
 echo "stress-stacked: start" > /dev/kmsg
 cat /dev/kmsg > /tmp/stress-kmsg &
 kmsg_reader=$!
