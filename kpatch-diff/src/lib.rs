@@ -52,6 +52,46 @@ pub struct DiffOutput {
     pub object: Option<Vec<u8>>,
 }
 
+/// Aliases are one function: `__x64_sys_getppid` is another name of `__do_sys_getppid` (a
+/// system call without arguments on x86_64). The kernel keeps one `func_stack` per address,
+/// so a livepatch that replaced both names would push two functions on it, and a task still
+/// on the old code during the transition, which the kernel sends to the entry below the top,
+/// would run the new code of the second name. Of the changed functions whose originals share
+/// a section and an offset, one replaces the original: the global name if there is one (what
+/// the rest of the kernel calls), else the first by name; the others stay in the output as code.
+fn replace_aliases_once(
+    orig: &Object,
+    functions: &mut [FunctionReport],
+    replaced: &[Option<SymbolId>],
+) {
+    let mut by_place: BTreeMap<(elf::SectionId, u64), Vec<usize>> = BTreeMap::new();
+    for (index, function) in functions.iter().enumerate() {
+        let Some(symbol) = replaced[index].filter(|_| function.replaces.is_some()) else {
+            continue;
+        };
+        let symbol = orig.symbol(symbol);
+        if let Some(section) = symbol.section() {
+            by_place
+                .entry((section, symbol.value))
+                .or_default()
+                .push(index);
+        }
+    }
+    for aliases in by_place.values().filter(|a| a.len() > 1) {
+        let rank = |&index: &usize| {
+            let symbol = replaced[index].map(|s| orig.symbol(s));
+            let local = symbol.is_none_or(|s| s.binding == Binding::Local);
+            (local, functions[index].name.clone())
+        };
+        let Some(&kept) = aliases.iter().min_by_key(|index| rank(index)) else {
+            continue;
+        };
+        for &index in aliases.iter().filter(|&&index| index != kept) {
+            functions[index].replaces = None;
+        }
+    }
+}
+
 /// How a diff treats the data layout of the types the objects describe (see [`layout`]).
 #[derive(Debug, Clone, Default)]
 pub struct DiffOptions {
@@ -81,6 +121,8 @@ pub fn diff_with(pair: &Pair<'_>, options: &DiffOptions) -> Result<DiffOutput, D
     ignored.extend(changed_boot_data(&orig, &patched, &twins));
 
     let mut functions = Vec::new();
+    // The original function each entry of `functions` replaces, for `replace_aliases_once`.
+    let mut replaced = Vec::new();
     let mut line_only = Vec::new();
     let mut left_out = ignored;
     for verdict in &comparison.functions {
@@ -124,7 +166,9 @@ pub fn diff_with(pair: &Pair<'_>, options: &DiffOptions) -> Result<DiffOutput, D
                 }),
             difference: verdict.difference.clone(),
         });
+        replaced.push(verdict.orig);
     }
+    replace_aliases_once(&orig, &mut functions, &replaced);
 
     let outcome = if !comparison.refusals.is_empty() {
         Outcome::Unpatchable

@@ -139,6 +139,28 @@ fn a_changed_notrace_function_is_carried_by_its_replaced_caller() {
 }
 
 #[test]
+fn a_function_with_two_names_is_replaced_once() {
+    let Some(result) = checked_diff(
+        "aliases",
+        Expect {
+            changed: &["__do_sys_answer", "__x64_sys_answer"],
+            ..NOTHING
+        },
+    ) else {
+        return;
+    };
+    // Both names are one address, one func_stack in the kernel: replaced by the global name
+    // alone, or the livepatch would stand on that stack twice.
+    let replaced: Vec<&str> = result
+        .report
+        .functions
+        .iter()
+        .filter_map(|f| f.replaces.as_ref().map(|r| r.name.as_str()))
+        .collect();
+    assert_eq!(replaced, ["__x64_sys_answer"]);
+}
+
+#[test]
 fn a_new_function_and_new_data_are_included() {
     check(
         "new_function",

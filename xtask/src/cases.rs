@@ -8,10 +8,15 @@
 //!   then shows a warning, an oops, a BUG or a call trace;
 //! - `expected` (with `guest.sh`): what `guest.sh` must print (stdout and stderr together); the
 //!   case passes when the script exits 0 and its output matches, line by line, ignoring
-//!   trailing blanks;
+//!   trailing blanks. Lines that start with `KPATCH-FIGURE ` (the helper `figure`) are
+//!   measurements that differ from run to run: they are left out of the comparison and
+//!   printed under the case's verdict;
 //! - `build`: modules made by the project's own `kpatch-rs build` from patch files of the
 //!   case (against the kernel under test), one per line, `NAME [--no-replace] [--sign]
-//!   PATCH...`; `livepatch-NAME.ko` is then beside `guest.sh`. `--sign` signs it with the
+//!   PATCH...`; `livepatch-NAME.ko` is then beside `guest.sh`. A name with a range,
+//!   `level{1..20}`, is one line per number (`level1` to `level20`), each built from its
+//!   patches with every `@N@` replaced by the number, so that a case can stack many distinct
+//!   patches made from one template. `--sign` signs it with the
 //!   committed test key (`fixtures/signing/test-key.pem`, which the signing kernel trusts),
 //!   and the build must then have appended a signature. A line ending in `=> exit CODE: MESSAGE`
 //!   is a build that must fail instead: with that exit code, MESSAGE somewhere in its output,
@@ -66,6 +71,16 @@ exit $rc
 /// The prefix of the kernel log lines the runner script reports.
 const DMESG_PREFIX: &str = "KPATCH-DMESG ";
 
+/// The prefix of the lines a script prints as figures (timings, counts): not compared with
+/// `expected`, shown with the verdict.
+const FIGURE_PREFIX: &str = "KPATCH-FIGURE ";
+
+/// What a numbered build line's patches say where its number goes.
+const NUMBER_PLACEHOLDER: &str = "@N@";
+
+/// The most lines one ranged build line may stand for.
+const MAX_RANGE: u32 = 100;
+
 /// Shared shell helpers for `guest.sh` scripts, staged as `/cases/livepatch.sh`.
 const HELPERS: &str = include_str!("../../fixtures/cases/livepatch.sh");
 
@@ -100,6 +115,8 @@ pub struct BuildLine {
     /// Types passed as `--allow-layout-change`; the word is `--allow-layout-change=KIND:NAME`
     /// for `KIND NAME` (`struct:foo_obj`), or `=NAME` for a typedef.
     pub allow_layout_changes: Vec<String>,
+    /// The number of a line made from a range (`NAME{A..B}`): its patches' `@N@` become it.
+    pub number: Option<u32>,
     /// Patch files, relative to the case directory.
     pub patches: Vec<String>,
     /// Set when the build must fail.
@@ -115,8 +132,9 @@ pub struct ExpectedFailure {
 }
 
 /// Reads a `build` file: `NAME [--no-replace] [--sign] [--allow-layout-change=KIND:NAME]
-/// PATCH... [=> exit CODE: MESSAGE]` per line,
-/// blank lines and `#` comments ignored.
+/// PATCH... [=> exit CODE: MESSAGE]` per line, blank lines and `#` comments ignored. A NAME
+/// with a range, `PREFIX{A..B}SUFFIX`, stands for one line per number from A to B, named with
+/// the number in place of the range.
 pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, String> {
     let mut lines = Vec::new();
     for (number, raw) in text.lines().enumerate() {
@@ -152,10 +170,11 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
         let Some(name) = words.next() else {
             return Err(at("a build line starts with the module name"));
         };
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        let names = expand_name(name).map_err(|why| at(&why))?;
+        if !names.iter().all(|(name, _)| {
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
             return Err(at("a module name has only letters, digits, `-` and `_`"));
         }
         let mut no_replace = false;
@@ -189,19 +208,49 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
         if patches.is_empty() {
             return Err(at("a build line names at least one patch"));
         }
-        if lines.iter().any(|l: &BuildLine| l.name == name) {
-            return Err(at("the module name is used twice"));
+        for (name, number) in names {
+            if lines.iter().any(|l: &BuildLine| l.name == name) {
+                return Err(at(&format!("the module name is used twice ({name})")));
+            }
+            lines.push(BuildLine {
+                name,
+                no_replace,
+                sign,
+                allow_layout_changes: allow_layout_changes.clone(),
+                number,
+                patches: patches.clone(),
+                failure: failure.clone(),
+            });
         }
-        lines.push(BuildLine {
-            name: name.to_string(),
-            no_replace,
-            sign,
-            allow_layout_changes,
-            patches,
-            failure,
-        });
     }
     Ok(lines)
+}
+
+/// The module names a build line's NAME stands for, each with its number: `level{1..3}` is
+/// `level1`, `level2`, `level3`; a name without braces is itself, without a number.
+fn expand_name(name: &str) -> std::result::Result<Vec<(String, Option<u32>)>, String> {
+    let Some((prefix, rest)) = name.split_once('{') else {
+        if name.contains('}') {
+            return Err("a range in a name reads `NAME{A..B}`".to_string());
+        }
+        return Ok(vec![(name.to_string(), None)]);
+    };
+    let range_syntax = || "a range in a name reads `NAME{A..B}`, A and B numbers".to_string();
+    let (range, suffix) = rest.split_once('}').ok_or_else(range_syntax)?;
+    if suffix.contains(['{', '}']) {
+        return Err("a name has at most one range".to_string());
+    }
+    let (first, last) = range.split_once("..").ok_or_else(range_syntax)?;
+    let number = |text: &str| text.parse::<u32>().map_err(|_| range_syntax());
+    let (first, last) = (number(first)?, number(last)?);
+    if first > last || last - first >= MAX_RANGE {
+        return Err(format!(
+            "a range goes up, A..B with A <= B, and names at most {MAX_RANGE} modules"
+        ));
+    }
+    Ok((first..=last)
+        .map(|n| (format!("{prefix}{n}{suffix}"), Some(n)))
+        .collect())
 }
 
 /// The file a build line's patch word names: `@NAME` is `fixtures/patches/NAME`, the patches
@@ -272,6 +321,22 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Case>> {
     }
     cases.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(cases)
+}
+
+/// The cases of `found` that `names` names, in `found`'s order; all of them when `names` is
+/// empty. A name that is no case is an error that lists the cases.
+pub fn choose(found: Vec<Case>, names: &[String]) -> Result<Vec<Case>> {
+    if let Some(unknown) = names.iter().find(|n| !found.iter().any(|c| &c.name == *n)) {
+        let all: Vec<&str> = found.iter().map(|c| c.name.as_str()).collect();
+        bail!(
+            "there is no case {unknown}; the cases are {}",
+            all.join(", ")
+        );
+    }
+    Ok(found
+        .into_iter()
+        .filter(|c| names.is_empty() || names.contains(&c.name))
+        .collect())
 }
 
 /// What staging a case on the host led to.
@@ -421,6 +486,7 @@ fn run_builds(
         for type_name in &line.allow_layout_changes {
             command.arg("--allow-layout-change").arg(type_name);
         }
+        let mut numbered = false;
         for patch in &line.patches {
             let path = patch_path(&case.dir, patch);
             if !path.is_file() {
@@ -429,7 +495,29 @@ fn run_builds(
                     path.display()
                 )));
             }
-            command.arg(path);
+            let Some(number) = line.number else {
+                command.arg(path);
+                continue;
+            };
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            numbered |= text.contains(NUMBER_PLACEHOLDER);
+            let file_name = path.file_name().unwrap_or_default();
+            let written = work.join("patches").join(&line.name).join(file_name);
+            if let Some(dir) = written.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(&written, number_patch(&text, number))
+                .with_context(|| format!("cannot write {}", written.display()))?;
+            command.arg(written);
+        }
+        if line.number.is_some() && !numbered {
+            return Ok(Err(format!(
+                "{} comes from a range, but none of its patches has {NUMBER_PLACEHOLDER} \
+                 for its number: every module of the range would be the same",
+                line.name
+            )));
         }
         eprintln!("  case {}: kpatch-rs build {}", case.name, line.name);
         let output = command
@@ -467,6 +555,11 @@ fn run_builds(
         }
     }
     Ok(Ok(()))
+}
+
+/// A numbered build line's patch: every `@N@` of `text` replaced by `number`.
+fn number_patch(text: &str, number: u32) -> String {
+    text.replace(NUMBER_PLACEHOLDER, &number.to_string())
 }
 
 /// Whether one `kpatch-rs build` did what its `build` line asks: `code` is its exit code
@@ -581,7 +674,8 @@ pub fn judge(case: &Case, outcome: &Outcome) -> std::result::Result<(), String> 
         }
         crate::guest::Ending::GuestLost(why) => return Err(why.clone()),
     }
-    let (script_output, kernel_problems) = split_kernel_problems(&outcome.output);
+    let split = split_output(&outcome.output);
+    let (script_output, kernel_problems) = (split.script, split.kernel_problems);
     if !kernel_problems.is_empty() {
         return Err(format!(
             "the kernel log shows a warning, oops, BUG or call trace:\n{}",
@@ -599,21 +693,38 @@ pub fn judge(case: &Case, outcome: &Outcome) -> std::result::Result<(), String> 
     ))
 }
 
-/// Splits what the runner script printed into the output of `guest.sh` and the kernel log
-/// lines it flagged.
-fn split_kernel_problems(output: &str) -> (String, Vec<String>) {
-    let mut script = String::new();
-    let mut problems = Vec::new();
+/// What the runner script printed, taken apart.
+struct SplitOutput {
+    /// The output of `guest.sh` that `expected` is compared with.
+    script: String,
+    /// The kernel log lines the runner flagged.
+    kernel_problems: Vec<String>,
+    /// The figures `guest.sh` printed.
+    figures: Vec<String>,
+}
+
+fn split_output(output: &str) -> SplitOutput {
+    let mut split = SplitOutput {
+        script: String::new(),
+        kernel_problems: Vec::new(),
+        figures: Vec::new(),
+    };
     for line in output.lines() {
-        match line.strip_prefix(DMESG_PREFIX) {
-            Some(problem) => problems.push(problem.to_string()),
-            None => {
-                script.push_str(line);
-                script.push('\n');
-            }
+        if let Some(problem) = line.strip_prefix(DMESG_PREFIX) {
+            split.kernel_problems.push(problem.to_string());
+        } else if let Some(figure) = line.strip_prefix(FIGURE_PREFIX) {
+            split.figures.push(figure.trim_end().to_string());
+        } else {
+            split.script.push_str(line);
+            split.script.push('\n');
         }
     }
-    (script, problems)
+    split
+}
+
+/// The figures (`KPATCH-FIGURE ` lines) a case's script printed, in order.
+pub fn figures(output: &str) -> Vec<String> {
+    split_output(output).figures
 }
 
 /// Lines with trailing blanks removed, without trailing empty lines.
@@ -747,6 +858,36 @@ mod tests {
     }
 
     #[test]
+    fn chooses_cases_by_name() {
+        let case = |name: &str| Case {
+            name: name.to_string(),
+            dir: PathBuf::from("tests").join(name),
+            expected: None,
+            timeout: DEFAULT_TIMEOUT,
+            builds: Vec::new(),
+            disabled: None,
+        };
+        let names = |chosen: Result<Vec<Case>>| -> Vec<String> {
+            chosen
+                .expect("chosen")
+                .into_iter()
+                .map(|c| c.name)
+                .collect()
+        };
+        let found = || vec![case("a"), case("b"), case("c")];
+        assert_eq!(names(choose(found(), &[])), ["a", "b", "c"]);
+        let wanted = ["c".to_string(), "a".to_string()];
+        assert_eq!(names(choose(found(), &wanted)), ["a", "c"]);
+        let error = choose(found(), &["d".to_string()])
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some("there is no case d; the cases are a, b, c")
+        );
+    }
+
+    #[test]
     fn a_bad_build_file_names_its_case() {
         let found = discover_files(&[("s/build", "x\n")]);
         let error = found.err().map(|e| format!("{e:#}")).unwrap_or_default();
@@ -759,6 +900,7 @@ mod tests {
             no_replace,
             sign: false,
             allow_layout_changes: Vec::new(),
+            number: None,
             patches: patches.iter().map(|p| p.to_string()).collect(),
             failure: None,
         }
@@ -831,6 +973,70 @@ mod tests {
         check_build_file("a a.patch => exit two: x\n", Err("must be a number"));
         check_build_file("a a.patch => exit 0: x\n", Err("non-zero exit code"));
         check_build_file("a a.patch => exit 2:\n", Err("non-zero exit code"));
+    }
+
+    #[test]
+    fn a_range_in_a_name_is_one_numbered_line_per_number() {
+        let numbered = |name: &str, number: u32| {
+            let mut line = build_line(name, true, &["level.patch", "@cmdline.patch"]);
+            line.number = Some(number);
+            line
+        };
+        check_build_file(
+            "level{1..3} --no-replace level.patch @cmdline.patch\n",
+            Ok(vec![
+                numbered("level1", 1),
+                numbered("level2", 2),
+                numbered("level3", 3),
+            ]),
+        );
+        check_build_file(
+            "p{7..7}-x --no-replace level.patch @cmdline.patch\nc c.patch\n",
+            Ok(vec![
+                numbered("p7-x", 7),
+                build_line("c", false, &["c.patch"]),
+            ]),
+        );
+        let mut failing = build_line("bad0", false, &["x.patch"]);
+        failing.number = Some(0);
+        failing.failure = Some(ExpectedFailure {
+            exit_code: 3,
+            message: "no change".to_string(),
+        });
+        check_build_file(
+            "bad{0..0} x.patch => exit 3: no change\n",
+            Ok(vec![failing]),
+        );
+        check_build_file("a{3..1} a.patch\n", Err("A <= B"));
+        check_build_file("a{0..100} a.patch\n", Err("at most 100"));
+        check_build_file("a{1..} a.patch\n", Err("NAME{A..B}"));
+        check_build_file("a{1-2} a.patch\n", Err("NAME{A..B}"));
+        check_build_file("a{1..2 a.patch\n", Err("NAME{A..B}"));
+        check_build_file("a}1 a.patch\n", Err("NAME{A..B}"));
+        check_build_file("a{1..2}{3..4} a.patch\n", Err("at most one range"));
+        check_build_file("a.{1..2} a.patch\n", Err("module name"));
+        check_build_file(
+            "a2 a.patch\na{1..3} b.patch\n",
+            Err("line 2: the module name is used twice (a2)"),
+        );
+        assert_eq!(
+            number_patch("+\treturn @N@;\n+\tx = @N@ * 2;\n", 17),
+            "+\treturn 17;\n+\tx = 17 * 2;\n"
+        );
+    }
+
+    #[test]
+    fn figures_are_shown_and_not_compared() {
+        let output = "a\nKPATCH-FIGURE load: 12 ms  \nb\nKPATCH-DMESG x\nKPATCH-FIGURE n: 3\n";
+        assert_eq!(figures(output), vec!["load: 12 ms", "n: 3"]);
+        check(
+            "a\nb\n",
+            Ending::Exited(0),
+            "a\nKPATCH-FIGURE load: 12 ms\nb\n",
+            true,
+        );
+        check("a\n", Ending::Exited(0), "a\nKPATCH-FIGURE b\n", true);
+        check("a\nb\n", Ending::Exited(0), "a\nKPATCH-FIGURE b\n", false);
     }
 
     #[test]

@@ -39,11 +39,12 @@ enum Only {
 }
 
 /// `cargo xtask qemu-test [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR]
-/// [--tests DIR] [--only selftests|cases]`
+/// [--tests DIR] [--only selftests|cases] [--case NAME]...`; `--case` runs just the cases named.
 pub fn run(args: &[String]) -> Result<()> {
     let mut choice = KernelChoice::default();
     let mut only = Only::All;
     let mut tests_dir = crate::project_root().join("tests");
+    let mut chosen = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |what: &str| {
@@ -63,16 +64,23 @@ pub fn run(args: &[String]) -> Result<()> {
                     other => bail!("--only takes selftests or cases, not `{other}`"),
                 }
             }
+            "--case" => chosen.push(value("a case name")?),
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask qemu-test` \
-                 (expected {}, --tests DIR, --only selftests|cases)",
+                 (expected {}, --tests DIR, --only selftests|cases, --case NAME)",
                 KernelChoice::USAGE
             ),
         }
     }
+    if !chosen.is_empty() {
+        if only == Only::Selftests {
+            bail!("--case names cases; it cannot go with --only selftests");
+        }
+        only = Only::Cases;
+    }
     let sh = Shell::new()?;
     let kernel = choice.kernel(&sh)?;
-    let (tally, _) = run_all(&sh, &kernel, only, &tests_dir)?;
+    let (tally, _) = run_all(&sh, &kernel, only, &tests_dir, &chosen)?;
     println!("{}", tally.summary());
     if tally.failed > 0 {
         bail!(
@@ -90,7 +98,13 @@ pub type Verdicts = Vec<(String, bool)>;
 /// Runs the selftests and the cases on `kernel`; prints one line per script or case
 /// and returns the tally and each selftest script's verdict.
 pub fn run_everything_verdicts(sh: &Shell, kernel: &KernelDirs) -> Result<(Tally, Verdicts)> {
-    run_all(sh, kernel, Only::All, &crate::project_root().join("tests"))
+    run_all(
+        sh,
+        kernel,
+        Only::All,
+        &crate::project_root().join("tests"),
+        &[],
+    )
 }
 
 /// Runs only the upstream selftests on `kernel`; prints one line per script.
@@ -100,19 +114,22 @@ pub fn run_selftests_verdicts(sh: &Shell, kernel: &KernelDirs) -> Result<(Tally,
         kernel,
         Only::Selftests,
         &crate::project_root().join("tests"),
+        &[],
     )
 }
 
 /// Runs only the cases of `tests_dir` on `kernel`; prints one line per case.
 pub fn run_cases(sh: &Shell, kernel: &KernelDirs, tests_dir: &Path) -> Result<Tally> {
-    run_all(sh, kernel, Only::Cases, tests_dir).map(|(tally, _)| tally)
+    run_all(sh, kernel, Only::Cases, tests_dir, &[]).map(|(tally, _)| tally)
 }
 
+/// Runs the groups `only` names; `chosen` narrows the cases to those names (all when empty).
 fn run_all(
     sh: &Shell,
     kernel: &KernelDirs,
     only: Only,
     tests_dir: &Path,
+    chosen: &[String],
 ) -> Result<(Tally, Verdicts)> {
     let kernel_name = kernel
         .root
@@ -144,7 +161,7 @@ fn run_all(
     }
 
     if only != Only::Selftests {
-        let found = cases::discover(tests_dir)?;
+        let found = cases::choose(cases::discover(tests_dir)?, chosen)?;
         if found.is_empty() {
             bail!(
                 "no cases found in {} (a case is a directory with guest.sh)",
@@ -191,6 +208,9 @@ fn run_all(
                     save_output(&work.join("cases/boot"), &outcome)?;
                     let verdict = cases::judge(case, &outcome);
                     report("case", &outcome, &verdict, &mut tally);
+                    for figure in cases::figures(&outcome.output) {
+                        println!("      {figure}");
+                    }
                 }
             }
         }

@@ -227,13 +227,19 @@ pub fn check_output(name: &str, bytes: &[u8], report: &Report) {
     binutils_clean("readelf", &["-aW"], &path);
     let disassembly = binutils_clean("objdump", &["-dr"], &path);
     for function in &report.functions {
-        // objdump labels an address with one of its names; the alias is global and wins.
-        assert!(
-            disassembly.contains(&format!("<{}>:", function.name))
-                || disassembly.contains(&format!("<{}>:", function.symbol)),
-            "{name}: objdump shows no {}",
-            function.name
-        );
+        // objdump labels an address with one of its names (the global alias, or another name
+        // of the same function): one of the names at the function's place must be a label.
+        let place = object
+            .symbols
+            .iter()
+            .find(|s| s.name == function.symbol)
+            .map(|s| (s.placement, s.value));
+        let labelled = object
+            .symbols
+            .iter()
+            .filter(|s| Some((s.placement, s.value)) == place)
+            .any(|s| disassembly.contains(&format!("<{}>:", s.name)));
+        assert!(labelled, "{name}: objdump shows no {}", function.name);
     }
     // Linked with an ordinary object of the same flags, as the module generator will, so
     // that ordered sections (`__patchable_function_entries`) must agree.
