@@ -153,6 +153,9 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
+            if error.use_stderr() {
+                print_usage_error_json(&error);
+            }
             let _ = error.print();
             return if error.use_stderr() {
                 ExitCode::from(kpatch_build::exit::ERROR)
@@ -195,6 +198,32 @@ fn main() -> ExitCode {
         Some(Command::Diff(args)) => exit_code(cli::diff::run(&args)),
         Some(Command::Build(args)) => run_build(*args),
         Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
+    }
+}
+
+/// A usage error of `kpatch-rs build --json` is an outcome too: a pipeline that asked for
+/// JSON gets its document on stdout (the message also goes to stderr, as always).
+fn print_usage_error_json(error: &clap::Error) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("build") || !args.iter().any(|a| a == "--json") {
+        return;
+    }
+    let message = error.to_string();
+    let document = serde_json::json!({
+        "outcome": "error",
+        "exit_code": kpatch_build::exit::ERROR,
+        "message": message.lines().next().unwrap_or_default().trim_start_matches("error: "),
+        "refusals": [],
+        "timings": [],
+        "schema_version": kpatch_build::build::provenance::SCHEMA_VERSION,
+        "tool": format!("kpatch-rs {VERSION}"),
+        "kernel_release": null,
+        "vermagic": null,
+        "inputs": [],
+        "output": null,
+    });
+    if let Ok(text) = serde_json::to_string_pretty(&document) {
+        println!("{text}");
     }
 }
 

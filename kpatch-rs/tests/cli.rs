@@ -198,3 +198,31 @@ fn man_pages_and_completions_come_from_the_options() {
     let (code, _) = run(&["completions", "no-such-shell"]);
     assert_eq!(code, Some(1));
 }
+
+#[test]
+fn a_usage_error_of_build_json_is_a_json_document_too() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["build", "--json", "--no-such-option", "x.patch"])
+        .output()
+        .expect("run kpatch-rs");
+    assert_eq!(output.status.code(), Some(1));
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("a JSON document on stdout");
+    assert_eq!(document["outcome"], "error");
+    assert_eq!(document["exit_code"], 1);
+    assert_eq!(document["schema_version"], 1);
+    assert!(
+        document["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--no-such-option")),
+        "{document}"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--no-such-option"));
+    // Without --json, stdout stays empty.
+    let plain = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["build", "--no-such-option", "x.patch"])
+        .output()
+        .expect("run kpatch-rs");
+    assert_eq!(plain.status.code(), Some(1));
+    assert!(plain.stdout.is_empty());
+}
