@@ -20,7 +20,7 @@ use crate::guest::{run_jobs, Ending, Job, Rootfs};
 use crate::kernel::KernelDirs;
 
 /// The Debian kernel release under test, and the packages that carry it.
-const RELEASE: &str = "6.12.117+deb12-amd64";
+pub const RELEASE: &str = "6.12.117+deb12-amd64";
 const IMAGE: &str = "linux-image-6.12.117+deb12-amd64-unsigned";
 const DBG: &str = "linux-image-6.12.117+deb12-amd64-dbg";
 const HEADERS: &str = "linux-headers-6.12.117+deb12-amd64";
@@ -106,20 +106,34 @@ echo "dmesg: no warning, oops or bug"
 }
 
 /// The unpacked Debian packages and source tree.
-struct Distro {
-    cache: PathBuf,
-    source: PathBuf,
-    config: PathBuf,
-    vmlinuz: PathBuf,
-    vmlinux: PathBuf,
-    system_map: PathBuf,
-    symvers: PathBuf,
+pub struct Distro {
+    pub cache: PathBuf,
+    pub source: PathBuf,
+    pub config: PathBuf,
+    pub vmlinuz: PathBuf,
+    pub vmlinux: PathBuf,
+    pub system_map: PathBuf,
+    pub symvers: PathBuf,
     /// The image's modules, decompressed: only those the patches target.
-    modules: PathBuf,
+    pub modules: PathBuf,
+}
+
+impl Distro {
+    /// Debian's own kernel image as a kernel to boot; guest.rs boots whatever `bzimage` names.
+    pub fn kernel(&self) -> KernelDirs {
+        KernelDirs {
+            root: self.cache.clone(),
+            source: self.source.clone(),
+            build: self.cache.join("build"),
+            bzimage: self.vmlinuz.clone(),
+            log: self.cache.join("boot.log"),
+            make_vars: Vec::new(),
+        }
+    }
 }
 
 /// Downloads and unpacks what is missing; a package is unpacked once (a stamp file marks it).
-fn ensure_distro(sh: &Shell) -> Result<Distro> {
+pub fn ensure_distro(sh: &Shell) -> Result<Distro> {
     let cache = crate::cache_dir("distro")?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
@@ -295,15 +309,7 @@ pub fn run(args: &[String]) -> Result<()> {
             });
         }
     }
-    // Debian's own kernel image; guest.rs boots whatever `bzimage` names.
-    let kernel = KernelDirs {
-        root: distro.cache.clone(),
-        source: source.clone(),
-        build: distro.cache.join("build"),
-        bzimage: distro.vmlinuz.clone(),
-        log: distro.cache.join("boot.log"),
-        make_vars: Vec::new(),
-    };
+    let kernel = distro.kernel();
     println!("booting Debian's vmlinuz-{RELEASE} in QEMU");
     let outcomes = run_jobs(&sh, &kernel, &rootfs, &jobs, &work.join("qemu"))?;
     let mut failed = 0;

@@ -15,6 +15,7 @@ mod deps;
 mod distro;
 mod fixtures;
 mod guest;
+mod int3_repro;
 mod kernel;
 mod kpatch;
 mod process;
@@ -46,6 +47,9 @@ commands:
             in ~/.cache/kpatch-rs/stable-delta/runs/ and fixtures/stable-delta/
             [--sample: the fixed list of fixtures/stable-delta/sample.txt] [--parallel N]
             [--file PATH]... [--limit N] [--skip-guest] [--rebuild] [--report-only]
+  int3-repro  rewrite the cond_resched() static-call sites in a loop in QEMU, every CPU online
+            and busy, and count int3 oopses [--kernel stock|debian] [--tcg single|multi]
+            [--cpus N] [--load preempt|livepatch] [--seconds N] [--switches N] [--boots N]
   fixtures  build the kernel object pairs of fixtures/kernel/patches for the diff tests
   race-stress  the founding race on a real kernel: M comes and goes while P3 is
             enabled and disabled [--core c|rust|rust-pre-fix] [--rounds N]
@@ -80,6 +84,7 @@ fn dispatch() -> Result<()> {
         "kernel" => kernel::run(rest),
         "qemu-test" => qemu_test::run(rest),
         "fixtures" => fixtures::run(rest),
+        "int3-repro" => int3_repro::run(rest),
         "race-stress" => race_stress::run(rest),
         "stable-delta" => stable_delta::run(rest),
         "help" | "--help" | "-h" => {
