@@ -49,7 +49,8 @@ commands:
             [--file PATH]... [--limit N] [--skip-guest] [--rebuild] [--report-only]
   int3-repro  rewrite the cond_resched() static-call sites in a loop in QEMU, every CPU online
             and busy, and count int3 oopses [--kernel stock|debian] [--tcg single|multi]
-            [--cpus N] [--load preempt|livepatch] [--seconds N] [--switches N] [--boots N]
+            [--cpus N] [--load preempt|livepatch] [--seconds N] [--switches N] [--boots N];
+            --ci: CI's bounded check (Debian, one TCG thread, both vCPUs online)
   fixtures  build the kernel object pairs of fixtures/kernel/patches for the diff tests
   race-stress  the founding race on a real kernel: M comes and goes while P3 is
             enabled and disabled [--core c|rust|rust-pre-fix] [--rounds N]
