@@ -1,8 +1,10 @@
 //! `cargo xtask ci`: the whole check a clean checkout must pass, in the order CI runs it.
 //!
 //! Dependencies first (nothing else can run without them), then the cheap checks, then the
-//! kernel build, the unit tests, the fuzz targets for a bounded time, the distribution tests (Debian's own kernel, and a fixed sample of a Debian
-//! stable update's real changes, `cargo xtask stable-delta --sample`) and the QEMU tests. A
+//! kernel build, the unit tests, the fuzz targets for a bounded time, the faults, the
+//! distribution tests (Debian's own kernel, its static-call rewrites without a livepatch,
+//! `cargo xtask int3-repro`, and a fixed sample of a Debian stable update's real changes,
+//! `cargo xtask stable-delta --sample`) and the QEMU tests. A
 //! failing check does not stop the later ones, so one run shows every problem; the exit
 //! status is non-zero when anything failed, and the last line
 //! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
@@ -102,6 +104,11 @@ pub fn run(args: &[String]) -> Result<()> {
             .run()
             .map_err(Into::into),
     );
+
+    // The static-call rewrites every livepatch transition makes, without a livepatch, on the
+    // machine every guest check runs on (one TCG thread, both vCPUs online): no int3 oops
+    // (`cargo xtask int3-repro`).
+    step("int3 check", crate::int3_repro::ci_check(&sh));
 
     // A fixed sample of a Debian stable update's real changes, built and loaded on Debian's
     // kernel: each must end as expected, and none may oops (`cargo xtask stable-delta`).

@@ -20,7 +20,7 @@ use crate::guest::{run_jobs, Ending, Job, Rootfs};
 use crate::kernel::KernelDirs;
 
 /// The Debian kernel release under test, and the packages that carry it.
-const RELEASE: &str = "6.12.117+deb12-amd64";
+pub const RELEASE: &str = "6.12.117+deb12-amd64";
 const IMAGE: &str = "linux-image-6.12.117+deb12-amd64-unsigned";
 const DBG: &str = "linux-image-6.12.117+deb12-amd64-dbg";
 const HEADERS: &str = "linux-headers-6.12.117+deb12-amd64";
@@ -70,13 +70,11 @@ sysfs=/sys/kernel/livepatch/{kernel_name}
 wait_for() {{ n=300; until "$@"; do n=$((n - 1)); [ "$n" -gt 0 ] || exit 1; sleep 0.1; done; }}
 transition_done() {{ [ "$(cat "$sysfs/transition")" = 0 ]; }}
 patch_gone() {{ [ ! -e "$sysfs" ]; }}
-# Every livepatch transition rewrites all cond_resched() static-call sites of this
-# PREEMPT_DYNAMIC kernel with int3 breakpoints; under QEMU's TCG a second vCPU once ran a stale
-# int3 after the rewrite had finished ("Oops: int3" at force_qs_rnp's call to
-# __SCT__cond_resched, 1 of 24 checks). One online CPU keeps the check about the patch.
-cpu1=/sys/devices/system/cpu/cpu1/online
-if [ -w "$cpu1" ] && [ "$(cat "$cpu1")" = 1 ]; then echo 0 > "$cpu1"; fi
+# Both CPUs online: every transition rewrites this PREEMPT_DYNAMIC kernel's cond_resched()
+# static-call sites through int3 breakpoints, which the guest's one TCG thread runs without
+# the stale-translation int3 oops of multi-threaded TCG (`cargo xtask int3-repro`).
 echo "online CPUs: $(cat /sys/devices/system/cpu/online)"
+[ "$(cat /sys/devices/system/cpu/online)" = 0-1 ]
 if [ {binfmt} = yes ] && [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
     insmod /distro/binfmt_misc.ko
     mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
@@ -106,20 +104,34 @@ echo "dmesg: no warning, oops or bug"
 }
 
 /// The unpacked Debian packages and source tree.
-struct Distro {
-    cache: PathBuf,
-    source: PathBuf,
-    config: PathBuf,
-    vmlinuz: PathBuf,
-    vmlinux: PathBuf,
-    system_map: PathBuf,
-    symvers: PathBuf,
+pub struct Distro {
+    pub cache: PathBuf,
+    pub source: PathBuf,
+    pub config: PathBuf,
+    pub vmlinuz: PathBuf,
+    pub vmlinux: PathBuf,
+    pub system_map: PathBuf,
+    pub symvers: PathBuf,
     /// The image's modules, decompressed: only those the patches target.
-    modules: PathBuf,
+    pub modules: PathBuf,
+}
+
+impl Distro {
+    /// Debian's own kernel image as a kernel to boot; guest.rs boots whatever `bzimage` names.
+    pub fn kernel(&self) -> KernelDirs {
+        KernelDirs {
+            root: self.cache.clone(),
+            source: self.source.clone(),
+            build: self.cache.join("build"),
+            bzimage: self.vmlinuz.clone(),
+            log: self.cache.join("boot.log"),
+            make_vars: Vec::new(),
+        }
+    }
 }
 
 /// Downloads and unpacks what is missing; a package is unpacked once (a stamp file marks it).
-fn ensure_distro(sh: &Shell) -> Result<Distro> {
+pub fn ensure_distro(sh: &Shell) -> Result<Distro> {
     let cache = crate::cache_dir("distro")?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
@@ -295,15 +307,7 @@ pub fn run(args: &[String]) -> Result<()> {
             });
         }
     }
-    // Debian's own kernel image; guest.rs boots whatever `bzimage` names.
-    let kernel = KernelDirs {
-        root: distro.cache.clone(),
-        source: source.clone(),
-        build: distro.cache.join("build"),
-        bzimage: distro.vmlinuz.clone(),
-        log: distro.cache.join("boot.log"),
-        make_vars: Vec::new(),
-    };
+    let kernel = distro.kernel();
     println!("booting Debian's vmlinuz-{RELEASE} in QEMU");
     let outcomes = run_jobs(&sh, &kernel, &rootfs, &jobs, &work.join("qemu"))?;
     let mut failed = 0;

@@ -274,6 +274,63 @@ fn job_list(jobs: &[Job]) -> Result<String> {
     Ok(list)
 }
 
+/// How QEMU's TCG runs the vCPUs: all on one host thread, in turn, or one host thread each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcgThreads {
+    Single,
+    Multi,
+}
+
+impl TcgThreads {
+    pub fn parse(text: &str) -> Result<TcgThreads> {
+        match text {
+            "single" => Ok(TcgThreads::Single),
+            "multi" => Ok(TcgThreads::Multi),
+            other => bail!("unknown TCG threading `{other}` (expected single or multi)"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcgThreads::Single => "single",
+            TcgThreads::Multi => "multi",
+        }
+    }
+}
+
+/// The emulated machine a guest boots on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    pub tcg: TcgThreads,
+    /// vCPUs, one per socket (see [`boot_guest`]).
+    pub cpus: u32,
+    /// `oops=panic`: the first oops ends the guest, so that a job cannot pass on a kernel
+    /// that oopsed. Off only for a job that counts oopses itself.
+    pub panic_on_oops: bool,
+}
+
+impl Machine {
+    /// What every check of the project runs on: two vCPUs on one TCG thread. With a thread
+    /// per vCPU, a vCPU can run a stale translation of code another vCPU has just rewritten
+    /// (`text_poke_bp` of a static call, ftrace) and die on an int3 the kernel already removed:
+    /// `cargo xtask int3-repro --tcg multi` shows it without any livepatch.
+    pub const DEFAULT: Machine = Machine {
+        tcg: TcgThreads::Single,
+        cpus: 2,
+        panic_on_oops: true,
+    };
+
+    /// QEMU's `-accel` and `-smp` arguments.
+    fn qemu_args(&self) -> [String; 4] {
+        [
+            "-accel".to_string(),
+            format!("tcg,thread={}", self.tcg.name()),
+            "-smp".to_string(),
+            format!("{0},sockets={0},cores=1", self.cpus.max(1)),
+        ]
+    }
+}
+
 /// Boots `kernel` with `rootfs` as often as needed to run every job once, and returns one
 /// outcome per job, in order. `work` receives the initramfs and the logs.
 pub fn run_jobs(
@@ -282,6 +339,18 @@ pub fn run_jobs(
     rootfs: &Rootfs,
     jobs: &[Job],
     work: &Path,
+) -> Result<Vec<Outcome>> {
+    run_jobs_on(sh, kernel, rootfs, jobs, work, &Machine::DEFAULT)
+}
+
+/// [`run_jobs`] on the given machine.
+pub fn run_jobs_on(
+    sh: &Shell,
+    kernel: &KernelDirs,
+    rootfs: &Rootfs,
+    jobs: &[Job],
+    work: &Path,
+    machine: &Machine,
 ) -> Result<Vec<Outcome>> {
     std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
     let initramfs = work.join("initramfs.cpio");
@@ -293,7 +362,7 @@ pub fn run_jobs(
         let first = outcomes.len();
         let console = work.join(format!("console-{boot}.log"));
         let results = work.join(format!("results-{boot}.log"));
-        let finished = boot_guest(kernel, &initramfs, first, &console, &results, jobs)?;
+        let finished = boot_guest(kernel, &initramfs, first, &console, &results, jobs, machine)?;
         let text =
             String::from_utf8_lossy(&std::fs::read(&results).unwrap_or_default()).replace('\r', "");
         let run = parse_results(&text);
@@ -391,40 +460,34 @@ fn boot_guest(
     console: &Path,
     results: &Path,
     jobs: &[Job],
+    machine: &Machine,
 ) -> Result<bool> {
     for log in [console, results] {
         std::fs::write(log, "").with_context(|| format!("cannot create {}", log.display()))?;
     }
     let qemu_log = console.with_extension("qemu.log");
-    let append = format!("console=ttyS0 loglevel=5 panic=-1 oops=panic kpatch.first={first}");
+    let oops = if machine.panic_on_oops {
+        " oops=panic"
+    } else {
+        ""
+    };
+    let append = format!("console=ttyS0 loglevel=5 panic=-1{oops} kpatch.first={first}");
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        // One host thread runs both vCPUs: with a thread per vCPU, another vCPU can run a
-        // stale translation of code the kernel is patching (ftrace, static calls) and die on
-        // an int3 the kernel already removed.
-        "-accel",
-        "tcg,thread=single",
-        // One CPU per socket: without ACPI the kernel learns CPUs from SeaBIOS's MP table,
-        // which lists only the first core of a socket, so plain `-smp 2` boots on one CPU.
-        "-smp",
-        "2,sockets=2,cores=1",
-        "-m",
-        "1G",
-        "-nodefaults",
-        "-display",
-        "none",
-    ])
-    .args(["-no-reboot", "-monitor", "none"])
-    .arg("-serial")
-    .arg(format!("file:{}", console.display()))
-    .arg("-serial")
-    .arg(format!("file:{}", results.display()))
-    .arg("-kernel")
-    .arg(&kernel.bzimage)
-    .arg("-initrd")
-    .arg(initramfs)
-    .arg("-append")
-    .arg(append);
+    // One CPU per socket: without ACPI the kernel learns CPUs from SeaBIOS's MP table, which
+    // lists only the first core of a socket, so plain `-smp 2` boots on one CPU.
+    qemu.args(machine.qemu_args());
+    qemu.args(["-m", "1G", "-nodefaults", "-display", "none"])
+        .args(["-no-reboot", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", results.display()))
+        .arg("-kernel")
+        .arg(&kernel.bzimage)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(append);
     let qemu_out = std::fs::File::create(&qemu_log)
         .with_context(|| format!("cannot create {}", qemu_log.display()))?;
     let qemu_err = qemu_out.try_clone()?;

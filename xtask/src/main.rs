@@ -18,6 +18,7 @@ mod faults;
 mod fixtures;
 mod fuzz;
 mod guest;
+mod int3_repro;
 mod kernel;
 mod kpatch;
 mod process;
@@ -53,6 +54,10 @@ commands:
             in ~/.cache/kpatch-rs/stable-delta/runs/ and fixtures/stable-delta/
             [--sample: the fixed list of fixtures/stable-delta/sample.txt] [--parallel N]
             [--file PATH]... [--limit N] [--skip-guest] [--rebuild] [--report-only]
+  int3-repro  rewrite the cond_resched() static-call sites in a loop in QEMU, every CPU online
+            and busy, and count int3 oopses [--kernel stock|debian] [--tcg single|multi]
+            [--cpus N] [--load preempt|livepatch] [--seconds N] [--switches N] [--boots N];
+            --ci: CI's bounded check (Debian, one TCG thread, both vCPUs online)
   fixtures  build the kernel object pairs of fixtures/kernel/patches for the diff tests
   fuzz      libFuzzer on the ELF reader, the diff, symbol maps and patches, each target for
             a bounded time; a crash fails [--seconds N (default 60)] [TARGET...]
@@ -92,6 +97,7 @@ fn dispatch() -> Result<()> {
         "qemu-test" => qemu_test::run(rest),
         "fixtures" => fixtures::run(rest),
         "fuzz" => fuzz::run(rest),
+        "int3-repro" => int3_repro::run(rest),
         "race-stress" => race_stress::run(rest),
         "stable-delta" => stable_delta::run(rest),
         "help" | "--help" | "-h" => {
