@@ -117,6 +117,16 @@ fn a_changed_function_is_changed_and_its_neighbour_same() {
     );
 }
 
+/// The original functions the diff's output replaces.
+fn replaced_names(result: &kpatch_diff::DiffOutput) -> Vec<&str> {
+    result
+        .report
+        .functions
+        .iter()
+        .filter_map(|f| f.replaces.as_ref().map(|r| r.name.as_str()))
+        .collect()
+}
+
 #[test]
 fn a_changed_notrace_function_is_carried_by_its_replaced_caller() {
     let Some(result) = checked_diff(
@@ -129,13 +139,7 @@ fn a_changed_notrace_function_is_carried_by_its_replaced_caller() {
         return;
     };
     // ftrace cannot hook do_uname: only its caller replaces a function of the kernel.
-    let replaced: Vec<&str> = result
-        .report
-        .functions
-        .iter()
-        .filter_map(|f| f.replaces.as_ref().map(|r| r.name.as_str()))
-        .collect();
-    assert_eq!(replaced, ["sys_uname"]);
+    assert_eq!(replaced_names(&result), ["sys_uname"]);
 }
 
 #[test]
@@ -151,13 +155,7 @@ fn a_function_with_two_names_is_replaced_once() {
     };
     // Both names are one address, one func_stack in the kernel: replaced by the global name
     // alone, or the livepatch would stand on that stack twice.
-    let replaced: Vec<&str> = result
-        .report
-        .functions
-        .iter()
-        .filter_map(|f| f.replaces.as_ref().map(|r| r.name.as_str()))
-        .collect();
-    assert_eq!(replaced, ["__x64_sys_answer"]);
+    assert_eq!(replaced_names(&result), ["__x64_sys_answer"]);
 }
 
 #[test]
@@ -749,22 +747,9 @@ fn ubsan_source_locations_that_moved_are_no_change() {
     );
 }
 
-/// The refusal texts of a fixture pair diffed with `options`.
+/// A fixture pair diffed with `options` (`None` when gcc is missing).
 fn layout_diff(name: &str, options: &kpatch_diff::DiffOptions) -> Option<kpatch_diff::DiffOutput> {
-    if !common::have_tool("gcc") {
-        return None;
-    }
-    let orig = common::compile_fixture(name, "orig");
-    let patched = common::compile_fixture(name, "patched");
-    let object_name = format!("{name}.o");
-    let pair = kpatch_diff::Pair {
-        name: &object_name,
-        orig_name: "original",
-        orig: &orig,
-        patched: &patched,
-        klp_object: "vmlinux",
-    };
-    Some(kpatch_diff::diff_with(&pair, options).unwrap_or_else(|e| panic!("{name}: {e}")))
+    common::have_tool("gcc").then(|| common::diff_fixture_with(name, "vmlinux", options).1)
 }
 
 #[test]

@@ -11,28 +11,12 @@
     reason = "tests compile fixtures and run the binary"
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-struct Kernel {
-    source: PathBuf,
-    build: PathBuf,
-}
-
-fn kernel() -> Option<Kernel> {
-    let source = std::env::var_os("KPATCH_RS_KERNEL_SOURCE").map(PathBuf::from);
-    let build = std::env::var_os("KPATCH_RS_KERNEL_BUILD").map(PathBuf::from);
-    match (source, build) {
-        (Some(source), Some(build)) => Some(Kernel { source, build }),
-        _ => {
-            kpatch_support::skip_unless_ci(
-                "KPATCH_RS_KERNEL_SOURCE and KPATCH_RS_KERNEL_BUILD are not set \
-                 (cargo xtask kernel --print-dirs)",
-            );
-            None
-        }
-    }
-}
+use common::{fixture, kernel, stderr, Kernel};
 
 fn project_file(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,30 +26,12 @@ fn project_file(path: &str) -> String {
         .to_string()
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/patches")
-        .join(name)
-}
-
 /// Runs `kpatch-rs build` with `extra` arguments and the given patches, into `output`.
 fn build(kernel: &Kernel, output: &Path, extra: &[&str], patches: &[PathBuf]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
-        .arg("build")
-        .arg("--sourcedir")
-        .arg(&kernel.source)
-        .arg("--vmlinux")
-        .arg(kernel.build.join("vmlinux"))
-        .arg("--output")
-        .arg(output)
-        .args(extra)
-        .args(patches)
+    kernel
+        .command(output, extra, patches)
         .output()
         .expect("run kpatch-rs")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A cheap fingerprint of the files a patch could touch: content of every file it names.

@@ -14,20 +14,14 @@
     reason = "tests compile fixtures and run the binary"
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{fixture, kernel, stderr, Kernel};
+
 const CMDLINE_C: &str = "fs/proc/cmdline.c";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/patches")
-        .join(name)
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -316,41 +310,7 @@ fn a_source_tree_of_another_release_is_refused_before_any_work_with_both_version
     );
 }
 
-struct Kernel {
-    source: PathBuf,
-    build: PathBuf,
-}
-
-fn kernel() -> Option<Kernel> {
-    let source = std::env::var_os("KPATCH_RS_KERNEL_SOURCE").map(PathBuf::from);
-    let build = std::env::var_os("KPATCH_RS_KERNEL_BUILD").map(PathBuf::from);
-    match (source, build) {
-        (Some(source), Some(build)) => Some(Kernel { source, build }),
-        _ => {
-            kpatch_support::skip_unless_ci(
-                "KPATCH_RS_KERNEL_SOURCE and KPATCH_RS_KERNEL_BUILD are not set \
-                 (cargo xtask kernel --print-dirs)",
-            );
-            None
-        }
-    }
-}
-
 impl Kernel {
-    fn command(&self, output: &Path, patches: &[PathBuf]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"));
-        command
-            .arg("build")
-            .arg("--sourcedir")
-            .arg(&self.source)
-            .arg("--vmlinux")
-            .arg(self.build.join("vmlinux"))
-            .arg("--output")
-            .arg(output)
-            .args(patches);
-        command
-    }
-
     fn fingerprint(&self) -> (usize, u64) {
         kpatch_support::tree_fingerprint(&self.source, &[CMDLINE_C]).expect("fingerprint")
     }
@@ -363,7 +323,7 @@ fn after_bad_patches_the_next_run_gives_the_same_bytes() {
     let before = kernel.fingerprint();
     let build = |output: &str, patch: &Path| {
         kernel
-            .command(&dir.path().join(output), &[patch.to_path_buf()])
+            .command(&dir.path().join(output), &[], &[patch.to_path_buf()])
             .output()
             .expect("run kpatch-rs")
     };
@@ -389,7 +349,7 @@ fn after_bad_patches_the_next_run_gives_the_same_bytes() {
         good.replace("@@ -7,8 +7,7 @@", "@@ -12,8 +12,7 @@"),
     );
     let after = kernel
-        .command(&dir.path().join("after"), &[offset])
+        .command(&dir.path().join("after"), &[], &[offset])
         .output()
         .expect("run kpatch-rs");
     assert!(after.status.success(), "{}", stderr(&after));
@@ -453,7 +413,7 @@ fn a_read_only_tree_and_full_file_systems_lose_nothing() {
     // The reference: the same patch built the ordinary way.
     let reference_out = dir.path().join("reference");
     let reference = kernel
-        .command(&reference_out, &[fixture("cmdline.patch")])
+        .command(&reference_out, &[], &[fixture("cmdline.patch")])
         .output()
         .expect("run kpatch-rs");
     assert!(reference.status.success(), "{}", stderr(&reference));
@@ -464,7 +424,7 @@ fn a_read_only_tree_and_full_file_systems_lose_nothing() {
     for path in [&cache, &tiny_out] {
         std::fs::create_dir_all(path).expect("mkdir");
     }
-    let command = kernel.command(&dir.path().join("OUT"), &[fixture("cmdline.patch")]);
+    let command = kernel.command(&dir.path().join("OUT"), &[], &[fixture("cmdline.patch")]);
     let mut line: Vec<String> = vec![shell_quote(Path::new(command.get_program()))];
     line.extend(
         command

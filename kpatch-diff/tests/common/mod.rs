@@ -132,17 +132,26 @@ pub fn compile_fixture_with(name: &str, variant: &str, more: &[&str]) -> Vec<u8>
 /// Compiles the fixture pair `name` and diffs it as part of the klp object `klp_object`; returns
 /// the patched object's bytes beside the diff.
 pub fn diff_fixture(name: &str, klp_object: &str) -> (Vec<u8>, kpatch_diff::DiffOutput) {
+    diff_fixture_with(name, klp_object, &kpatch_diff::DiffOptions::default())
+}
+
+/// [`diff_fixture`] with the diff's `options` (the layout check's).
+pub fn diff_fixture_with(
+    name: &str,
+    klp_object: &str,
+    options: &kpatch_diff::DiffOptions,
+) -> (Vec<u8>, kpatch_diff::DiffOutput) {
     let orig = compile_fixture(name, "orig");
     let patched = compile_fixture(name, "patched");
     let object_name = format!("{name}.o");
-    let output = kpatch_diff::diff(&kpatch_diff::Pair {
+    let pair = kpatch_diff::Pair {
         name: &object_name,
         orig_name: "original",
         orig: &orig,
         patched: &patched,
         klp_object,
-    })
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    };
+    let output = kpatch_diff::diff_with(&pair, options).unwrap_or_else(|e| panic!("{name}: {e}"));
     (patched, output)
 }
 
