@@ -197,6 +197,34 @@ impl Comparer<'_> {
         }
     }
 
+    /// Whether two functions' site code is the same: the same sites, each with the same
+    /// bytes and references.
+    fn same_site_code(&self, orig: &[SiteCode], patched: &[SiteCode]) -> bool {
+        orig.len() == patched.len()
+            && orig.iter().zip(patched).all(|(o, p)| {
+                let orig_bytes = self
+                    .orig
+                    .section(o.section)
+                    .data
+                    .get(o.start as usize..o.end as usize);
+                let patched_bytes = self
+                    .patched
+                    .section(p.section)
+                    .data
+                    .get(p.start as usize..p.end as usize);
+                o.site == p.site
+                    && o.table == p.table
+                    && orig_bytes.is_some()
+                    && orig_bytes == patched_bytes
+                    && self.same_relocations(
+                        self.orig.relocations_in(o.section, o.start, o.end),
+                        o.start,
+                        self.patched.relocations_in(p.section, p.start, p.end),
+                        p.start,
+                    )
+            })
+    }
+
     fn same_relocations(
         &self,
         orig_relocations: &[Relocation],
@@ -611,21 +639,117 @@ fn line_shifts(
     Some(shifts)
 }
 
+/// Code that belongs to one site of a function without lying in it: an alternative's
+/// replacement (`.altinstr_replacement`) or an exception entry's fixup (`.fixup`).
+#[derive(Debug, Clone, Copy)]
+struct SiteCode {
+    /// Where the site is, from the function's start.
+    site: u64,
+    table: &'static str,
+    section: SectionId,
+    start: u64,
+    end: u64,
+}
+
+/// The site code of every function of `object`, in site order.
+fn site_code(object: &Object) -> HashMap<SymbolId, Vec<SiteCode>> {
+    let mut by_function: HashMap<SymbolId, Vec<SiteCode>> = HashMap::new();
+    for (&id, table) in &object.tables {
+        if table.replacement.is_none() && table.fixup_field.is_none() {
+            continue;
+        }
+        let fixup_starts = object
+            .sections
+            .iter()
+            .find(|s| s.name == ".fixup")
+            .map(|s| (s.id, crate::include::fixup_starts(object, s.id)));
+        let count = table.entries;
+        for index in 0..count {
+            let entry = index * table.entry_size;
+            let Some((code_section, address)) =
+                crate::include::field_address(object, id, entry + table.code_field)
+            else {
+                continue;
+            };
+            let Some(function) = object.symbols_in(code_section).iter().copied().find(|&f| {
+                let symbol = object.symbol(f);
+                symbol.kind == SymbolKind::Func
+                    && symbol.value <= address
+                    && address < symbol.value.saturating_add(symbol.size)
+            }) else {
+                continue;
+            };
+            let site = address - object.symbol(function).value;
+            let piece = if let Some((field, length_byte)) = table.replacement {
+                crate::include::field_address(object, id, entry + field).map(|(section, start)| {
+                    let length = object
+                        .section(id)
+                        .data
+                        .get((entry + length_byte) as usize)
+                        .copied()
+                        .unwrap_or(0);
+                    (section, start, start.saturating_add(u64::from(length)))
+                })
+            } else {
+                table
+                    .fixup_field
+                    .and_then(|field| crate::include::field_address(object, id, entry + field))
+                    .and_then(|(section, start)| {
+                        let (fixup, starts) = fixup_starts.as_ref()?;
+                        (section == *fixup).then(|| {
+                            let end = starts
+                                .iter()
+                                .copied()
+                                .find(|&s| s > start)
+                                .unwrap_or(object.section(section).size);
+                            (section, start, end)
+                        })
+                    })
+            };
+            let Some((section, start, end)) = piece else {
+                continue;
+            };
+            let end = end.min(object.section(section).size);
+            by_function.entry(function).or_default().push(SiteCode {
+                site,
+                table: table.name,
+                section,
+                start: start.min(end),
+                end,
+            });
+        }
+    }
+    for pieces in by_function.values_mut() {
+        pieces.sort_by_key(|p| (p.site, p.table, p.start));
+    }
+    by_function
+}
+
 /// How far lines moved according to the bug tables: for each WARN/BUG site in a function
 /// present in both objects, at the same offset in it, the new line minus the old one.
 fn bug_table_line_deltas(orig: &Object, patched: &Object, twins: &Twins) -> BTreeSet<i64> {
-    // struct bug_entry (see special_sections): the line is the u16 at offset 8 of 12.
-    const ENTRY: u64 = 12;
-    const LINE: usize = 8;
     let sites = |object: &Object, name_of: &dyn Fn(SymbolId) -> Option<String>| {
         let mut lines: HashMap<(String, i64), u16> = HashMap::new();
-        for section in object.sections.iter().filter(|s| s.name == "__bug_table") {
-            for relocation in section.relocations.iter().filter(|r| r.offset % ENTRY == 0) {
+        for (&id, table) in &object.tables {
+            let Some(line) = table.line_field else {
+                continue;
+            };
+            let section = object.section(id);
+            let entry = table.entry_size;
+            for relocation in section
+                .relocations
+                .iter()
+                .filter(|r| r.offset % entry == table.code_field)
+            {
                 let RelocationTarget::Symbol { symbol, offset } = object.resolve(relocation) else {
                     continue;
                 };
-                let at = (relocation.offset as usize).saturating_add(LINE);
-                let (Some(name), Some(bytes)) = (name_of(symbol), section.data.get(at..at + 2))
+                let at = (relocation.offset - table.code_field)
+                    .saturating_add(line)
+                    .try_into()
+                    .unwrap_or(usize::MAX);
+                let (Some(name), Some(bytes)) =
+                    (name_of(symbol), section.data.get(at..at.saturating_add(2)))
                 else {
                     continue;
                 };
@@ -879,6 +1003,26 @@ pub fn compare(orig: &Object, patched: &Object, twins: &Twins) -> Comparison {
             verdict.status = Status::Changed;
             verdict.line_only = false;
             verdict.difference = "its .cold part changed".to_string();
+        }
+    }
+    // An alternative's replacement and an exception entry's fixup run in place of, or on
+    // behalf of, the function's own bytes, which do not show them.
+    let orig_sites = site_code(orig);
+    let patched_sites = site_code(patched);
+    for verdict in &mut functions {
+        let Some(orig_id) = verdict.orig.filter(|_| verdict.status == Status::Same) else {
+            continue;
+        };
+        let none = Vec::new();
+        let o = orig_sites.get(&orig_id).unwrap_or(&none);
+        let p = patched_sites.get(&verdict.patched).unwrap_or(&none);
+        if !comparer.same_site_code(o, p) {
+            verdict.status = Status::Changed;
+            verdict.line_only = false;
+            verdict.difference =
+                "the replacement code of an alternative or the fixup code of an exception \
+                 table entry changed"
+                    .to_string();
         }
     }
     propagate_untraceable_changes(patched, &mut functions);

@@ -5,9 +5,13 @@
 //! index and size is checked here, once, so the phases after this one can index the model
 //! without re-validating it and malformed input never reaches them.
 
+use std::collections::BTreeMap;
+
 use object::elf;
 use object::read::elf::{FileHeader, Rela as _, SectionHeader as _, Sym as _};
 use object::{Endianness, SectionIndex};
+
+use crate::special_sections::Table;
 
 /// An index into [`Object::sections`]; equal to the ELF section header index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -169,6 +173,9 @@ pub struct Object {
     /// For each executable section, its instructions as (start, length), in order, from a
     /// linear decode: where a PC-relative field's instruction ends.
     instructions: Vec<Vec<(u32, u8)>>,
+    /// The special sections' tables, their layouts the kernel's: empty until
+    /// [`crate::special_sections::read_tables`] fills it.
+    pub tables: BTreeMap<SectionId, Table>,
 }
 
 /// Decodes an executable section into (start, length) per instruction.
@@ -509,6 +516,7 @@ impl Object {
             symbols,
             symbols_by_section,
             instructions,
+            tables: BTreeMap::new(),
         })
     }
 

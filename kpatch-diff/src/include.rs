@@ -213,17 +213,6 @@ impl Closure<'_> {
         field_address(self.patched, section, field)
     }
 
-    /// The offset inside a table entry of its key field, for the tables that have one.
-    fn key_field(table: &str) -> Option<u64> {
-        match table {
-            // struct jump_entry: code, target (s32 each), key (long).
-            "__jump_table" => Some(8),
-            // struct static_call_site: addr, key (s32 each).
-            ".static_call_sites" => Some(4),
-            _ => None,
-        }
-    }
-
     /// The rule for special entries of a module klp object that name a key.
     ///
     /// The module loader reads `__jump_table` and `.static_call_sites` while the livepatch
@@ -242,7 +231,7 @@ impl Closure<'_> {
             return ModuleKey::Keep;
         }
         let table_name = self.patched.section(table).name.as_str();
-        let Some(field) = Self::key_field(table_name) else {
+        let Some(field) = self.patched.tables.get(&table).and_then(|t| t.key_field) else {
             return ModuleKey::Keep;
         };
         let Some(relocation) = self
@@ -290,15 +279,36 @@ impl Closure<'_> {
         }
     }
 
+    /// Copies the fixup code an exception table entry points at, when it lies in `.fixup`
+    /// (kernels before 5.17): from its start to where the next entry's fixup starts, since
+    /// nothing else marks where one ends. Its jumps back into the function are followed like
+    /// any relocation. Returns whether the target was fixup code.
+    fn include_fixup(&mut self, relocation: &crate::elf::Relocation) -> bool {
+        let Some((section, address)) =
+            field_address(self.patched, relocation.section, relocation.offset)
+        else {
+            return false;
+        };
+        if self.patched.section(section).name != ".fixup" {
+            return false;
+        }
+        let end = fixup_starts(self.patched, section)
+            .into_iter()
+            .find(|&start| start > address)
+            .unwrap_or(self.patched.section(section).size);
+        if self.inclusion.add_piece(section, address, end) {
+            self.pending.push((section, address, end));
+        }
+        true
+    }
+
     /// Keeps the entries of special tables whose code is copied, and follows what they need.
     /// Returns whether anything new was kept.
     fn keep_table_entries(&mut self) -> bool {
         let mut progress = false;
-        for section in &self.patched.sections {
-            let Some(table) = special_sections::table_for(&section.name) else {
-                continue;
-            };
-            let count = section.size / table.entry_size;
+        for (&id, table) in &self.patched.tables {
+            let section = self.patched.section(id);
+            let count = table.entries;
             for index in 0..count {
                 let seen = |entries: &BTreeMap<SectionId, BTreeSet<u64>>| {
                     entries
@@ -356,6 +366,11 @@ impl Closure<'_> {
                             continue;
                         }
                     }
+                    if let Some(field) = table.fixup_field {
+                        if relocation.offset == start + field && self.include_fixup(relocation) {
+                            continue;
+                        }
+                    }
                     let target = self.patched.resolve(relocation);
                     self.follow(target);
                 }
@@ -363,6 +378,25 @@ impl Closure<'_> {
         }
         progress
     }
+}
+
+/// Where each piece of fixup code in `fixup` starts: every address an exception table entry's
+/// fixup field points at, sorted.
+pub fn fixup_starts(object: &Object, fixup: SectionId) -> Vec<u64> {
+    let mut starts: Vec<u64> = object
+        .tables
+        .iter()
+        .filter_map(|(&id, table)| Some((id, table, table.fixup_field?)))
+        .flat_map(|(id, table, field)| {
+            let count = table.entries;
+            (0..count).filter_map(move |i| field_address(object, id, i * table.entry_size + field))
+        })
+        .filter(|&(section, _)| section == fixup)
+        .map(|(_, address)| address)
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    starts
 }
 
 /// Computes what the output object holds for the changed and new functions of `comparison`;

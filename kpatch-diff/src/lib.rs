@@ -30,6 +30,10 @@ pub enum DiffError {
     Malformed(#[from] ElfError),
     #[error("cannot write the output for {object}: {message}")]
     Write { object: String, message: String },
+    /// A special section that does not divide into the kernel's entries: the objects and
+    /// the kernel layout kpatch-rs was given do not belong together.
+    #[error("cannot read the special sections of {object}: {message}")]
+    Table { object: String, message: String },
 }
 
 /// One object pair to diff.
@@ -92,6 +96,56 @@ fn replace_aliases_once(
     }
 }
 
+/// Sections kpatch-rs does not know whose entries describe copied code: anonymous entries
+/// (covered by no symbol) of an allocated, non-code section that is not copied itself and
+/// that point into copied code. The kernel reads such a table for the code it describes
+/// (as it reads `.parainstructions` or `__ex_table`); a copy without its entries could
+/// behave differently, so the pair is refused, naming the section.
+fn unknown_tables(patched: &Object, inclusion: &include::Inclusion) -> Vec<compare::Refusal> {
+    let mut refusals = Vec::new();
+    for section in &patched.sections {
+        if !section.is_alloc()
+            || section.is_exec()
+            || special_sections::is_special(&section.name)
+            || special_sections::is_ubsan_data(&section.name)
+            || inclusion.pieces.contains_key(&section.id)
+        {
+            continue;
+        }
+        let symbols = patched.symbols_in(section.id);
+        let described = section.relocations.iter().find(|relocation| {
+            let named = symbols.iter().any(|&s| {
+                let symbol = patched.symbol(s);
+                symbol.value <= relocation.offset
+                    && relocation.offset < symbol.value.saturating_add(symbol.size.max(1))
+            });
+            if named {
+                return false;
+            }
+            let Some(target) = patched.symbol(relocation.symbol).section() else {
+                return false;
+            };
+            let address =
+                (patched.symbol(relocation.symbol).value as i64).saturating_add(relocation.addend);
+            patched.section(target).is_exec()
+                && u64::try_from(address).is_ok_and(|a| inclusion.covers(target, a))
+        });
+        if let Some(relocation) = described {
+            refusals.push(compare::Refusal {
+                object: patched.name.clone(),
+                section: section.name.clone(),
+                symbol: String::new(),
+                reason: format!(
+                    "section {} has an entry (at {:#x}) describing code the patch copies, and \
+                     kpatch-rs does not know what the kernel does with it",
+                    section.name, relocation.offset
+                ),
+            });
+        }
+    }
+    refusals
+}
+
 /// How a diff treats the data layout of the types the objects describe (see [`layout`]).
 #[derive(Debug, Clone, Default)]
 pub struct DiffOptions {
@@ -101,6 +155,9 @@ pub struct DiffOptions {
     /// Types whose layout change the user accepted (`--allow-layout-change`): reported,
     /// not refused.
     pub allowed_layout_changes: Vec<String>,
+    /// The kernel's layouts of the special sections' entries; Linux 6.12 x86_64's when
+    /// `None` (objects diffed without their kernel).
+    pub kernel_layout: Option<special_sections::KernelLayout>,
 }
 
 /// Diffs one pair, the data layout checked where the objects carry DWARF.
@@ -110,11 +167,46 @@ pub fn diff(pair: &Pair<'_>) -> Result<DiffOutput, DiffError> {
 
 /// Diffs one pair with `options`.
 pub fn diff_with(pair: &Pair<'_>, options: &DiffOptions) -> Result<DiffOutput, DiffError> {
-    let orig = Object::parse(pair.orig_name, pair.orig)?;
+    let mut orig = Object::parse(pair.orig_name, pair.orig)?;
     let mut patched = Object::parse(pair.name, pair.patched)?;
     patched.name = pair.name.to_string();
+    let default_layout;
+    let kernel_layout = match &options.kernel_layout {
+        Some(layout) => layout,
+        None => {
+            default_layout = special_sections::KernelLayout::linux_6_12_x86_64();
+            &default_layout
+        }
+    };
+    let mut table_refusals = Vec::new();
+    for object in [&mut orig, &mut patched] {
+        match special_sections::read_tables(object, kernel_layout) {
+            Ok(tables) => object.tables = tables,
+            Err(special_sections::TableError::Unknown { section, reason }) => {
+                table_refusals.push(compare::Refusal {
+                    object: pair.name.to_string(),
+                    section: section.clone(),
+                    symbol: String::new(),
+                    reason: format!("special section {section}: {reason}"),
+                });
+            }
+            Err(error @ special_sections::TableError::Malformed { .. }) => {
+                return Err(DiffError::Table {
+                    object: object.name.clone(),
+                    message: format!(
+                        "{error}; the objects do not match the kernel layout kpatch-rs was \
+                         given (built for another kernel?)"
+                    ),
+                });
+            }
+        }
+    }
+    if !table_refusals.is_empty() {
+        table_refusals.dedup_by(|a, b| a.section == b.section);
+    }
     let twins = correlate::correlate(&orig, &patched);
     let mut comparison = compare::compare(&orig, &patched, &twins);
+    comparison.refusals.extend(table_refusals);
     let layout = check_layout(pair, &orig, &patched, options);
     comparison.refusals.extend(layout.refusals);
     let mut ignored = ignore_by_author(&patched, &mut comparison);
@@ -204,6 +296,15 @@ pub fn diff_with(pair: &Pair<'_>, options: &DiffOptions) -> Result<DiffOutput, D
         .functions
         .retain(|v| !special_sections::is_dropped(compare::section_name_of(&patched, v.patched)));
     let inclusion = include::include(&patched, &comparison, pair.klp_object != "vmlinux");
+    let unknown = unknown_tables(&patched, &inclusion);
+    if !unknown.is_empty() {
+        report.refusals.extend(unknown);
+        report.outcome = Outcome::Unpatchable;
+        return Ok(DiffOutput {
+            report,
+            object: None,
+        });
+    }
     report.data = inclusion
         .symbols
         .iter()

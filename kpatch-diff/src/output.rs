@@ -19,7 +19,6 @@ use object::{
 use crate::correlate::Twins;
 use crate::elf::{Binding, Object, RelocationTarget, SectionId, SymbolId, SymbolKind};
 use crate::include::Inclusion;
-use crate::special_sections;
 
 /// Prefix of the global alias every changed or new function gets in the output:
 /// `kpatch_rs.<object>.<function>`, e.g. `kpatch_rs.fs/proc/cmdline.o.cmdline_proc_show`.
@@ -78,12 +77,15 @@ pub fn write_object(
     // Sections in the patched object's order, so the output does not depend on hash order.
     let mut copied: BTreeMap<SectionId, Vec<(u64, u64)>> = inclusion.pieces.clone();
     for (&section, kept) in &inclusion.entries {
-        let Some(table) = special_sections::table_for(&patched.section(section).name) else {
+        let Some(table) = patched.tables.get(&section) else {
             continue;
         };
         let ranges = kept
             .iter()
-            .map(|&i| (i * table.entry_size, (i + 1) * table.entry_size))
+            .map(|&i| {
+                let end = ((i + 1) * table.entry_size).min(patched.section(section).size);
+                (i * table.entry_size, end)
+            })
             .collect();
         copied.insert(section, ranges);
         // `.orc_unwind` runs in parallel with `.orc_unwind_ip`: keep the same entries.

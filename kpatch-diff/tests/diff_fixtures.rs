@@ -841,6 +841,7 @@ fn an_allowed_layout_change_is_reported_not_refused() {
     let options = kpatch_diff::DiffOptions {
         require_dwarf: true,
         allowed_layout_changes: vec!["struct session".to_string()],
+        ..Default::default()
     };
     let Some(output) = layout_diff("layout_member_added", &options) else {
         return;

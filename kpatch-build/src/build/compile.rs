@@ -5,6 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use kpatch_diff::special_sections::KernelLayout;
+
 use super::inputs::{read_file, InputError, Inputs};
 use super::kbuild::KernelBuild;
 use super::module;
@@ -18,6 +20,8 @@ pub struct Compiled {
     pub patched: KernelBuild,
     /// The units, as object paths relative to the tree (`fs/proc/cmdline.o`).
     pub units: Vec<PathBuf>,
+    /// The kernel's layouts of its special sections' entries (`probe.rs`).
+    pub kernel_layout: KernelLayout,
 }
 
 /// Builds the touched units of both trees.
@@ -82,7 +86,12 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
     let (original_result, patched_result) = std::thread::scope(|scope| {
         let original = scope.spawn(|| {
             original_build.prepare(&options.config)?;
-            original_build.build_objects("building original objects", &objects, &include_flag)
+            original_build.build_objects("building original objects", &objects, &include_flag)?;
+            super::probe::kernel_layout(
+                &original_build,
+                &inputs.cache,
+                &String::from_utf8_lossy(&config_text),
+            )
         });
         let patched = scope.spawn(|| {
             patched_build.prepare(&options.config)?;
@@ -91,7 +100,7 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         (original.join(), patched.join())
     });
     let thread_error = || BuildError::Internal("a build thread panicked".to_string());
-    original_result.map_err(|_| thread_error())??;
+    let kernel_layout = original_result.map_err(|_| thread_error())??;
     patched_result.map_err(|_| thread_error())??;
     if let Err(error) = check_config_kept(&options.config, &original_build.output.join(".config")) {
         // The next run must configure again, once the missing tool is there.
@@ -104,6 +113,7 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         original: original_build,
         patched: patched_build,
         units: objects,
+        kernel_layout,
     })
 }
 

@@ -70,6 +70,7 @@ pub fn diff_units(
     let options = kpatch_diff::DiffOptions {
         require_dwarf: true,
         allowed_layout_changes: allowed_layout_changes.to_vec(),
+        kernel_layout: Some(compiled.kernel_layout.clone()),
     };
     let results = kpatch_diff::diff_all_with(&pairs, &options);
     let mut diffed = Vec::new();

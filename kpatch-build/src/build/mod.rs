@@ -41,6 +41,7 @@ pub mod link;
 pub mod module;
 pub mod patches;
 pub mod post_link;
+pub mod probe;
 pub mod progress;
 pub mod provenance;
 pub mod references;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use kpatch_build::exit;
 use kpatch_diff::report::{Outcome, Report};
-use kpatch_diff::{diff_all, Pair};
+use kpatch_diff::special_sections::KernelLayout;
+use kpatch_diff::{diff_all_with, DiffOptions, Pair};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
@@ -28,6 +29,10 @@ pub struct DiffArgs {
     /// How messages name the object of a single pair (default: the patched path as given).
     #[arg(long)]
     name: Option<String>,
+    /// The kernel's layouts of its special sections' entries, as JSON (`layout.json` beside
+    /// a `kpatch-rs build` cache entry's prepared tree); Linux 6.12 x86_64's without it.
+    #[arg(long, value_name = "FILE")]
+    layout: Option<PathBuf>,
 }
 
 /// Runs the command and returns its exit code: 1 if any pair failed, else 2 if any cannot be
@@ -92,7 +97,26 @@ pub fn run(args: &DiffArgs) -> Result<u8> {
             klp_object: &args.klp_object,
         })
         .collect();
-    let results = diff_all(&pairs);
+    let kernel_layout = match &args.layout {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let layout: KernelLayout = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a kernel layout (JSON: {{\"types\": {{\"struct NAME\": \
+                     {{\"size\": N, \"members\": {{\"NAME\": OFFSET}}}}}}}})",
+                    path.display()
+                )
+            })?;
+            Some(layout)
+        }
+        None => None,
+    };
+    let options = DiffOptions {
+        kernel_layout,
+        ..Default::default()
+    };
+    let results = diff_all_with(&pairs, &options);
 
     let mut reports: Vec<&Report> = Vec::new();
     let mut failed = false;
