@@ -896,3 +896,189 @@ fn objects_without_dwarf_are_refused_when_the_layout_check_needs_it() {
         refused.report.refusals
     );
 }
+
+/// The special sections of older kernels, read with their layout
+/// (`fixtures/layouts/older.json`): 13-byte alternatives, 24-byte absolute jump entries,
+/// paravirt patch sites, exception entries with a handler and fixup code in `.fixup`,
+/// pointer-sized objtool annotations, dynamic debug in `__verbose`.
+#[test]
+fn special_sections_of_older_kernels_follow_their_code() {
+    let result = checked_diff(
+        "old_sections",
+        Expect {
+            changed: &["checked"],
+            entries: &[
+                (".altinstructions", 1),
+                ("__jump_table", 2),
+                (".parainstructions", 1),
+                ("__ex_table", 1),
+                (".discard.retpoline_safe", 1),
+            ],
+            references: &["tracing_key", "sink", "ex_handler_default"],
+            data: &["descriptor.3", "__func__.1"],
+            ..NOTHING
+        },
+    );
+    let Some(object) = result.and_then(|r| r.object) else {
+        return;
+    };
+    let object = kpatch_diff::elf::Object::parse("output", &object).expect("output reads back");
+    let section = |name: &str| {
+        object
+            .sections
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("output has no {name}"))
+    };
+    // One of each entry, at the older sizes. The objects' paravirt tables are 28 bytes, the
+    // last of their two entries without its tail padding; the kept one is the first.
+    assert_eq!(section(".altinstructions").size, 13);
+    assert_eq!(section(".parainstructions").size, 16);
+    assert_eq!(section(".discard.retpoline_safe").size, 8);
+    assert_eq!(section("__ex_table").size, 12);
+    // The kept exception entry's fixup, and only it: one of the two 10-byte pieces
+    // (`movl $-14, %reg` and the `jmp` back into checked()).
+    let fixup = section(".fixup");
+    assert_eq!(
+        fixup.data.len(),
+        10,
+        "fixup code copied: {:02x?}",
+        fixup.data
+    );
+    assert_eq!(
+        fixup.data[1..5],
+        (-14i32).to_le_bytes(),
+        "{:02x?}",
+        fixup.data
+    );
+    assert_eq!(fixup.data[5], 0xe9, "the jump back: {:02x?}", fixup.data);
+    // The descriptor of the changed function's pr_debug, copied as dynamic debug data.
+    assert!(
+        object
+            .symbols
+            .iter()
+            .any(|s| s.name.starts_with("descriptor.")
+                && s.section()
+                    .is_some_and(|id| object.section(id).name == "__verbose")),
+        "the output carries checked()'s __verbose descriptor"
+    );
+}
+
+/// Read with Linux 6.12's layout, the same objects do not fit: the kernel must describe
+/// its own tables.
+#[test]
+fn older_sections_are_an_error_or_refused_under_another_kernels_layout() {
+    if !common::have_tool("gcc") {
+        return;
+    }
+    let orig = common::compile_fixture("old_sections", "orig");
+    let patched = common::compile_fixture("old_sections", "patched");
+    let pair = kpatch_diff::Pair {
+        name: "old_sections.o",
+        orig_name: "original",
+        orig: &orig,
+        patched: &patched,
+        klp_object: "vmlinux",
+    };
+    // 6.12 has no paravirt patch sites: refused, naming the section and the type.
+    let older = common::fixture_layout("old_sections").expect("old_sections names a layout");
+    let with = |names: &[&str]| {
+        let mut layout = kpatch_diff::special_sections::KernelLayout::linux_6_12_x86_64();
+        for name in names {
+            layout
+                .types
+                .insert(name.to_string(), older.types[*name].clone());
+        }
+        kpatch_diff::DiffOptions {
+            kernel_layout: Some(layout),
+            ..Default::default()
+        }
+    };
+    let options = with(&["struct jump_entry", "struct alt_instr"]);
+    let refused = kpatch_diff::diff_with(&pair, &options).expect("diff");
+    assert_eq!(refused.report.outcome, Outcome::Unpatchable);
+    let reasons: Vec<String> = refused
+        .report
+        .refusals
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(".parainstructions") && r.contains("struct paravirt_patch_site")),
+        "{reasons:?}"
+    );
+    // 14-byte alternatives over 13-byte entries: an error naming the section.
+    let options = with(&["struct jump_entry", "struct paravirt_patch_site"]);
+    let error = kpatch_diff::diff_with(&pair, &options)
+        .expect_err("13-byte alternatives read as 14-byte ones")
+        .to_string();
+    assert!(
+        error.contains(".altinstructions") && error.contains("14-byte"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_change_only_in_replacement_or_fixup_code_changes_the_function() {
+    check(
+        "site_code",
+        Expect {
+            changed: &["alt_changed", "fixup_changed"],
+            entries: &[(".altinstructions", 1), ("__ex_table", 1)],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn the_printk_index_is_left_out() {
+    let result = checked_diff(
+        "printk_index",
+        Expect {
+            changed: &["greet"],
+            ..NOTHING
+        },
+    );
+    let Some(object) = result.and_then(|r| r.object) else {
+        return;
+    };
+    let object = kpatch_diff::elf::Object::parse("output", &object).expect("output reads back");
+    assert!(!object.sections.iter().any(|s| s.name == ".printk_index"));
+}
+
+#[test]
+fn orc_entries_are_kept_in_parallel() {
+    let result = checked_diff(
+        "orc",
+        Expect {
+            changed: &["first"],
+            entries: &[(".orc_unwind_ip", 1)],
+            ..NOTHING
+        },
+    );
+    let Some(object) = result.and_then(|r| r.object) else {
+        return;
+    };
+    let object = kpatch_diff::elf::Object::parse("output", &object).expect("output reads back");
+    let orc = object
+        .sections
+        .iter()
+        .find(|s| s.name == ".orc_unwind")
+        .expect("ORC entries copied");
+    assert_eq!(orc.data, [8, 0, 0, 0, 0x15, 0], "first()'s entry only");
+}
+
+#[test]
+fn an_unknown_table_describing_copied_code_is_refused() {
+    check(
+        "unknown_table",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["checked"],
+            refusals: &["cannot patch unknown_table.o: section .kpatch_rs_test_sites has an entry (at 0x0) describing code the patch copies, and kpatch-rs does not know what the kernel does with it"],
+            ..NOTHING
+        },
+    );
+}

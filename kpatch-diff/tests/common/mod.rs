@@ -144,6 +144,11 @@ pub fn diff_fixture_with(
     let orig = compile_fixture(name, "orig");
     let patched = compile_fixture(name, "patched");
     let object_name = format!("{name}.o");
+    let mut options = options.clone();
+    if options.kernel_layout.is_none() {
+        options.kernel_layout = fixture_layout(name);
+    }
+    let options = &options;
     let pair = kpatch_diff::Pair {
         name: &object_name,
         orig_name: "original",
@@ -153,6 +158,20 @@ pub fn diff_fixture_with(
     };
     let output = kpatch_diff::diff_with(&pair, options).unwrap_or_else(|e| panic!("{name}: {e}"));
     (patched, output)
+}
+
+/// The kernel layout a fixture names with a line `// layout: fixtures/layouts/NAME.json`, for
+/// the forms older kernels give their special sections; `None` (Linux 6.12's) without one.
+pub fn fixture_layout(name: &str) -> Option<kpatch_diff::special_sections::KernelLayout> {
+    let source = repo_root().join(format!("fixtures/{name}.orig.c"));
+    let text = std::fs::read_to_string(&source).expect("cannot read fixture source");
+    let path = text
+        .lines()
+        .find_map(|line| line.strip_prefix("// layout:"))?
+        .trim();
+    let json = std::fs::read_to_string(repo_root().join(path))
+        .unwrap_or_else(|e| panic!("fixtures/{name}: cannot read {path}: {e}"));
+    Some(serde_json::from_str(&json).unwrap_or_else(|e| panic!("{path}: {e}")))
 }
 
 /// Runs a binutils tool on `path`, asserting it succeeds without warnings; returns stdout.
