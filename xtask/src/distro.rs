@@ -19,13 +19,72 @@ use xshell::{cmd, Shell};
 use crate::guest::{run_jobs, Ending, Job, Rootfs};
 use crate::kernel::KernelDirs;
 
-/// The Debian kernel release under test, and the packages that carry it.
-pub const RELEASE: &str = "6.12.117+deb12-amd64";
-const IMAGE: &str = "linux-image-6.12.117+deb12-amd64-unsigned";
-const DBG: &str = "linux-image-6.12.117+deb12-amd64-dbg";
-const HEADERS: &str = "linux-headers-6.12.117+deb12-amd64";
-const PACKAGES: &[&str] = &[IMAGE, DBG, HEADERS];
-const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+/// One Debian kernel under test: its release, the packages that carry it, and where its
+/// files go.
+#[derive(Debug, Clone, Copy)]
+pub struct DebianKernel {
+    /// The kernel series, as `--kernel` names it (`6.12`, `6.1`).
+    pub series: &'static str,
+    pub release: &'static str,
+    /// The `linux-source-SERIES` package, whose tarball is the clean source tree; used from
+    /// `/usr/src` when it is installed, else downloaded like the others.
+    source_package: &'static str,
+    /// The cache directory under `~/.cache/kpatch-rs/`.
+    cache: &'static str,
+}
+
+/// Debian 12's 6.12 kernel (bookworm-backports).
+pub const DEBIAN_6_12: DebianKernel = DebianKernel {
+    series: "6.12",
+    release: "6.12.117+deb12-amd64",
+    source_package: "linux-source-6.12",
+    cache: "distro",
+};
+
+/// Debian 12's default kernel: 6.1, the newest in bookworm-security.
+pub const DEBIAN_6_1: DebianKernel = DebianKernel {
+    series: "6.1",
+    release: "6.1.0-57-amd64",
+    source_package: "linux-source-6.1",
+    cache: "distro-6.1",
+};
+
+pub const KERNELS: &[DebianKernel] = &[DEBIAN_6_12, DEBIAN_6_1];
+
+impl DebianKernel {
+    pub fn by_series(series: &str) -> Result<DebianKernel> {
+        KERNELS
+            .iter()
+            .copied()
+            .find(|k| k.series == series)
+            .with_context(|| {
+                let known: Vec<&str> = KERNELS.iter().map(|k| k.series).collect();
+                format!("no Debian kernel {series}; known: {}", known.join(", "))
+            })
+    }
+    fn image(&self) -> String {
+        format!("linux-image-{}-unsigned", self.release)
+    }
+    fn dbg(&self) -> String {
+        format!("linux-image-{}-dbg", self.release)
+    }
+    fn headers(&self) -> String {
+        format!("linux-headers-{}", self.release)
+    }
+    fn tarball(&self) -> String {
+        format!("{}.tar.xz", self.source_package)
+    }
+    /// `fixtures/distro/SERIES/NAME.patch` where the series needs its own, else
+    /// `fixtures/distro/NAME.patch`.
+    fn patch(&self, root: &Path, name: &str) -> PathBuf {
+        let own = root.join(format!("fixtures/distro/{}/{name}.patch", self.series));
+        if own.exists() {
+            own
+        } else {
+            root.join(format!("fixtures/distro/{name}.patch"))
+        }
+    }
+}
 
 /// One patch of `fixtures/distro/` and what the guest checks for it.
 struct Case {
@@ -105,6 +164,7 @@ echo "dmesg: no warning, oops or bug"
 
 /// The unpacked Debian packages and source tree.
 pub struct Distro {
+    pub kernel: DebianKernel,
     pub cache: PathBuf,
     pub source: PathBuf,
     pub config: PathBuf,
@@ -130,12 +190,22 @@ impl Distro {
     }
 }
 
-/// Downloads and unpacks what is missing; a package is unpacked once (a stamp file marks it).
+/// Debian's 6.12 kernel, downloaded and unpacked once.
 pub fn ensure_distro(sh: &Shell) -> Result<Distro> {
-    let cache = crate::cache_dir("distro")?;
+    ensure_kernel(sh, &DEBIAN_6_12)
+}
+
+/// Downloads and unpacks what is missing; a package is unpacked once (a stamp file marks it).
+pub fn ensure_kernel(sh: &Shell, kernel: &DebianKernel) -> Result<Distro> {
+    let cache = crate::cache_dir(kernel.cache)?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
-    for package in PACKAGES {
+    let installed_tarball = Path::new("/usr/src").join(kernel.tarball());
+    let mut packages = vec![kernel.image(), kernel.dbg(), kernel.headers()];
+    if !installed_tarball.exists() {
+        packages.push(kernel.source_package.to_string());
+    }
+    for package in &packages {
         let unpacked = cache.join("x").join(package);
         let stamp = unpacked.join(".unpacked");
         if stamp.exists() {
@@ -167,41 +237,61 @@ pub fn ensure_distro(sh: &Shell) -> Result<Distro> {
         cmd!(sh, "dpkg-deb -x {deb} {unpacked}").run()?;
         std::fs::write(&stamp, "")?;
     }
+    let tarball = if installed_tarball.exists() {
+        installed_tarball
+    } else {
+        cache
+            .join("x")
+            .join(kernel.source_package)
+            .join("usr/src")
+            .join(kernel.tarball())
+    };
     let source_root = cache.join("source");
-    let source = source_root.join("linux-source-6.12");
+    let source = source_root.join(kernel.source_package);
     if !source_root.join(".unpacked").exists() {
-        if !Path::new(SOURCE_TARBALL).exists() {
-            bail!("{SOURCE_TARBALL} is missing: apt-get install linux-source-6.12");
+        if !tarball.exists() {
+            bail!(
+                "{} is missing: apt-get install {}",
+                tarball.display(),
+                kernel.source_package
+            );
         }
         let _ = std::fs::remove_dir_all(&source_root);
         std::fs::create_dir_all(&source_root)?;
-        eprintln!("unpacking {SOURCE_TARBALL}");
-        cmd!(sh, "tar -C {source_root} -xf {SOURCE_TARBALL}").run()?;
+        eprintln!("unpacking {}", tarball.display());
+        cmd!(sh, "tar -C {source_root} -xf {tarball}").run()?;
         std::fs::write(source_root.join(".unpacked"), "")?;
     }
+    let release = kernel.release;
     let x = cache.join("x");
-    let image = x.join(IMAGE);
+    let image = x.join(kernel.image());
     let modules = cache.join("modules");
     std::fs::create_dir_all(&modules)?;
     let binfmt = modules.join("binfmt_misc.ko");
     if !binfmt.exists() {
-        let compressed = image.join(format!("lib/modules/{RELEASE}/kernel/fs/binfmt_misc.ko.xz"));
-        let bytes = cmd!(sh, "xz -dc {compressed}").output()?.stdout;
-        std::fs::write(&binfmt, bytes)?;
+        let shipped = image.join(format!("lib/modules/{release}/kernel/fs/binfmt_misc.ko"));
+        if shipped.exists() {
+            std::fs::copy(&shipped, &binfmt)?;
+        } else {
+            let compressed = shipped.with_extension("ko.xz");
+            let bytes = cmd!(sh, "xz -dc {compressed}").output()?.stdout;
+            std::fs::write(&binfmt, bytes)?;
+        }
     }
     Ok(Distro {
+        kernel: *kernel,
         source,
-        config: image.join(format!("boot/config-{RELEASE}")),
-        vmlinuz: image.join(format!("boot/vmlinuz-{RELEASE}")),
+        config: image.join(format!("boot/config-{release}")),
+        vmlinuz: image.join(format!("boot/vmlinuz-{release}")),
         vmlinux: x
-            .join(DBG)
-            .join(format!("usr/lib/debug/lib/modules/{RELEASE}/vmlinux")),
+            .join(kernel.dbg())
+            .join(format!("usr/lib/debug/lib/modules/{release}/vmlinux")),
         system_map: x
-            .join(DBG)
-            .join(format!("usr/lib/debug/boot/System.map-{RELEASE}")),
+            .join(kernel.dbg())
+            .join(format!("usr/lib/debug/boot/System.map-{release}")),
         symvers: x
-            .join(HEADERS)
-            .join(format!("usr/src/linux-headers-{RELEASE}/Module.symvers")),
+            .join(kernel.headers())
+            .join(format!("usr/src/linux-headers-{release}/Module.symvers")),
         modules,
         cache,
     })
@@ -209,19 +299,30 @@ pub fn ensure_distro(sh: &Shell) -> Result<Distro> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut bench = false;
-    for arg in args {
+    let mut kernel = DEBIAN_6_12;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => bench = true,
-            other => bail!("`cargo xtask distro-test` takes only --bench, got `{other}`"),
+            "--kernel" => {
+                let series = args
+                    .next()
+                    .context("--kernel needs a series (6.12 or 6.1)")?;
+                kernel = DebianKernel::by_series(series)?;
+            }
+            other => {
+                bail!("`cargo xtask distro-test` takes --kernel SERIES and --bench, got `{other}`")
+            }
         }
     }
     let sh = Shell::new()?;
     let root = crate::project_root();
     sh.change_dir(&root);
-    let distro = ensure_distro(&sh)?;
+    let distro = ensure_kernel(&sh, &kernel)?;
+    let release = kernel.release;
     let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
 
-    let work = root.join("target/distro");
+    let work = root.join(format!("target/distro-{}", kernel.series));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     // Empty caches: the first build starts from the never-built source tree. Each symbol
@@ -251,7 +352,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let out = work.join(symbol_source);
         let build_cache = cache_for(symbol_source);
         for case in CASES {
-            let patch = root.join(format!("fixtures/distro/{}.patch", case.patch));
+            let patch = kernel.patch(&root, case.patch);
             let start = Instant::now();
             let symbols = &symbols;
             cmd!(
@@ -308,7 +409,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let kernel = distro.kernel();
-    println!("booting Debian's vmlinuz-{RELEASE} in QEMU");
+    println!("booting Debian's vmlinuz-{release} in QEMU");
     let outcomes = run_jobs(&sh, &kernel, &rootfs, &jobs, &work.join("qemu"))?;
     let mut failed = 0;
     for outcome in &outcomes {
@@ -356,7 +457,7 @@ fn bench_full_build(sh: &Shell, distro: &Distro) -> Result<()> {
     let source = &distro.source;
     std::fs::copy(&distro.config, bench.join(".config"))?;
     let output = format!("O={}", bench.display());
-    let release = format!("KERNELRELEASE={RELEASE}");
+    let release = format!("KERNELRELEASE={}", distro.kernel.release);
     let start = Instant::now();
     cmd!(
         sh,

@@ -399,31 +399,94 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
     Ok(hash.hex())
 }
 
-/// The release string Kbuild builds with: `--kernel-release`, else the
-/// `include/config/kernel.release` of the headers directory `--symvers` lies in. It must
-/// start with the source tree's version, or the module would be built for another kernel.
+/// The release string Kbuild builds with: `--kernel-release`, else the release in the
+/// `linux_banner` of `--vmlinux`, else that of the shipped modules in `--modules` (their
+/// vermagic), else the `include/config/kernel.release` of the headers
+/// directory `--symvers` lies in (which Debian's 6.1 headers give as the upstream version,
+/// not the release the kernel runs as). It must be of the source tree's version (start with
+/// it), or be the release of a vmlinux whose banner names that version, or the release of
+/// the shipped modules in `--modules` (their vermagic): otherwise the module would be built
+/// for another kernel.
 pub(crate) fn kernel_release(options: &BuildOptions) -> Result<Option<String>, BuildError> {
+    let vmlinux = match &options.symbols {
+        SymbolSource::Vmlinux(path) => Some(path.as_path()),
+        SymbolSource::SystemMap(_) => None,
+    };
+    let banner = vmlinux.and_then(version::vmlinux_banner);
+    let banner_release = banner.as_deref().and_then(version::banner_release);
     let release = match &options.kernel_release {
         Some(release) => Some(release.clone()),
-        None => options
-            .symvers
-            .parent()
-            .map(|headers| headers.join("include/config/kernel.release"))
-            .and_then(|path| fs::read_to_string(path).ok())
-            .map(|text| text.trim().to_string())
-            .filter(|release| !release.is_empty()),
+        None => banner_release
+            .clone()
+            .or_else(|| options.modules.as_deref().and_then(modules_release))
+            .or_else(|| {
+                options
+                    .symvers
+                    .parent()
+                    .map(|headers| headers.join("include/config/kernel.release"))
+                    .and_then(|path| fs::read_to_string(path).ok())
+                    .map(|text| text.trim().to_string())
+                    .filter(|release| !release.is_empty())
+            }),
     };
     let Some(release) = release else {
         return Ok(None);
     };
     let (version, _) = version::source_version(&options.sourcedir)?;
-    if !version::release_of(&release, &version) {
+    let of_version = version::release_of(&release, &version)
+        || (banner_release.as_deref() == Some(release.as_str())
+            && banner
+                .as_deref()
+                .is_some_and(|b| version::banner_is_of(b, &version)))
+        || options
+            .modules
+            .as_deref()
+            .is_some_and(|dir| modules_have_release(dir, &release));
+    if !of_version {
         return Err(InputError::ReleaseMismatch { release, version }.into());
     }
     if release.chars().any(|c| c.is_whitespace() || c == '\'') {
         return Err(InputError::ReleaseNotAWord(release).into());
     }
     Ok(Some(release))
+}
+
+/// The release the first shipped module in `dir` (by name) was built for: the first word
+/// of its `.modinfo` vermagic.
+fn modules_release(dir: &Path) -> Option<String> {
+    let mut modules: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "ko"))
+        .collect();
+    modules.sort();
+    modules.iter().find_map(|path| {
+        let bytes = fs::read(path).ok()?;
+        let marker = b"vermagic=";
+        let start = bytes.windows(marker.len()).position(|w| w == marker)? + marker.len();
+        let rest = &bytes[start..];
+        let end = rest.iter().position(|&b| b == b' ' || b == 0)?;
+        let release = String::from_utf8(rest[..end].to_vec()).ok()?;
+        (!release.is_empty()).then_some(release)
+    })
+}
+
+/// Whether a shipped module in `dir` was built for `release` (its `.modinfo` vermagic).
+fn modules_have_release(dir: &Path, release: &str) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let wanted = format!("vermagic={release} ");
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        path.extension().is_some_and(|e| e == "ko")
+            && fs::read(&path).is_ok_and(|bytes| {
+                bytes
+                    .windows(wanted.len())
+                    .any(|window| window == wanted.as_bytes())
+            })
+    })
 }
 
 #[cfg(test)]
@@ -460,6 +523,46 @@ mod tests {
                 cert: dir.join(cert),
             }),
         }
+    }
+
+    /// Debian's 6.1 headers name the upstream version (`6.1.192`) as their release, while the
+    /// kernel runs as `6.1.0-57-amd64`: the shipped modules' vermagic wins over the headers,
+    /// and an explicit release is accepted when those modules carry it.
+    #[test]
+    fn the_release_comes_from_the_shipped_modules_before_the_headers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("source")).expect("source dir");
+        fs::write(
+            root.join("source/Makefile"),
+            "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 192\nEXTRAVERSION =\n",
+        )
+        .expect("Makefile");
+        fs::create_dir_all(root.join("include/config")).expect("headers");
+        fs::write(root.join("include/config/kernel.release"), "6.1.192\n").expect("release");
+        fs::create_dir_all(root.join("modules")).expect("modules");
+        fs::write(
+            root.join("modules/binfmt_misc.ko"),
+            b"\x7fELF...\0vermagic=6.1.0-57-amd64 SMP preempt mod_unload modversions \0",
+        )
+        .expect("module");
+        let mut options = signing_options(root, "", "key.pem", "cert.pem");
+        options.symbols = SymbolSource::SystemMap(root.join("System.map"));
+        assert_eq!(
+            kernel_release(&options).expect("release").as_deref(),
+            Some("6.1.192"),
+            "without modules, the headers' release"
+        );
+        options.modules = Some(root.join("modules"));
+        assert_eq!(
+            kernel_release(&options).expect("release").as_deref(),
+            Some("6.1.0-57-amd64")
+        );
+        options.kernel_release = Some("6.1.0-57-amd64".to_string());
+        assert!(kernel_release(&options).is_ok());
+        options.kernel_release = Some("6.1.0-58-amd64".to_string());
+        let error = kernel_release(&options).expect_err("a release nothing carries");
+        assert!(error.to_string().contains("6.1.0-58-amd64"), "{error}");
     }
 
     fn check_signing(config: &str, key: &str, cert: &str, expected: Result<&str, &str>) {

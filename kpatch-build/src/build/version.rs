@@ -81,6 +81,11 @@ pub fn config_version(config: &str) -> Option<String> {
 /// (...)`); None when the file has no such symbol or it is not a readable ELF file (the
 /// symbols phase reports that).
 pub fn vmlinux_release(vmlinux: &Path) -> Option<String> {
+    banner_release(&vmlinux_banner(vmlinux)?)
+}
+
+/// The text of a vmlinux's `linux_banner`.
+pub fn vmlinux_banner(vmlinux: &Path) -> Option<Vec<u8>> {
     let file = fs::File::open(vmlinux).ok()?;
     let cache = object::read::ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
@@ -88,14 +93,24 @@ pub fn vmlinux_release(vmlinux: &Path) -> Option<String> {
     let section = elf.section_by_index(banner.section_index()?).ok()?;
     let size = banner.size().clamp(16, 512);
     let bytes = section.data_range(banner.address(), size).ok()??;
-    banner_release(bytes)
+    Some(bytes.to_vec())
 }
 
 /// `6.12.117+deb12-amd64` of `Linux version 6.12.117+deb12-amd64 (debian-kernel@...) ...`.
-fn banner_release(bytes: &[u8]) -> Option<String> {
+pub fn banner_release(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes.split(|&b| b == 0).next()?).into_owned();
     let release = text.strip_prefix("Linux version ")?.split(' ').next()?;
     (!release.is_empty()).then(|| release.to_string())
+}
+
+/// Whether a banner names a release of `version`: its release does, or one of its words does,
+/// as distributions that name releases by ABI write the version at the end (`Linux version
+/// 6.1.0-57-amd64 (...) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)`).
+pub fn banner_is_of(bytes: &[u8], version: &str) -> bool {
+    let text = String::from_utf8_lossy(bytes.split(|&b| b == 0).next().unwrap_or(&[]));
+    text.split_whitespace()
+        .skip(2)
+        .any(|word| release_of(word, version))
 }
 
 /// Whether `release` is a release of the tree whose version is `version`: the version
@@ -130,9 +145,11 @@ pub fn check_source_matches(
         }
     }
     if let Some(vmlinux) = vmlinux {
-        if let Some(release) = vmlinux_release(vmlinux) {
-            if !release_of(&release, &version) {
-                return Err(mismatch(format!("vmlinux {}", vmlinux.display()), release));
+        if let Some(banner) = vmlinux_banner(vmlinux) {
+            if let Some(release) = banner_release(&banner) {
+                if !banner_is_of(&banner, &version) {
+                    return Err(mismatch(format!("vmlinux {}", vmlinux.display()), release));
+                }
             }
         }
     }
@@ -165,6 +182,19 @@ mod tests {
             Some("6.12.117+deb12-amd64")
         );
         assert_eq!(banner_release(b"Linux 6.12\0"), None);
+        let debian_6_1 = b"Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) \
+            (gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) \
+            #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)\n\0";
+        assert_eq!(
+            banner_release(debian_6_1).as_deref(),
+            Some("6.1.0-57-amd64")
+        );
+        assert!(banner_is_of(debian_6_1, "6.1.192"));
+        assert!(!banner_is_of(debian_6_1, "6.1.19"));
+        assert!(banner_is_of(
+            b"Linux version 6.12.117+deb12-amd64 (x) #1\0",
+            "6.12.117"
+        ));
         assert!(release_of("6.12.117+deb12-amd64", "6.12.117"));
         assert!(release_of("6.12.117", "6.12.117"));
         assert!(!release_of("6.12.1170", "6.12.117"));
