@@ -8,6 +8,8 @@ use xshell::{cmd, Shell};
 pub const PACKAGES: &[&str] = &[
     // The kernel source and its build.
     "linux-source-6.12",
+    // Debian 12's default kernel: the 6.1 test kernel and `distro-test --kernel 6.1`.
+    "linux-source-6.1",
     "gcc",
     "make",
     "libc6-dev", // also the static libc for the selftests' test_klp-call_getpid

@@ -26,9 +26,12 @@ pub struct DebianKernel {
     /// The kernel series, as `--kernel` names it (`6.12`, `6.1`).
     pub series: &'static str,
     pub release: &'static str,
-    /// The `linux-source-SERIES` package, whose tarball is the clean source tree; used from
-    /// `/usr/src` when it is installed, else downloaded like the others.
+    /// The `linux-source-SERIES` package, whose tarball is the clean source tree.
     source_package: &'static str,
+    /// Whether the installed package's tarball in `/usr/src` is used (6.12, which `cargo
+    /// xtask deps` installs for the test kernel); otherwise the package of the image's own
+    /// version is downloaded like the others.
+    installed_source: bool,
     /// The cache directory under `~/.cache/kpatch-rs/`.
     cache: &'static str,
 }
@@ -38,6 +41,7 @@ pub const DEBIAN_6_12: DebianKernel = DebianKernel {
     series: "6.12",
     release: "6.12.117+deb12-amd64",
     source_package: "linux-source-6.12",
+    installed_source: true,
     cache: "distro",
 };
 
@@ -46,6 +50,7 @@ pub const DEBIAN_6_1: DebianKernel = DebianKernel {
     series: "6.1",
     release: "6.1.0-57-amd64",
     source_package: "linux-source-6.1",
+    installed_source: false,
     cache: "distro-6.1",
 };
 
@@ -190,6 +195,16 @@ impl Distro {
     }
 }
 
+/// The Debian version of the image package downloaded into `debs` (`6.1.192-3` of
+/// `linux-image-6.1.0-57-amd64-unsigned_6.1.192-3_amd64.deb`).
+fn image_version(debs: &Path, image: &str) -> Result<Option<String>> {
+    Ok(std::fs::read_dir(debs)?.flatten().find_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rest = name.strip_prefix(&format!("{image}_"))?;
+        Some(rest.split('_').next()?.to_string())
+    }))
+}
+
 /// Debian's 6.12 kernel, downloaded and unpacked once.
 pub fn ensure_distro(sh: &Shell) -> Result<Distro> {
     ensure_kernel(sh, &DEBIAN_6_12)
@@ -201,8 +216,9 @@ pub fn ensure_kernel(sh: &Shell, kernel: &DebianKernel) -> Result<Distro> {
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
     let installed_tarball = Path::new("/usr/src").join(kernel.tarball());
+    let use_installed = kernel.installed_source && installed_tarball.exists();
     let mut packages = vec![kernel.image(), kernel.dbg(), kernel.headers()];
-    if !installed_tarball.exists() {
+    if !use_installed {
         packages.push(kernel.source_package.to_string());
     }
     for package in &packages {
@@ -224,9 +240,18 @@ pub fn ensure_kernel(sh: &Shell, kernel: &DebianKernel) -> Result<Distro> {
         let deb = match find_deb()? {
             Some(deb) => deb,
             None => {
-                eprintln!("downloading {package}");
+                // The source of exactly the image's version, whatever apt's candidate is.
+                let wanted = if *package == kernel.source_package {
+                    match image_version(&debs, &kernel.image())? {
+                        Some(version) => format!("{package}={version}"),
+                        None => package.clone(),
+                    }
+                } else {
+                    package.clone()
+                };
+                eprintln!("downloading {wanted}");
                 let _dir = sh.push_dir(&debs);
-                cmd!(sh, "apt-get download {package}")
+                cmd!(sh, "apt-get download {wanted}")
                     .run()
                     .with_context(|| format!("cannot download {package} (apt-get update?)"))?;
                 find_deb()?.with_context(|| format!("apt-get left no {package} .deb"))?
@@ -237,7 +262,7 @@ pub fn ensure_kernel(sh: &Shell, kernel: &DebianKernel) -> Result<Distro> {
         cmd!(sh, "dpkg-deb -x {deb} {unpacked}").run()?;
         std::fs::write(&stamp, "")?;
     }
-    let tarball = if installed_tarball.exists() {
+    let tarball = if use_installed {
         installed_tarball
     } else {
         cache

@@ -29,6 +29,26 @@ use crate::process::run_logged;
 /// Debian's kernel source package, as installed by `cargo xtask deps`.
 pub const DEFAULT_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 
+/// The kernel series a test kernel can be built from, each from Debian's `linux-source`
+/// package of that series (`cargo xtask deps` installs both): 6.12, and 6.1, Debian 12's
+/// default kernel.
+pub const SERIES: &[(&str, &str)] = &[
+    ("6.12", DEFAULT_TARBALL),
+    ("6.1", "/usr/src/linux-source-6.1.tar.xz"),
+];
+
+/// The source tarball of a kernel series.
+pub fn series_tarball(series: &str) -> Result<PathBuf> {
+    SERIES
+        .iter()
+        .find(|(name, _)| *name == series)
+        .map(|(_, tarball)| PathBuf::from(tarball))
+        .with_context(|| {
+            let known: Vec<&str> = SERIES.iter().map(|(name, _)| *name).collect();
+            format!("--kernel takes {}, not `{series}`", known.join(" or "))
+        })
+}
+
 /// The config fragment every test kernel starts from, relative to the project root.
 pub const LIVEPATCH_FRAGMENT: &str = "fixtures/kernel-config/livepatch-qemu.config";
 
@@ -213,6 +233,8 @@ impl KernelDirs {
 #[derive(Debug, Clone)]
 pub struct KernelChoice {
     pub core: Core,
+    /// The kernel series (`--kernel 6.12|6.1`).
+    pub series: String,
     pub fragments: Vec<PathBuf>,
     /// An existing build directory to use instead of the cached kernel.
     pub kernel_build: Option<PathBuf>,
@@ -222,6 +244,7 @@ impl Default for KernelChoice {
     fn default() -> Self {
         KernelChoice {
             core: Core::C,
+            series: "6.12".to_string(),
             fragments: Vec::new(),
             kernel_build: None,
         }
@@ -231,7 +254,7 @@ impl Default for KernelChoice {
 impl KernelChoice {
     /// How the options read in usage messages.
     pub const USAGE: &'static str =
-        "--core c|rust|rust-pre-fix, --fragment FILE, --kernel-build DIR";
+        "--kernel 6.12|6.1, --core c|rust|rust-pre-fix, --fragment FILE, --kernel-build DIR";
 
     /// Takes `arg` if it is one of the kernel options, reading its value with `value`;
     /// returns whether it was.
@@ -242,6 +265,11 @@ impl KernelChoice {
     ) -> Result<bool> {
         match arg {
             "--core" => self.core = Core::parse(&value("c, rust or rust-pre-fix")?)?,
+            "--kernel" => {
+                let series = value("a kernel series (6.12 or 6.1)")?;
+                series_tarball(&series)?;
+                self.series = series;
+            }
             "--fragment" => self
                 .fragments
                 .push(absolute(Path::new(&value("a config fragment file")?))?),
@@ -253,9 +281,12 @@ impl KernelChoice {
         Ok(true)
     }
 
-    /// The kernel's spec: the core's, with the extra fragments.
+    /// The kernel's spec: the core's, from the series' source, with the extra fragments.
     pub fn spec(&self) -> KernelSpec {
         let mut spec = KernelSpec::for_core(self.core);
+        if let Ok(tarball) = series_tarball(&self.series) {
+            spec.tarball = tarball;
+        }
         spec.fragments.extend(self.fragments.iter().cloned());
         spec
     }
@@ -288,7 +319,8 @@ pub fn run(args: &[String]) -> Result<()> {
             "--print-dirs" => print_dirs = true,
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask kernel` \
-                 (expected --print-dirs, --core c|rust|rust-pre-fix or --fragment FILE)"
+                 (expected --print-dirs, --kernel 6.12|6.1, --core c|rust|rust-pre-fix or \
+                 --fragment FILE)"
             ),
         }
     }
@@ -376,7 +408,8 @@ pub fn existing_kernel(build: &Path) -> Result<KernelDirs> {
 fn key_material(sh: &Shell, spec: &KernelSpec) -> Result<String> {
     let meta = std::fs::metadata(&spec.tarball).with_context(|| {
         format!(
-            "cannot read kernel source tarball {}; run `cargo xtask deps` to install linux-source-6.12",
+            "cannot read kernel source tarball {}; run `cargo xtask deps` to install \
+             linux-source-6.12 and linux-source-6.1",
             spec.tarball.display()
         )
     })?;
