@@ -15,7 +15,6 @@
 pub mod parse;
 mod syscall;
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -99,6 +98,15 @@ pub struct PatchedFunction {
     pub sympos: u64,
 }
 
+/// A frame of a waiting task's stack in a function the patch replaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldIn {
+    /// The function the patch replaces.
+    pub function: String,
+    /// The name the stack gives it (another symbol at the same address, or the same).
+    pub shown_as: String,
+}
+
 /// A task that a transition still waits for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Task {
@@ -110,7 +118,7 @@ pub struct Task {
     pub kernel_thread: bool,
     pub state: PatchState,
     /// The patch's functions on its stack, innermost first: what keeps it from switching.
-    pub in_patched_functions: Vec<String>,
+    pub in_patched_functions: Vec<HeldIn>,
     pub stack: Vec<Frame>,
 }
 
@@ -353,17 +361,19 @@ impl Host {
     /// neither idle nor the transition's target.
     pub fn waiting_tasks(&self, patch: &Livepatch) -> Vec<Task> {
         let target = PatchState::target(patch.enabled);
-        let patched: BTreeSet<(Option<&str>, &str)> = patch
+        let patched: Vec<parse::ObjectFunction> = patch
             .objects
             .iter()
             .flat_map(|object| {
-                let module = (object.name != "vmlinux").then_some(object.name.as_str());
+                let module = (object.name != "vmlinux").then(|| object.name.clone());
                 object
                     .functions
                     .iter()
-                    .map(move |f| (module, f.name.as_str()))
+                    .map(move |f| (module.clone(), f.name.clone()))
             })
             .collect();
+        // Read only when some task waits: the symbol table is large.
+        let mut aliases = None;
         let mut tasks = Vec::new();
         for process in numbered_dirs(&self.proc) {
             for thread in numbered_dirs(&process.1.join("task")) {
@@ -376,10 +386,21 @@ impl Host {
                     continue;
                 }
                 let stack = read("stack").map(|s| parse::stack(&s)).unwrap_or_default();
+                let aliases = aliases.get_or_insert_with(|| {
+                    let kallsyms =
+                        std::fs::read_to_string(self.proc.join("kallsyms")).unwrap_or_default();
+                    parse::aliases(&kallsyms, &patched)
+                });
                 let in_patched_functions = stack
                     .iter()
-                    .filter(|f| patched.contains(&(f.module.as_deref(), f.function.as_str())))
-                    .map(|f| f.function.clone())
+                    .filter_map(|frame| {
+                        let (_, function) =
+                            aliases.get(&(frame.module.clone(), frame.function.clone()))?;
+                        Some(HeldIn {
+                            function: function.clone(),
+                            shown_as: frame.function.clone(),
+                        })
+                    })
                     .collect();
                 tasks.push(Task {
                     pid: process.0,
@@ -782,8 +803,19 @@ pub fn describe_tasks(tasks: &[Task], out: &mut String) {
         };
         let _ = write!(out, "  {}{thread} {} ({kind})", task.pid, task.comm);
         match task.in_patched_functions.first() {
-            Some(function) => {
-                let _ = writeln!(out, ", sleeping in {function}, which this patch replaces");
+            Some(held) if held.function == held.shown_as => {
+                let _ = writeln!(
+                    out,
+                    ", sleeping in {}, which this patch replaces",
+                    held.function
+                );
+            }
+            Some(held) => {
+                let _ = writeln!(
+                    out,
+                    ", sleeping in {} ({} on its stack), which this patch replaces",
+                    held.function, held.shown_as
+                );
             }
             None => {
                 let _ = writeln!(out, ", no patched function on its stack");
@@ -845,7 +877,6 @@ fn stalled_message(
             );
         }
     }
-    text.push_str("What to do: ");
     let kernel_threads = tasks
         .iter()
         .filter(|t| t.kernel_thread && !t.in_patched_functions.is_empty())
@@ -854,21 +885,22 @@ fn stalled_message(
         .iter()
         .filter(|t| !t.kernel_thread && !t.in_patched_functions.is_empty())
         .count();
+    let mut advice = Vec::new();
     if user_tasks > 0 {
-        let _ = write!(
-            text,
-            "a task sleeping in a patched function switches only when it leaves it: wake it (end what it waits for, or send it a signal it handles) or stop it, then {again} again. "
-        );
+        advice.push(format!(
+            "a task sleeping in a patched function switches only when it leaves it: wake it (end what it waits for, or send it a signal it handles) or stop it, then {again} again."
+        ));
     }
     if kernel_threads > 0 {
-        text.push_str(
-            "A kernel thread sleeping in a patched function cannot switch until it wakes and leaves it; if it never does (a thread's main loop), the patch cannot be applied while that function is changed. ",
+        advice.push(
+            "a kernel thread sleeping in a patched function cannot switch until it wakes and leaves it; if it never does (a thread's main loop), the patch cannot be applied while that function is changed.".to_string(),
         );
     }
-    let _ = write!(
-        text,
-        "Or give the tasks longer with --timeout SECS (the kernel itself signals the tasks still waiting every 15 s)."
-    );
+    advice.push(format!(
+        "give the tasks longer with `--timeout SECS` (the kernel itself signals the tasks still waiting every 15 s), then {again} again."
+    ));
+    text.push_str("What to do: ");
+    text.push_str(&advice.join(" Or "));
     text
 }
 
@@ -1022,9 +1054,22 @@ mod tests {
             true,
             &["vmlinux:__x64_sys_pause,1", "race_target:race_target_b,1"],
         );
-        let pause = "[<0>] __x64_sys_pause+0x2a/0x50\n[<0>] do_syscall_64+0x55/0x110\n";
+        // The stack names pause's code by its alias, as Linux 6.12 does.
+        kernel.write(
+            "proc/kallsyms",
+            "ffffffff8105d0f1 t __do_sys_pause\nffffffff8105d0f1 T __x64_sys_pause\n",
+        );
+        let pause = "[<0>] __do_sys_pause+0x2a/0x50\n[<0>] do_syscall_64+0x55/0x110\n";
         kernel.task(40, 40, "sleeper", "0\n", pause, 0x400100);
-        kernel.task(41, 41, "switched", "1\n", pause, 0x400100);
+        kernel.task(
+            41,
+            41,
+            "plain",
+            "0\n",
+            "[<0>] __x64_sys_pause+0x2a/0x50\n",
+            0x400100,
+        );
+        kernel.task(45, 45, "switched", "1\n", pause, 0x400100);
         kernel.task(42, 42, "idle", "-1\n", "", 0x400100);
         kernel.task(
             50,
@@ -1049,7 +1094,8 @@ mod tests {
             .expect("reads")
             .expect("there");
         let tasks = host.waiting_tasks(&patch);
-        let summary: Vec<(u32, u32, &str, bool, Vec<&str>)> = tasks
+        type Summary<'a> = (u32, u32, &'a str, bool, Vec<(&'a str, &'a str)>);
+        let summary: Vec<Summary> = tasks
             .iter()
             .map(|t| {
                 (
@@ -1057,22 +1103,44 @@ mod tests {
                     t.tid,
                     t.comm.as_str(),
                     t.kernel_thread,
-                    t.in_patched_functions.iter().map(String::as_str).collect(),
+                    t.in_patched_functions
+                        .iter()
+                        .map(|h| (h.function.as_str(), h.shown_as.as_str()))
+                        .collect(),
                 )
             })
             .collect();
         assert_eq!(
             summary,
             [
-                (40, 40, "sleeper", false, vec!["__x64_sys_pause"]),
-                (50, 52, "worker", true, vec!["race_target_b"]),
+                (
+                    40,
+                    40,
+                    "sleeper",
+                    false,
+                    vec![("__x64_sys_pause", "__do_sys_pause")]
+                ),
+                (
+                    41,
+                    41,
+                    "plain",
+                    false,
+                    vec![("__x64_sys_pause", "__x64_sys_pause")]
+                ),
+                (
+                    50,
+                    52,
+                    "worker",
+                    true,
+                    vec![("race_target_b", "race_target_b")]
+                ),
                 (60, 60, "other", false, vec![]),
             ]
         );
         let mut text = String::new();
         describe_tasks(&tasks, &mut text);
         assert!(
-            text.contains("  40 sleeper (user task), sleeping in __x64_sys_pause, which this patch replaces\n      __x64_sys_pause+0x2a/0x50\n"),
+            text.contains("  40 sleeper (user task), sleeping in __x64_sys_pause (__do_sys_pause on its stack), which this patch replaces\n      __do_sys_pause+0x2a/0x50\n"),
             "{text}"
         );
         assert!(
@@ -1086,10 +1154,29 @@ mod tests {
             &tasks,
             &Cleanup::Removed,
         );
-        assert!(message.starts_with("the patching transition of livepatch_b did not finish within 5 s; 3 tasks still run the old code:\n"), "{message}");
+        assert!(message.starts_with("the patching transition of livepatch_b did not finish within 5 s; 4 tasks still run the old code:\n"), "{message}");
         assert!(message.contains("the module removed"), "{message}");
-        assert!(message.contains("wake it"), "{message}");
-        assert!(message.contains("A kernel thread sleeping"), "{message}");
+        assert!(message.contains("What to do: a task sleeping"), "{message}");
+        assert!(
+            message.contains(" Or a kernel thread sleeping"),
+            "{message}"
+        );
+        let unexplained = stalled_message(
+            "p",
+            false,
+            Duration::from_secs(1),
+            &tasks[3..],
+            &Cleanup::Reenabled,
+        );
+        assert!(
+            unexplained.contains("stays loaded and enabled"),
+            "{unexplained}"
+        );
+        assert!(
+            unexplained.contains("What to do: give the tasks longer"),
+            "{unexplained}"
+        );
+        assert!(unexplained.ends_with("then unload again."), "{unexplained}");
         assert!(message.contains("--timeout SECS"), "{message}");
     }
 

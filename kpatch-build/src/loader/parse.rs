@@ -152,6 +152,51 @@ pub fn function_dir(name: &str) -> Option<(String, u64)> {
     Some((function.to_string(), sympos.parse().ok()?))
 }
 
+/// A function of a klp object: the module that holds it (None for vmlinux) and its name.
+pub type ObjectFunction = (Option<String>, String);
+
+/// For each symbol of `/proc/kallsyms` (`ADDRESS TYPE NAME [MODULE]`) at the address of one
+/// of the `wanted` functions, that function: a stack names the code at an address by one of
+/// its symbols (`__do_sys_pause` for the `__x64_sys_pause` a patch replaces), not always the
+/// patched one. Addresses hidden as 0 (`kptr_restrict`) match nothing; the wanted functions
+/// always map to themselves.
+pub fn aliases(
+    kallsyms: &str,
+    wanted: &[ObjectFunction],
+) -> std::collections::BTreeMap<ObjectFunction, ObjectFunction> {
+    let symbols = kallsyms.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let _kind = fields.next()?;
+        let name = fields.next()?;
+        let module = fields
+            .next()
+            .and_then(|m| m.strip_prefix('[')?.strip_suffix(']'))
+            .map(str::to_string);
+        (address != 0).then(|| (address, (module, name.to_string())))
+    });
+    let mut at_address = std::collections::BTreeMap::new();
+    let mut names = Vec::new();
+    for (address, symbol) in symbols {
+        if wanted.contains(&symbol) {
+            at_address.insert(address, symbol.clone());
+        }
+        names.push((address, symbol));
+    }
+    let mut found: std::collections::BTreeMap<ObjectFunction, ObjectFunction> = wanted
+        .iter()
+        .map(|function| (function.clone(), function.clone()))
+        .collect();
+    for (address, symbol) in names {
+        if let Some(patched) = at_address.get(&address) {
+            if symbol.0 == patched.0 {
+                found.entry(symbol).or_insert_with(|| patched.clone());
+            }
+        }
+    }
+    found
+}
+
 /// `PF_KTHREAD`, in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -269,6 +314,37 @@ mod tests {
         assert_eq!(function_dir("patched"), None);
         assert_eq!(function_dir(",1"), None);
         assert_eq!(function_dir("f,x"), None);
+    }
+
+    #[test]
+    fn a_patched_function_is_known_by_every_symbol_at_its_address() {
+        let kallsyms = "ffffffff8105d0f1 t __do_sys_pause\n\
+                        ffffffff8105d0e1 T __pfx___x64_sys_pause\n\
+                        ffffffff8105d0f1 T __x64_sys_pause\n\
+                        ffffffff81200000 t other\n\
+                        ffffffffc0001000 t race_target_b\t[race_target]\n\
+                        ffffffffc0001000 t race_b_alias\t[race_target]\n\
+                        ffffffff81300000 t race_target_b\n\
+                        0000000000000000 t hidden\n";
+        let function = |module: Option<&str>, name: &str| -> ObjectFunction {
+            (module.map(str::to_string), name.to_string())
+        };
+        let pause = function(None, "__x64_sys_pause");
+        let race = function(Some("race_target"), "race_target_b");
+        let found = aliases(kallsyms, &[pause.clone(), race.clone()]);
+        let expected: std::collections::BTreeMap<ObjectFunction, ObjectFunction> = [
+            (function(None, "__do_sys_pause"), pause.clone()),
+            (pause.clone(), pause.clone()),
+            (function(Some("race_target"), "race_b_alias"), race.clone()),
+            (race.clone(), race.clone()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(found, expected);
+        // Hidden addresses (all 0) leave the patched names only.
+        let hidden = "0000000000000000 t __do_sys_pause\n0000000000000000 T __x64_sys_pause\n";
+        assert_eq!(aliases(hidden, std::slice::from_ref(&pause)).len(), 1);
+        assert_eq!(aliases("", std::slice::from_ref(&pause)).len(), 1);
     }
 
     #[test]
