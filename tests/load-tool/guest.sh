@@ -13,11 +13,35 @@ run() {
 	"$@" > /tmp/run.out 2>&1
 	rc=$?
 	set -e
-	grep -v -e '^waiting up to' -e '^waiting (up to' -e '^transition complete' /tmp/run.out |
-		sed -e "s/^  ${sleeper:-none} /  PID /" -e 's/+0x[0-9a-f]*\/0x[0-9a-f]*$//' \
-			-e 's/transition finished in [0-9.]* s$/transition finished/'
-	echo "exit $rc"
+	show /tmp/run.out "$rc"
 }
+
+# show FILE RC: what `run` prints of a command's output FILE and exit code RC.
+show() {
+	grep -v -e '^waiting up to' -e '^waiting (up to' -e '^transition complete' "$1" |
+		sed -e "s/^  ${sleeper:-none} /  PID /" -e "s/^    ${sleeper:-none} /    PID /" \
+			-e 's/+0x[0-9a-f]*\/0x[0-9a-f]*\( \[[a-z_]*\]\)\{0,1\}$/\1/' \
+			-e 's/transition finished in [0-9.]* s$/transition finished/'
+	echo "exit $2"
+}
+
+# sleep_in_pause: starts ./sleeper and waits until it sleeps in pause(2); its pid in $sleeper.
+sleep_in_pause() {
+	./sleeper &
+	sleeper=$!
+	wait_for sleeping
+}
+sleeping() { grep -q sys_pause "/proc/$sleeper/stack"; }
+
+# wake: wakes the sleeper with SIGUSR1 and waits for it to exit.
+wake() {
+	kill -USR1 "$sleeper"
+	wait "$sleeper"
+	echo "sleeper woken: exit $?"
+	sleeper=
+}
+
+in_transition() { [ "$(cat "$(patch_dir "$1")/transition" 2>/dev/null)" = 1 ]; }
 
 # info_summary MODULE.ko: what `kpatch-rs info` says of the module without the parts that
 # change with every build of it (relocation offsets, the kernel's version string).
@@ -45,20 +69,31 @@ info_summary livepatch-pause.ko
 kpatch-rs info --json livepatch-b.ko | grep -E '^  "name"|"stack_order"'
 
 echo "== kpatch-rs: a transition held up by a task sleeping in the patched function"
-./sleeper &
-sleeper=$!
-sleeping() { grep -q sys_pause "/proc/$sleeper/stack"; }
-wait_for sleeping
-run kpatch-rs load --timeout 5 livepatch-pause.ko
+sleep_in_pause
+# `list` while the transition waits: the kernel retries every second, so after two seconds
+# only the sleeper is left on the old code.
+kpatch-rs load --timeout 10 livepatch-pause.ko > /tmp/load.out 2>&1 &
+loader=$!
+wait_for in_transition pause
+sleep 2
+run kpatch-rs list
+set +e
+wait "$loader"
+rc=$?
+set -e
+show /tmp/load.out "$rc"
 echo "after the stalled load:"
 patches
 echo "pause module loaded: $(loaded pause)"
-kill -USR1 "$sleeper"
-wait "$sleeper"
-echo "sleeper woken: exit $?"
-sleeper=
+wake
 run kpatch-rs load --timeout 30 livepatch-pause.ko
 run kpatch-rs list
+
+echo "== kpatch-rs: an unpatching transition held up by a task in the patch's own code"
+sleep_in_pause
+run kpatch-rs unload --timeout 5 livepatch_pause
+patches
+wake
 
 echo "== kpatch-rs unload"
 run kpatch-rs unload livepatch_pause

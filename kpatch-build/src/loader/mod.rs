@@ -101,10 +101,12 @@ pub struct PatchedFunction {
 /// A frame of a waiting task's stack in a function the patch replaces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HeldIn {
-    /// The function the patch replaces.
+    /// The function the patch replaces, or the patch's own function.
     pub function: String,
     /// The name the stack gives it (another symbol at the same address, or the same).
     pub shown_as: String,
+    /// The patch module's own code (what an unpatching transition waits for tasks to leave).
+    pub new_code: bool,
 }
 
 /// A task that a transition still waits for.
@@ -394,11 +396,19 @@ impl Host {
                 let in_patched_functions = stack
                     .iter()
                     .filter_map(|frame| {
+                        if frame.module.as_deref() == Some(patch.name.as_str()) {
+                            return Some(HeldIn {
+                                function: frame.function.clone(),
+                                shown_as: frame.function.clone(),
+                                new_code: true,
+                            });
+                        }
                         let (_, function) =
                             aliases.get(&(frame.module.clone(), frame.function.clone()))?;
                         Some(HeldIn {
                             function: function.clone(),
                             shown_as: frame.function.clone(),
+                            new_code: false,
                         })
                     })
                     .collect();
@@ -803,6 +813,9 @@ pub fn describe_tasks(tasks: &[Task], out: &mut String) {
         };
         let _ = write!(out, "  {}{thread} {} ({kind})", task.pid, task.comm);
         match task.in_patched_functions.first() {
+            Some(held) if held.new_code => {
+                let _ = writeln!(out, ", sleeping in {}, the patch's own code", held.function);
+            }
             Some(held) if held.function == held.shown_as => {
                 let _ = writeln!(
                     out,
@@ -839,11 +852,14 @@ fn stalled_message(
         if enabling { "patching" } else { "unpatching" },
         timeout.as_secs()
     );
+    let code = if enabling { "old" } else { "patched" };
     match tasks.len() {
         0 => text.push_str("no task was found still waiting (it may have just switched)\n"),
-        1 => text.push_str("1 task still runs the old code:\n"),
+        1 => {
+            let _ = writeln!(text, "1 task still runs the {code} code:");
+        }
         n => {
-            let _ = writeln!(text, "{n} tasks still run the old code:");
+            let _ = writeln!(text, "{n} tasks still run the {code} code:");
         }
     }
     describe_tasks(tasks, &mut text);
@@ -1088,6 +1104,9 @@ mod tests {
             "[<0>] race_target_b+0x1/0x2\n",
             0x400100,
         );
+        // The patch's own code holds a task too (an unpatching transition waits on it).
+        let new_code = "[<0>] pause_new+0x1/0x2 [livepatch_b]\n";
+        kernel.task(70, 70, "new", "0\n", new_code, 0x400100);
         let host = kernel.host();
         let patch = host
             .livepatch("livepatch_b")
@@ -1135,10 +1154,16 @@ mod tests {
                     vec![("race_target_b", "race_target_b")]
                 ),
                 (60, 60, "other", false, vec![]),
+                (70, 70, "new", false, vec![("pause_new", "pause_new")]),
             ]
         );
         let mut text = String::new();
         describe_tasks(&tasks, &mut text);
+        assert!(
+            text.contains("  70 new (user task), sleeping in pause_new, the patch's own code\n"),
+            "{text}"
+        );
+        assert!(tasks[4].in_patched_functions[0].new_code);
         assert!(
             text.contains("  40 sleeper (user task), sleeping in __x64_sys_pause (__do_sys_pause on its stack), which this patch replaces\n      __do_sys_pause+0x2a/0x50\n"),
             "{text}"
@@ -1154,7 +1179,7 @@ mod tests {
             &tasks,
             &Cleanup::Removed,
         );
-        assert!(message.starts_with("the patching transition of livepatch_b did not finish within 5 s; 4 tasks still run the old code:\n"), "{message}");
+        assert!(message.starts_with("the patching transition of livepatch_b did not finish within 5 s; 5 tasks still run the old code:\n"), "{message}");
         assert!(message.contains("the module removed"), "{message}");
         assert!(message.contains("What to do: a task sleeping"), "{message}");
         assert!(
@@ -1165,8 +1190,12 @@ mod tests {
             "p",
             false,
             Duration::from_secs(1),
-            &tasks[3..],
+            &tasks[3..4],
             &Cleanup::Reenabled,
+        );
+        assert!(
+            unexplained.contains("1 task still runs the patched code:\n"),
+            "{unexplained}"
         );
         assert!(
             unexplained.contains("stays loaded and enabled"),
