@@ -4,8 +4,10 @@
 //! [`build`] is the pipeline `kpatch-rs build` runs (its phases are the files of `build/`);
 //! it is the only code of kpatch-rs that touches files or runs programs, and of it only
 //! `build/kbuild.rs` spawns processes (`clippy.toml` enforces that). The object diff it calls
-//! is the pure `kpatch_diff` crate. [`inspect`] reads a built module back.
+//! is the pure `kpatch_diff` crate. [`inspect`] reads a built module back, and [`loader`]
+//! loads, lists and removes livepatches on the running kernel (system calls, no programs).
 
 pub mod build;
 pub mod exit;
 pub mod inspect;
+pub mod loader;

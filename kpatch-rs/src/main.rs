@@ -38,6 +38,15 @@ enum Command {
     Build(Box<BuildArgs>),
     /// Show a livepatch module's objects, functions, sympos and livepatch relocations.
     Inspect(InspectArgs),
+    /// Load a livepatch module and wait for its transition; a transition that does not
+    /// finish is reversed and the tasks that held it are named.
+    Load(cli::load::LoadArgs),
+    /// Disable a livepatch, wait for its transition and remove its module.
+    Unload(cli::load::UnloadArgs),
+    /// Show every livepatch: enabled, in transition, stack order, what it patches.
+    List(cli::load::ListArgs),
+    /// Show a livepatch module's description and whether it is loaded and enabled.
+    Info(cli::load::InfoArgs),
     /// Check the Rust livepatch core.
     Core {
         #[command(subcommand)]
@@ -198,6 +207,10 @@ fn main() -> ExitCode {
         Some(Command::Diff(args)) => exit_code(cli::diff::run(&args)),
         Some(Command::Build(args)) => run_build(*args),
         Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
+        Some(Command::Load(args)) => exit_code(cli::load::load(&args)),
+        Some(Command::Unload(args)) => exit_code(cli::load::unload(&args)),
+        Some(Command::List(args)) => exit_code(cli::load::list(&args)),
+        Some(Command::Info(args)) => exit_code(cli::load::info(&args)),
     }
 }
 

@@ -226,3 +226,27 @@ fn a_usage_error_of_build_json_is_a_json_document_too() {
     assert_eq!(plain.status.code(), Some(1));
     assert!(plain.stdout.is_empty());
 }
+
+#[test]
+fn the_loader_refuses_what_is_no_livepatch_module_before_touching_the_kernel() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let text = dir.path().join("notes.ko");
+    std::fs::write(&text, "not a module").expect("write");
+    let text = text.to_string_lossy().into_owned();
+    for args in [
+        &["load", text.as_str()][..],
+        &["info", text.as_str()],
+        &["load", "/nonexistent/livepatch-x.ko"],
+    ] {
+        let (code, output) = run(args);
+        assert_eq!(code, Some(1), "{args:?}: {output}");
+        assert!(output.starts_with("error: cannot "), "{args:?}: {output}");
+        assert_eq!(output.lines().count(), 1, "{args:?}: {output}");
+    }
+    let (code, output) = run(&["load", "--timeout", "soon", "x.ko"]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("invalid value 'soon'"), "{output}");
+    let (code, output) = run(&["unload"]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("<LIVEPATCH>"), "{output}");
+}

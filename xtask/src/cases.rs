@@ -28,6 +28,10 @@
 //!   without carrying a copy of them;
 //! - `program/*.c`: user programs the script runs, compiled on the host with `gcc -static`
 //!   (the guest has no C library of its own) into `./NAME` beside `guest.sh`;
+//! - `tools` (optional): programs the script runs besides the guest's usual ones, one word
+//!   each: `kpatch-rs` (the workspace's binary, as `/bin/kpatch-rs`) and `debian-kpatch`
+//!   (Debian's `kpatch` script as `/usr/sbin/kpatch`, with the `readelf` it calls; see
+//!   `debian_kpatch.rs`);
 //! - `timeout` (optional): seconds the script may run, 120 when absent;
 //! - `disabled` (optional): why the case cannot pass yet; it is then neither built nor
 //!   run, and reported as skipped, never as passed.
@@ -96,6 +100,41 @@ pub struct Case {
     pub builds: Vec<BuildLine>,
     /// Why the case is disabled (the text of `disabled`).
     pub disabled: Option<String>,
+    /// The extra programs its script runs (the words of `tools`).
+    pub tools: Vec<Tool>,
+}
+
+/// A program a case's `tools` file asks for in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// The workspace's `kpatch-rs`, as `/bin/kpatch-rs`.
+    KpatchRs,
+    /// Debian's `kpatch` script, as `/usr/sbin/kpatch`, and `readelf`.
+    DebianKpatch,
+}
+
+/// The words of a `tools` file; `#` starts a comment.
+pub fn parse_tools(text: &str) -> std::result::Result<Vec<Tool>, String> {
+    let mut tools = Vec::new();
+    for word in text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default())
+        .flat_map(str::split_whitespace)
+    {
+        let tool = match word {
+            "kpatch-rs" => Tool::KpatchRs,
+            "debian-kpatch" => Tool::DebianKpatch,
+            other => {
+                return Err(format!(
+                    "unknown tool {other:?}: the tools are kpatch-rs and debian-kpatch"
+                ))
+            }
+        };
+        if !tools.contains(&tool) {
+            tools.push(tool);
+        }
+    }
+    Ok(tools)
 }
 
 impl Case {
@@ -310,6 +349,12 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Case>> {
                     reason.trim().to_string()
                 }
             });
+        let tools = match std::fs::read_to_string(dir.join("tools")) {
+            Ok(text) => {
+                parse_tools(&text).map_err(|why| anyhow::anyhow!("case {name}: `tools`: {why}"))?
+            }
+            Err(_) => Vec::new(),
+        };
         cases.push(Case {
             name,
             dir,
@@ -317,6 +362,7 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Case>> {
             timeout,
             builds,
             disabled,
+            tools,
         });
     }
     cases.sort_by(|a, b| a.name.cmp(&b.name));
@@ -374,11 +420,24 @@ pub fn stage(
     let needs_kpatch = cases
         .iter()
         .any(|s| s.disabled.is_none() && !s.builds.is_empty());
-    let kpatch = if needs_kpatch {
+    let wants = |tool: Tool| {
+        cases
+            .iter()
+            .any(|c| c.disabled.is_none() && c.tools.contains(&tool))
+    };
+    let kpatch = if needs_kpatch || wants(Tool::KpatchRs) {
         Some(build_kpatch_rs(sh)?)
     } else {
         None
     };
+    if let (Some(kpatch), true) = (&kpatch, wants(Tool::KpatchRs)) {
+        rootfs.add_program(sh, kpatch, "kpatch-rs")?;
+    }
+    if wants(Tool::DebianKpatch) {
+        let script = crate::debian_kpatch::ensure(sh)?;
+        rootfs.add_program(sh, &script, "kpatch")?;
+        rootfs.add_program(sh, &crate::guest::find_program("readelf")?, "readelf")?;
+    }
 
     let mut results = Vec::new();
     for case in cases {
@@ -750,6 +809,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             builds: Vec::new(),
             disabled: None,
+            tools: Vec::new(),
         };
         let outcome = Outcome {
             name: "s".to_string(),
@@ -866,6 +926,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             builds: Vec::new(),
             disabled: None,
+            tools: Vec::new(),
         };
         let names = |chosen: Result<Vec<Case>>| -> Vec<String> {
             chosen
@@ -1023,6 +1084,17 @@ mod tests {
             number_patch("+\treturn @N@;\n+\tx = @N@ * 2;\n", 17),
             "+\treturn 17;\n+\tx = 17 * 2;\n"
         );
+    }
+
+    #[test]
+    fn reads_tools_files() {
+        assert_eq!(parse_tools(""), Ok(vec![]));
+        assert_eq!(
+            parse_tools("# what the script runs\nkpatch-rs debian-kpatch\nkpatch-rs # again\n"),
+            Ok(vec![Tool::KpatchRs, Tool::DebianKpatch])
+        );
+        let error = parse_tools("kpatch\n").expect_err("unknown");
+        assert!(error.contains("unknown tool \"kpatch\""), "{error}");
     }
 
     #[test]

@@ -131,6 +131,24 @@ impl Rootfs {
         Ok(())
     }
 
+    /// Copies a host program to /bin/<name> with the shared libraries it loads (none for a
+    /// script, whose interpreter the guest must already have).
+    pub fn add_program(&self, sh: &Shell, program: &Path, name: &str) -> Result<()> {
+        self.copy_program(program, name)?;
+        make_executable(&self.dir.join("bin").join(name))?;
+        let start =
+            std::fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
+        if start.starts_with(b"#!") {
+            return Ok(());
+        }
+        for library in shared_libraries(sh, program)? {
+            if !self.path(&library).exists() {
+                self.copy_file(&library, &library)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Copies a host program to /bin/<name>, replacing a busybox applet link of that name.
     fn copy_program(&self, program: &Path, name: &str) -> Result<()> {
         let target = self.dir.join("bin").join(name);

@@ -10,6 +10,7 @@
 mod bench_build;
 mod cases;
 mod ci;
+mod debian_kpatch;
 mod demo;
 mod deps;
 mod dist;

@@ -1,10 +1,12 @@
 //! The subcommands whose work is more than a call into the library: the file edge of
-//! `kpatch-rs diff`, the model checker behind `kpatch-rs core explore`, and the completions
-//! and manual pages generated from the command line itself.
+//! `kpatch-rs diff`, the model checker behind `kpatch-rs core explore`, the completions
+//! and manual pages generated from the command line itself, and the loader's output
+//! (`kpatch-rs load|unload|list|info`).
 
 pub mod core_explore;
 pub mod diff;
 pub mod docs;
+pub mod load;
 
 /// The one way every subcommand prints an error or a refusal: `error: ` and the message (with
 /// anyhow's chain of causes).
