@@ -97,10 +97,17 @@ pub fn run(args: &[String]) -> Result<()> {
         cmd!(sh, "cargo xtask dist").run().map_err(Into::into),
     );
 
-    // Debian's own 6.12 kernel, livepatched by kpatch-rs from both symbol sources.
+    // Debian's own kernels, 6.12 and Debian 12's default 6.1, livepatched by kpatch-rs from
+    // both symbol sources.
     step(
         "distro test",
         cmd!(sh, "cargo xtask distro-test")
+            .run()
+            .map_err(Into::into),
+    );
+    step(
+        "distro test 6.1",
+        cmd!(sh, "cargo xtask distro-test --kernel 6.1")
             .run()
             .map_err(Into::into),
     );
