@@ -96,9 +96,29 @@ fn replace_aliases_once(
     }
 }
 
-/// Sections kpatch-rs does not know whose entries describe copied code: anonymous entries
-/// (covered by no symbol) of an allocated, non-code section that is not copied itself and
-/// that point into copied code. The kernel reads such a table for the code it describes
+/// Whether a section holds ordinary data (`.data`, `.rodata`, `.bss` and their
+/// `-fdata-sections` and attribute forms), whose objects the diff judges one by one.
+fn is_ordinary_data(name: &str) -> bool {
+    [
+        ".data",
+        ".rodata",
+        ".bss",
+        ".ref.data",
+        ".init.data",
+        ".exit.data",
+    ]
+    .iter()
+    .any(|prefix| {
+        name == *prefix
+            || name
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// Sections kpatch-rs does not know whose entries describe copied code: entries of an
+/// allocated, non-code section that is not copied itself and that point into copied code,
+/// anonymous ones (covered by no symbol) anywhere and named ones outside ordinary data. The kernel reads such a table for the code it describes
 /// (as it reads `.parainstructions` or `__ex_table`); a copy without its entries could
 /// behave differently, so the pair is refused, naming the section.
 fn unknown_tables(patched: &Object, inclusion: &include::Inclusion) -> Vec<compare::Refusal> {
@@ -113,13 +133,16 @@ fn unknown_tables(patched: &Object, inclusion: &include::Inclusion) -> Vec<compa
             continue;
         }
         let symbols = patched.symbols_in(section.id);
+        let ordinary = is_ordinary_data(&section.name);
         let described = section.relocations.iter().find(|relocation| {
+            // In ordinary data, a named object pointing at code is data like any other (an
+            // ops table); in another section it is an entry of a table the kernel reads.
             let named = symbols.iter().any(|&s| {
                 let symbol = patched.symbol(s);
                 symbol.value <= relocation.offset
                     && relocation.offset < symbol.value.saturating_add(symbol.size.max(1))
             });
-            if named {
+            if named && ordinary {
                 return false;
             }
             let Some(target) = patched.symbol(relocation.symbol).section() else {

@@ -281,6 +281,9 @@ const KNOWN: &[(&str, Entries)] = &[
     ),
     // STACK_FRAME_NON_STANDARD: a pointer to the function.
     (".discard.func_stack_frame_non_standard", Entries::Address),
+    // NOKPROBE_SYMBOL: a pointer to each function kprobes must not probe; the module loader
+    // reads the livepatch module's list, so a copy of such a function stays unprobeable.
+    ("_kprobe_blacklist", Entries::Address),
     // ORC: addresses, and in `.orc_unwind` the parallel `struct orc_entry` of each.
     (".orc_unwind_ip", Entries::Address),
 ];
@@ -584,6 +587,9 @@ pub fn is_dropped(section_name: &str) -> bool {
         // list, and a replacement called through a pointer from elsewhere would then fault on
         // IBT hardware. Unsealed ENDBRs cost nothing.
         ".ibt_endbr_seal",
+        // ALLOW_ERROR_INJECTION's list: without its entry, a copied function only cannot
+        // have errors injected for testing.
+        "_error_injection_whitelist",
         // The printk format index (CONFIG_PRINTK_INDEX): pointers to descriptions of each
         // printk's format, read only to list them in debugfs. A livepatch's own printks are
         // then not listed there; nothing else reads it.

@@ -1082,3 +1082,28 @@ fn an_unknown_table_describing_copied_code_is_refused() {
         },
     );
 }
+
+#[test]
+fn a_nokprobe_copy_keeps_its_blacklist_entry() {
+    check(
+        "kprobe_blacklist",
+        Expect {
+            changed: &["checked"],
+            entries: &[("_kprobe_blacklist", 1)],
+            ..NOTHING
+        },
+    );
+}
+
+#[test]
+fn a_named_entry_of_an_unknown_table_describing_copied_code_is_refused() {
+    check(
+        "unknown_named",
+        Expect {
+            outcome: Outcome::Unpatchable,
+            changed: &["checked"],
+            refusals: &["cannot patch unknown_named.o: section .kpatch_rs_test_named has an entry (at 0x0) describing code the patch copies, and kpatch-rs does not know what the kernel does with it"],
+            ..NOTHING
+        },
+    );
+}

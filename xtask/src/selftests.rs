@@ -53,23 +53,32 @@ pub fn jobs(kernel: &KernelDirs, rootfs: &Rootfs, work: &Path) -> Result<Vec<Job
     copy_tree(&source, &copy)?;
     let log = work.join("build.log");
     std::fs::write(&log, "")?;
-    build_modules(
-        kernel,
-        &copy.join("test_modules"),
-        &log,
-        "selftests: test modules",
-    )?;
-    run_logged(
-        Command::new("gcc").current_dir(&copy).args([
-            "-O2",
-            "-static",
-            "-o",
-            "test_klp-call_getpid",
-            "test_klp-call_getpid.c",
-        ]),
-        &log,
-        "selftests: test_klp-call_getpid",
-    )?;
+    if copy.join("test_modules").is_dir() {
+        // Linux 6.5 and later: the modules beside the scripts, which insmod them from there.
+        build_modules(
+            kernel,
+            &copy.join("test_modules"),
+            &log,
+            "selftests: test modules",
+        )?;
+    } else {
+        // Earlier kernels: the modules are the kernel's own `lib/livepatch/` (built with
+        // CONFIG_TEST_LIVEPATCH=m), which the scripts load with modprobe.
+        install_lib_livepatch(kernel, rootfs, work, &log)?;
+    }
+    if copy.join("test_klp-call_getpid.c").is_file() {
+        run_logged(
+            Command::new("gcc").current_dir(&copy).args([
+                "-O2",
+                "-static",
+                "-o",
+                "test_klp-call_getpid",
+                "test_klp-call_getpid.c",
+            ]),
+            &log,
+            "selftests: test_klp-call_getpid",
+        )?;
+    }
 
     let guest = rootfs.path(Path::new(GUEST_DIR));
     copy_tree(&copy, &guest)?;
@@ -90,7 +99,9 @@ pub fn jobs(kernel: &KernelDirs, rootfs: &Rootfs, work: &Path) -> Result<Vec<Job
             timeout: SCRIPT_TIMEOUT,
         });
     }
-    make_executable(&guest.join("test_klp-call_getpid"))?;
+    if guest.join("test_klp-call_getpid").is_file() {
+        make_executable(&guest.join("test_klp-call_getpid"))?;
+    }
     Ok(jobs)
 }
 
@@ -183,6 +194,63 @@ pub fn side_by_side(
         );
     }
     text
+}
+
+/// The test modules of kernels before 6.5: `lib/livepatch/*.c` built out of tree as modules
+/// (`CONFIG_TEST_LIVEPATCH=m` for their Makefile), installed in the guest under
+/// `/lib/modules/RELEASE/kernel/lib/livepatch/` with a `depmod` index, where the scripts'
+/// `modprobe` finds them.
+fn install_lib_livepatch(
+    kernel: &KernelDirs,
+    rootfs: &Rootfs,
+    work: &Path,
+    log: &Path,
+) -> Result<()> {
+    let modules = work.join("lib-livepatch");
+    if modules.exists() {
+        std::fs::remove_dir_all(&modules)?;
+    }
+    copy_tree(&kernel.source.join("lib/livepatch"), &modules)?;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    run_logged(
+        Command::new("make")
+            .arg("-C")
+            .arg(&kernel.build)
+            .arg(format!("M={}", modules.display()))
+            .arg("CONFIG_TEST_LIVEPATCH=m")
+            .args(&kernel.make_vars)
+            .arg(format!("-j{jobs}"))
+            .arg("modules"),
+        log,
+        "selftests: lib/livepatch test modules",
+    )?;
+    let release_file = kernel.build.join("include/config/kernel.release");
+    let release = std::fs::read_to_string(&release_file)
+        .with_context(|| format!("cannot read {}", release_file.display()))?
+        .trim()
+        .to_string();
+    let target = Path::new("/lib/modules")
+        .join(&release)
+        .join("kernel/lib/livepatch");
+    let mut installed = 0;
+    for entry in std::fs::read_dir(&modules)?.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "ko") {
+            rootfs.copy_file(&path, &target.join(entry.file_name()))?;
+            installed += 1;
+        }
+    }
+    if installed == 0 {
+        bail!("lib/livepatch gave no test modules (see {})", log.display());
+    }
+    run_logged(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(rootfs.path(Path::new("/")))
+            .arg(&release),
+        log,
+        "selftests: depmod",
+    )
 }
 
 /// Builds the out-of-tree modules in `dir` against `kernel` (`make -C build M=dir modules`).
