@@ -28,6 +28,8 @@ const HOST_PROGRAMS: &[&str] = &[
     "bash", "cat", "date", "stat", "sleep", "seq", "tr", "timeout", "id", "getconf", "sysctl",
     "grep", "sed", "awk", "diff", "dmesg", "head", "tail", "wc", "sort", "cut", "mktemp", "ls",
     "rm", "mkdir", "env", "basename", "dirname", "readlink", "kill",
+    // Linux 6.1's selftests compare the kernel log with `comm`, which busybox lacks.
+    "comm",
 ];
 
 /// kmod is one program that acts by the name it is called with.
@@ -212,6 +214,8 @@ mkdir -p "$KDIR"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# bash's process substitution (`diff <(...) <(...)`, Linux 6.1's selftests) needs /dev/fd.
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 exec 3>/dev/ttyS1
