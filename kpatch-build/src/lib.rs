@@ -6,6 +6,7 @@
 //! `build/kbuild.rs` spawns processes (`clippy.toml` enforces that). The object diff it calls
 //! is the pure `kpatch_diff` crate. [`inspect`] reads a built module back.
 
+pub mod batch;
 pub mod build;
 pub mod exit;
 pub mod inspect;

@@ -1,7 +1,8 @@
 //! The subcommands whose work is more than a call into the library: the file edge of
-//! `kpatch-rs diff`, the model checker behind `kpatch-rs core explore`, and the completions
+//! `kpatch-rs diff`, the jobs and summary lines of `kpatch-rs batch`, the model checker behind `kpatch-rs core explore`, and the completions
 //! and manual pages generated from the command line itself.
 
+pub mod batch;
 pub mod core_explore;
 pub mod diff;
 pub mod docs;
