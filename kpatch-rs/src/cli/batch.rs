@@ -95,7 +95,8 @@ fn finish(args: &BatchArgs, summary: &Summary, path: &std::path::Path) -> Result
     let counts = &summary.counts;
     let total = counts.built + counts.refused + counts.no_change + counts.error;
     let line = format!(
-        "batch: {total} jobs: {} built, {} refused, {} no change, {} failed; exit {}; summary {}",
+        "batch: {total} job{}: {} built, {} refused, {} no change, {} failed; exit {}; summary {}",
+        if total == 1 { "" } else { "s" },
         counts.built,
         counts.refused,
         counts.no_change,
