@@ -362,6 +362,98 @@ mod tests {
         assert_eq!(split_cpus(0, None, 0, 0), (1, 1));
     }
 
+    /// A stand-in for `kpatch-rs build`: notes when it starts and ends (by source tree) in
+    /// `events`, says something on stderr, and prints the report of `outcome`.
+    fn fake_build(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let script = dir.join("fake-kpatch-rs");
+        let events = dir.join("events");
+        let text = format!(
+            "#!/bin/sh\n\
+             src=$4\n\
+             echo \"start $src\" >> {events}\n\
+             echo \"fake build of $src\" >&2\n\
+             sleep 0.3\n\
+             echo \"end $src\" >> {events}\n\
+             case \"$*\" in\n\
+             *refuse.patch*) echo '{{\"outcome\": \"refused\", \"message\": \"m\", \"refusals\": [{{\"object\": \"o\"}}]}}'; exit 2;;\n\
+             esac\n\
+             echo '{{\"outcome\": \"built\", \"module\": \"/nowhere/livepatch-x.ko\", \"output\": {{\"sha256\": \"00\", \"bytes\": 1}}}}'\n",
+            events = events.display()
+        );
+        std::fs::write(&script, text).expect("write script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        script
+    }
+
+    #[test]
+    fn jobs_of_one_cache_entry_take_turns_and_others_run_beside_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let program = fake_build(dir.path());
+        // `a` and `a-again` are one cache entry (same tree, same config); `b` is another.
+        let text = "[[kernel]]\nname = \"a\"\nsourcedir = \"src-a\"\nvmlinux = \"a/vmlinux\"\n\
+                    [[kernel]]\nname = \"a-again\"\nsourcedir = \"src-a\"\nvmlinux = \"a/vmlinux\"\n\
+                    [[kernel]]\nname = \"b\"\nsourcedir = \"src-b\"\nvmlinux = \"b/vmlinux\"\n\
+                    [[patchset]]\nname = \"p\"\npatches = [\"p.patch\"]\n\
+                    [[patchset]]\nname = \"q\"\npatches = [\"refuse.patch\"]\n";
+        let manifest = Manifest::parse(&dir.path().join("m.toml"), text).expect("manifest");
+        let options = BatchOptions {
+            output: dir.path().join("out"),
+            cpus: 4,
+            parallel: None,
+            shard: None,
+            program,
+            tool: "kpatch-rs test".to_string(),
+            cache_dir: None,
+        };
+        let mut finished = Vec::new();
+        let summary = run(&manifest, &options, &mut |name, result| {
+            finished.push((name.to_string(), result.outcome.clone()));
+        })
+        .expect("batch runs");
+        assert_eq!(finished.len(), 6);
+        assert_eq!(summary.counts.built, 3);
+        assert_eq!(summary.counts.refused, 3);
+        assert_eq!(summary.exit_code, crate::exit::UNPATCHABLE);
+        assert_eq!(summary.kernels["b"]["q"].refusals[0]["object"], "o");
+
+        // Replay the starts and ends: never two jobs of one entry at once, and the two
+        // entries' jobs side by side at some point.
+        let events = std::fs::read_to_string(dir.path().join("events")).expect("events");
+        let mut running: BTreeMap<String, usize> = BTreeMap::new();
+        let mut most_at_once = 0;
+        for line in events.lines() {
+            let (what, source) = line.split_once(' ').expect("event");
+            let count = running.entry(source.to_string()).or_default();
+            if what == "start" {
+                *count += 1;
+                assert_eq!(*count, 1, "two jobs of {source} at once:\n{events}");
+            } else {
+                *count -= 1;
+            }
+            most_at_once = most_at_once.max(running.values().sum::<usize>());
+        }
+        assert_eq!(most_at_once, 2, "{events}");
+
+        // Each job's log: the command line, what the build said, how it ended.
+        let log = std::fs::read_to_string(dir.path().join("out/logs/a-again--q.log")).expect("log");
+        let lines: Vec<&str> = log.lines().collect();
+        assert!(
+            lines[0].starts_with("$ ") && lines[0].contains(" build --json "),
+            "{log}"
+        );
+        assert!(
+            lines[1].starts_with("fake build of ") && lines[1].ends_with("src-a"),
+            "{log}"
+        );
+        assert!(
+            lines[2].starts_with("kpatch-rs batch: refused (exit code 2) after "),
+            "{log}"
+        );
+        let written = Summary::read(&dir.path().join("out/summary.json")).expect("summary");
+        assert_eq!(written, summary);
+    }
+
     #[test]
     fn a_jobs_arguments_are_kpatch_rs_builds() {
         let text = "[[kernel]]\nname = \"k\"\nsourcedir = \"src\"\nsystem_map = \"b/System.map\"\n\
