@@ -79,7 +79,8 @@ fn results(log: &Path) -> Vec<(String, String)> {
 }
 
 /// The ccache results of the cmdline.c compiles: the original tree's (the user's source, an
-/// absolute path) and the patched tree's (in the cache entry, made relative by ccache).
+/// absolute path) and the patched tree's (in the cache entry, which ccache names relative to
+/// the base directory kpatch-rs gives it).
 fn unit_results(log: &Path, source: &Path) -> (Vec<String>, Vec<String>) {
     let original = source.join("fs/proc/cmdline.c").display().to_string();
     let all = results(log);
@@ -91,7 +92,7 @@ fn unit_results(log: &Path, source: &Path) -> (Vec<String>, Vec<String>) {
     };
     (
         of(&|file| file == original),
-        of(&|file| file == "../patched-source/fs/proc/cmdline.c"),
+        of(&|file| file.ends_with("patched-source/fs/proc/cmdline.c")),
     )
 }
 
@@ -146,16 +147,14 @@ fn an_empty_kpatch_rs_cache_hits_ccache_and_the_wrapped_compiler_decides() {
     let second = build(&kernel, dir, "second", &extra, "second.log");
     assert!(second.status.success(), "{}", stderr(&second));
     let (original, patched) = unit_results(&dir.join("second.log"), &kernel.source);
-    assert_eq!(
-        original,
-        ["direct_cache_hit"],
-        "the original tree's cmdline.o"
+    // A direct hit here, but a preprocessed one (a header newer than ccache trusts for its
+    // direct mode) is as good a hit.
+    let hit = |results: &[String]| results.len() == 1 && results[0].ends_with("_cache_hit");
+    assert!(
+        hit(&original),
+        "the original tree's cmdline.o: {original:?}"
     );
-    assert_eq!(
-        patched,
-        ["direct_cache_hit"],
-        "the patched tree's cmdline.o"
-    );
+    assert!(hit(&patched), "the patched tree's cmdline.o: {patched:?}");
     let stats = ccache(dir, &["--print-stats"]);
     let hits = stat(&stats, "direct_cache_hit") + stat(&stats, "preprocessed_cache_hit");
     eprintln!(
