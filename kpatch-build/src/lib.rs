@@ -4,7 +4,8 @@
 //! [`build`] is the pipeline `kpatch-rs build` runs (its phases are the files of `build/`);
 //! it is the only code of kpatch-rs that touches files or runs programs, and of it only
 //! `build/kbuild.rs` spawns processes (`clippy.toml` enforces that). The object diff it calls
-//! is the pure `kpatch_diff` crate. [`inspect`] reads a built module back.
+//! is the pure `kpatch_diff` crate. [`inspect`] reads a built module back. [`batch`] runs
+//! many builds, of a manifest's patch sets for its kernels, each by the binary's own `build`.
 
 pub mod batch;
 pub mod build;
