@@ -36,6 +36,9 @@ enum Command {
     Diff(cli::diff::DiffArgs),
     /// Build a livepatch module from patch files against a kernel source tree.
     Build(Box<BuildArgs>),
+    /// Build the patch sets of a manifest for its kernels: jobs in parallel, a log per job,
+    /// one JSON summary; `--shard I/N` runs a part, `--merge` joins the parts' summaries.
+    Batch(cli::batch::BatchArgs),
     /// Show a livepatch module's objects, functions, sympos and livepatch relocations.
     Inspect(InspectArgs),
     /// Load a livepatch module and wait for its transition; a transition that does not
@@ -206,6 +209,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Diff(args)) => exit_code(cli::diff::run(&args)),
         Some(Command::Build(args)) => run_build(*args),
+        Some(Command::Batch(args)) => {
+            exit_code(cli::batch::run(&args, &format!("kpatch-rs {VERSION}")))
+        }
         Some(Command::Inspect(args)) => exit_code(run_inspect(&args)),
         Some(Command::Load(args)) => exit_code(cli::load::load(&args)),
         Some(Command::Unload(args)) => exit_code(cli::load::unload(&args)),

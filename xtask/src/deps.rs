@@ -22,6 +22,8 @@ pub const PACKAGES: &[&str] = &[
     // kpatch-rs build: patch(1) for the patched tree, binutils for ld and readelf.
     "patch",
     "binutils",
+    // The compile cache behind `--make-var CC="ccache gcc"` (kpatch-rs/tests/ccache.rs).
+    "ccache",
     // pahole: a distribution config with CONFIG_DEBUG_INFO_BTF keeps it only when pahole is
     // there, and dropping it changes struct module (see `cargo xtask distro-test`).
     "dwarves",

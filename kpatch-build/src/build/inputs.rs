@@ -245,7 +245,10 @@ pub(super) fn read_file(
     })
 }
 
-/// The C compiler every make run uses: `CC=` among the make variables, else `gcc`.
+/// The C compiler every make run uses: `CC=` among the make variables, else `gcc`. It may be
+/// a wrapper and the compiler it runs (`ccache gcc`); [`kbuild::compiler_version`] asks the
+/// two together, which answer with the wrapped compiler's version, so the compiler check and
+/// the cache key follow the compiler, not the wrapper.
 fn compiler_program(options: &BuildOptions) -> &str {
     options
         .make_vars
@@ -618,6 +621,44 @@ mod tests {
         let mut options = signing_options(dir.path(), "CONFIG_LIVEPATCH=y\n", "k", "c");
         options.signing_key = None;
         assert!(matches!(signature_hash(&options), Ok(None)));
+    }
+
+    /// A compiler script under `dir` that says it is `version`.
+    fn fake_compiler(dir: &Path, version: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("gcc");
+        fs::write(&path, format!("#!/bin/sh\necho '{version}'\n")).expect("write script");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn a_wrapped_compiler_is_checked_and_keyed_by_its_own_version() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir(dir.path().join("source")).expect("mkdir");
+        let kernel = "gcc (Debian 12.2.0-14+deb12u1) 12.2.0";
+        let config = format!("CONFIG_LIVEPATCH=y\nCONFIG_CC_VERSION_TEXT=\"{kernel}\"\n");
+        let mut options = signing_options(dir.path(), &config, "k", "c");
+        // `env` stands for any wrapper that runs the compiler it is given (ccache, sccache).
+        let compiler = fake_compiler(dir.path(), kernel);
+        options.make_vars = vec![format!("CC=env {}", compiler.display())];
+        assert_eq!(
+            kbuild::compiler_version(&format!("env {}", compiler.display())).expect("version"),
+            kernel
+        );
+        check_compiler(&options).expect("the wrapped compiler is the kernel's");
+        let key = cache_key(&options).expect("key");
+
+        // The same CC, but the compiler behind the wrapper is another one now.
+        fake_compiler(dir.path(), "gcc (Debian 12.2.0-14+deb12u2) 12.2.0");
+        assert_ne!(cache_key(&options).expect("key"), key);
+        let refused = check_compiler(&options).expect_err("another compiler");
+        let text = refused.to_string();
+        assert!(
+            text.contains("12.2.0-14+deb12u2") && text.contains(kernel),
+            "{text}"
+        );
+        assert_eq!(refused.exit_code(), crate::exit::UNPATCHABLE);
     }
 
     #[test]

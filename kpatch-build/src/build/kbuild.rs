@@ -33,10 +33,20 @@ pub struct CommandError {
 }
 
 /// The first line of `gcc --version`: the compiler that builds the patch, part of the cache key.
+/// `compiler` is make's `$(CC)`, split into words as make splits it, so a wrapper runs with
+/// the compiler it wraps (`ccache gcc --version` prints gcc's version, as does `sccache gcc`).
 pub fn compiler_version(compiler: &str) -> Result<String, CommandError> {
+    let mut words = compiler.split_whitespace();
+    let Some(program) = words.next() else {
+        return Err(CommandError {
+            what: "asking the compiler for its version".to_string(),
+            command: compiler.to_string(),
+            tail: ": CC is empty".to_string(),
+        });
+    };
     let version = run_captured(
         &format!("asking {compiler} for its version"),
-        Command::new(compiler).arg("--version"),
+        Command::new(program).args(words).arg("--version"),
     )?;
     Ok(version.lines().next().unwrap_or("").to_string())
 }
@@ -251,7 +261,29 @@ impl KernelBuild {
             command.arg(format!("KERNELRELEASE={release}"));
         }
         command.args(&self.make_vars);
+        self.compiler_cache_env(&mut command);
         command
+    }
+
+    /// What a compiler cache needs to find a unit compiled in another kpatch-rs cache (an
+    /// empty one, another user's, another machine's): ccache rewrites the absolute paths under
+    /// `CCACHE_BASEDIR` (here the cache entry, which holds the `O=` directories, the patched
+    /// tree and the patch-author headers, and whose name is the same in every cache) into
+    /// relative ones, and with `CCACHE_NOHASHDIR` leaves the working directory out of the key
+    /// of a `-g` compile (it is only the objects' `DW_AT_comp_dir`, which no module byte
+    /// comes from). Set only when the user has set neither.
+    fn compiler_cache_env(&self, command: &mut Command) {
+        let user_set = ["CCACHE_BASEDIR", "CCACHE_NOHASHDIR", "CCACHE_HASHDIR"]
+            .iter()
+            .any(|var| std::env::var_os(var).is_some());
+        if user_set {
+            return;
+        }
+        if let Some(entry) = self.output.parent() {
+            command
+                .env("CCACHE_BASEDIR", entry)
+                .env("CCACHE_NOHASHDIR", "1");
+        }
     }
 
     /// Installs `config` as the build's `.config` and prepares the tree for building single
@@ -334,6 +366,7 @@ impl KernelBuild {
             command.arg(format!("KERNELRELEASE={release}"));
         }
         command.args(&self.make_vars);
+        self.compiler_cache_env(&mut command);
         if !extra_cflags.is_empty() {
             command.arg(format!("KCFLAGS={extra_cflags}"));
         }
@@ -417,6 +450,36 @@ pub fn sign_file(
     let mut command = Command::new(sign_file);
     command.arg(hash).arg(key).arg(cert).arg(module).arg(signed);
     run_logged("signing the module", &mut command, log)
+}
+
+/// Runs one job of `kpatch-rs batch` (its own binary's `build`): `program` with `args` and no
+/// input, standard error appended to `log` (after the command line), standard output
+/// returned with the exit code, which is None when a signal ended the job.
+pub fn run_job(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    log: &Path,
+) -> Result<(Option<i32>, Vec<u8>), CommandError> {
+    let mut command = Command::new(program);
+    command.args(args);
+    let line = render_command(&command);
+    let error = |tail: String| CommandError {
+        what: "running a batch job".to_string(),
+        command: line.clone(),
+        tail,
+    };
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| error(format!(": cannot open log {}: {e}", log.display())))?;
+    let _ = writeln!(file, "$ {line}");
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(file)
+        .output()
+        .map_err(|e| error(format!(": cannot start it: {e}")))?;
+    Ok((output.status.code(), output.stdout))
 }
 
 #[cfg(test)]

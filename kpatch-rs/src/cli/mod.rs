@@ -1,8 +1,9 @@
 //! The subcommands whose work is more than a call into the library: the file edge of
-//! `kpatch-rs diff`, the model checker behind `kpatch-rs core explore`, the completions
-//! and manual pages generated from the command line itself, and the loader's output
-//! (`kpatch-rs load|unload|list|info`).
+//! `kpatch-rs diff`, the jobs and summary lines of `kpatch-rs batch`, the model checker
+//! behind `kpatch-rs core explore`, the completions and manual pages generated from the
+//! command line itself, and the loader's output (`kpatch-rs load|unload|list|info`).
 
+pub mod batch;
 pub mod core_explore;
 pub mod diff;
 pub mod docs;
