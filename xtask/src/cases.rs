@@ -102,6 +102,41 @@ pub struct Case {
     pub disabled: Option<String>,
     /// The extra programs its script runs (the words of `tools`).
     pub tools: Vec<Tool>,
+    /// The script the guest runs: `guest.sh`, or the kernel series' own `SERIES/guest.sh`
+    /// ([`for_series`]).
+    pub script: PathBuf,
+}
+
+/// The cases as they run on a kernel of `series`: a case's `SERIES/guest.sh` and
+/// `SERIES/expected` replace its own where the series behaves differently, and a case whose
+/// `kernels` file does not list the series is skipped with that file's reason (its first
+/// line lists the series, the rest says why).
+pub fn for_series(cases: Vec<Case>, series: &str) -> Result<Vec<Case>> {
+    cases
+        .into_iter()
+        .map(|mut case| {
+            let own = case.dir.join(series);
+            if own.join("guest.sh").is_file() {
+                case.script = own.join("guest.sh");
+            }
+            if let Ok(expected) = std::fs::read_to_string(own.join("expected")) {
+                case.expected = Some(expected);
+            }
+            if let Ok(text) = std::fs::read_to_string(case.dir.join("kernels")) {
+                let mut lines = text.lines();
+                let listed: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+                if !listed.contains(&series) && case.disabled.is_none() {
+                    let why: Vec<&str> = lines.map(str::trim).filter(|l| !l.is_empty()).collect();
+                    case.disabled = Some(format!(
+                        "runs on Linux {} only: {}",
+                        listed.join(", "),
+                        why.join(" ")
+                    ));
+                }
+            }
+            Ok(case)
+        })
+        .collect()
 }
 
 /// A program a case's `tools` file asks for in the guest.
@@ -301,6 +336,37 @@ fn patch_path(case_dir: &Path, word: &str) -> PathBuf {
     }
 }
 
+/// The patch for a kernel of `series` (`6.1`): the same name in the directory's `SERIES/`
+/// when the series needs its own (its context differs), else the one file.
+fn patch_for_series(case_dir: &Path, word: &str, series: &str) -> PathBuf {
+    let path = patch_path(case_dir, word);
+    let own = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => dir.join(series).join(name),
+        _ => return path,
+    };
+    if own.is_file() {
+        own
+    } else {
+        path
+    }
+}
+
+/// A kernel tree's series, `VERSION.PATCHLEVEL` of its Makefile (`6.12`).
+pub fn kernel_series(source: &Path) -> Result<String> {
+    let makefile = std::fs::read_to_string(source.join("Makefile"))
+        .with_context(|| format!("cannot read {}/Makefile", source.display()))?;
+    let field = |key: &str| {
+        makefile
+            .lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix(key)?.trim_start().strip_prefix('=')?;
+                Some(rest.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    Ok(format!("{}.{}", field("VERSION"), field("PATCHLEVEL")))
+}
+
 /// The cases under `tests_dir`, sorted by name.
 pub fn discover(tests_dir: &Path) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
@@ -355,6 +421,7 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Case>> {
             }
             Err(_) => Vec::new(),
         };
+        let script = dir.join("guest.sh");
         cases.push(Case {
             name,
             dir,
@@ -363,6 +430,7 @@ pub fn discover(tests_dir: &Path) -> Result<Vec<Case>> {
             builds,
             disabled,
             tools,
+            script,
         });
     }
     cases.sort_by(|a, b| a.name.cmp(&b.name));
@@ -505,7 +573,7 @@ pub fn stage(
             }
         }
         let script = staged.join("guest.sh");
-        std::fs::copy(case.dir.join("guest.sh"), &script)
+        std::fs::copy(&case.script, &script)
             .with_context(|| format!("cannot stage guest.sh of case {}", case.name))?;
         make_executable(&script)?;
         results.push(Staged::Guest(Job {
@@ -528,6 +596,7 @@ fn run_builds(
     work: &Path,
     staged: &Path,
 ) -> Result<std::result::Result<(), String>> {
+    let series = kernel_series(&kernel.source)?;
     for line in &case.builds {
         let output_dir = work.join("kpatch").join(&line.name);
         let mut command = kpatch_build_command(kpatch, kernel, &line.name, &output_dir)?;
@@ -547,7 +616,7 @@ fn run_builds(
         }
         let mut numbered = false;
         for patch in &line.patches {
-            let path = patch_path(&case.dir, patch);
+            let path = patch_for_series(&case.dir, patch, &series);
             if !path.is_file() {
                 return Ok(Err(format!(
                     "`build` names {patch}, which is not the file {}",
@@ -810,6 +879,7 @@ mod tests {
             builds: Vec::new(),
             disabled: None,
             tools: Vec::new(),
+            script: PathBuf::from("tests/s/guest.sh"),
         };
         let outcome = Outcome {
             name: "s".to_string(),
@@ -918,6 +988,57 @@ mod tests {
     }
 
     #[test]
+    fn a_series_gets_its_own_script_and_expected_output_or_is_skipped() {
+        let root = std::env::temp_dir().join(format!("kpatch-rs-series-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let make = |name: &str, files: &[(&str, &str)]| {
+            let case = root.join(name);
+            for (file, text) in files {
+                let path = case.join(file);
+                std::fs::create_dir_all(path.parent().expect("a case file's directory"))
+                    .expect("create the case directory");
+                std::fs::write(path, text).expect("write a case file");
+            }
+        };
+        make("both", &[("guest.sh", "a"), ("expected", "x\n")]);
+        make(
+            "own",
+            &[
+                ("guest.sh", "a"),
+                ("expected", "x\n"),
+                ("6.1/guest.sh", "b"),
+                ("6.1/expected", "y\n"),
+            ],
+        );
+        make(
+            "new",
+            &[
+                ("guest.sh", "a"),
+                ("expected", "x\n"),
+                ("kernels", "6.12\npidfs is Linux 6.9's.\n"),
+            ],
+        );
+        let on = |series: &str| {
+            for_series(discover(&root).expect("discover"), series).expect("for_series")
+        };
+        let old = on("6.1");
+        assert_eq!(old[0].name, "both");
+        assert_eq!(old[0].expected.as_deref(), Some("x\n"));
+        assert_eq!(old[0].disabled, None);
+        assert_eq!(
+            old[1].disabled.as_deref(),
+            Some("runs on Linux 6.12 only: pidfs is Linux 6.9's.")
+        );
+        assert_eq!(old[2].script, root.join("own/6.1/guest.sh"));
+        assert_eq!(old[2].expected.as_deref(), Some("y\n"));
+        let new = on("6.12");
+        assert_eq!(new[1].disabled, None);
+        assert_eq!(new[2].script, root.join("own/guest.sh"));
+        assert_eq!(new[2].expected.as_deref(), Some("x\n"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn chooses_cases_by_name() {
         let case = |name: &str| Case {
             name: name.to_string(),
@@ -927,6 +1048,7 @@ mod tests {
             builds: Vec::new(),
             disabled: None,
             tools: Vec::new(),
+            script: PathBuf::from("tests").join(name).join("guest.sh"),
         };
         let names = |chosen: Result<Vec<Case>>| -> Vec<String> {
             chosen

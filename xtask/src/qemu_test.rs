@@ -161,7 +161,9 @@ fn run_all(
     }
 
     if only != Only::Selftests {
-        let found = cases::choose(cases::discover(tests_dir)?, chosen)?;
+        let series = cases::kernel_series(&kernel.source)?;
+        let found =
+            cases::for_series(cases::choose(cases::discover(tests_dir)?, chosen)?, &series)?;
         if found.is_empty() {
             bail!(
                 "no cases found in {} (a case is a directory with guest.sh)",

@@ -268,6 +268,8 @@ pub struct BuildReport {
     pub signature: Option<Signature>,
     /// Seconds per phase, in order.
     pub timings: Vec<(String, f64)>,
+    /// What the user should know about how the kernel will treat the module.
+    pub warnings: Vec<String>,
     /// Versions, release, vermagic and digests, filled in by the caller that knows the tool
     /// ([`provenance::describe`]).
     #[serde(flatten)]
@@ -311,6 +313,9 @@ impl BuildReport {
         }
         for (section, count) in &self.klp_relocation_sections {
             writeln!(out, "  livepatch relocations: {section} ({count})")?;
+        }
+        for warning in &self.warnings {
+            writeln!(out, "warning: {warning}")?;
         }
         if let Some(signature) = &self.signature {
             writeln!(out, "  signed: {}", signature.hash)?;
@@ -420,8 +425,35 @@ pub fn build_timed(
         klp_relocation_sections: post_link.sections,
         signature,
         timings: timer.phases.clone(),
+        warnings: reload_warnings(&options.sourcedir, &livepatch.objects),
         provenance: None,
     })
+}
+
+/// A kernel whose livepatch core cannot clear a module's livepatch relocations when the
+/// module goes (no `clear_relocate_add()` in `include/linux/moduleloader.h`; Linux 6.1 has
+/// none) finds them already written when the module comes again and refuses to load it
+/// ("existing value is nonzero"): while the livepatch is loaded, a patched module cannot be
+/// reloaded. Read from the kernel's own headers, one warning per module klp object.
+fn reload_warnings(source: &Path, objects: &[KlpObject]) -> Vec<String> {
+    let header = source.join("include/linux/moduleloader.h");
+    let clears = fs::read_to_string(&header).is_ok_and(|text| text.contains("clear_relocate_add"));
+    if clears {
+        return Vec::new();
+    }
+    objects
+        .iter()
+        .filter_map(|object| match &object.name {
+            module::KlpObjectName::Module(name) => Some(format!(
+                "this kernel cannot apply a livepatch to module {name} a second time (its \
+                 {} has no clear_relocate_add()): once {name} is unloaded while the livepatch \
+                 is loaded, loading {name} again fails; disable and remove the livepatch \
+                 before reloading {name}",
+                header.display()
+            )),
+            module::KlpObjectName::Vmlinux => None,
+        })
+        .collect()
 }
 
 /// What the generated module holds: its name, the patches it came from, whether it
@@ -464,6 +496,32 @@ fn write_module(
 
 #[cfg(test)]
 mod tests {
+
+    /// A kernel without `clear_relocate_add()` (Linux 6.1) cannot take a patched module a
+    /// second time while the livepatch is loaded: one warning per module klp object; none
+    /// for vmlinux or on a kernel that clears the relocations.
+    #[test]
+    fn a_kernel_that_cannot_clear_module_relocations_gets_a_reload_warning() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let header = dir.path().join("include/linux/moduleloader.h");
+        fs::create_dir_all(dir.path().join("include/linux")).expect("create include/linux");
+        let object = |name: module::KlpObjectName| KlpObject {
+            name,
+            functions: Vec::new(),
+            callbacks: Default::default(),
+        };
+        let objects = [
+            object(module::KlpObjectName::Vmlinux),
+            object(module::KlpObjectName::Module("kobject_example".to_string())),
+        ];
+        fs::write(&header, "int apply_relocate_add(Elf_Shdr *sechdrs);\n").expect("header");
+        let warnings = reload_warnings(dir.path(), &objects);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("module kobject_example a second time"));
+        assert!(reload_warnings(dir.path(), &objects[..1]).is_empty());
+        fs::write(&header, "void clear_relocate_add(Elf_Shdr *sechdrs);\n").expect("header");
+        assert!(reload_warnings(dir.path(), &objects).is_empty());
+    }
     use super::*;
     use kpatch_diff::elf::Binding;
     use kpatch_diff::report::Outcome;
