@@ -7,7 +7,8 @@
 //! `cargo xtask stable-delta --sample`) and the QEMU tests. A
 //! failing check does not stop the later ones, so one run shows every problem; the exit
 //! status is non-zero when anything failed, and the last line
-//! is the QEMU tests' `N passed, N failed`. The upstream selftests run on two kernels, the
+//! is the QEMU tests' `N passed, N failed`. The selftests and the cases also run on the 6.1
+//! test kernel. The upstream selftests run on two kernels, the
 //! stock one and the Rust-core one, and their verdicts are printed side by side; then the
 //! race stress (`cargo xtask race-stress`) runs on both, clean required, and on the Rust core
 //! built with the pre-fix binding rule, where it must see the race. The signing cases
@@ -131,6 +132,28 @@ pub fn run(args: &[String]) -> Result<()> {
     );
 
     let (mut tally, stock_verdicts) = crate::qemu_test::run_everything_verdicts(&sh, &kernel)?;
+
+    // The test kernel matrix: the same selftests and cases on a 6.1 test kernel (Debian
+    // 12's default series), the cases' 6.1 patches and scripts where 6.1 differs.
+    let mut spec_6_1 = KernelSpec::stock();
+    spec_6_1.tarball = crate::kernel::series_tarball("6.1")?;
+    match ensure_kernel(&sh, &spec_6_1)
+        .and_then(|dirs| crate::qemu_test::run_everything_verdicts(&sh, &dirs))
+    {
+        Ok((tally_6_1, verdicts_6_1)) => {
+            tally.passed += tally_6_1.passed;
+            tally.failed += tally_6_1.failed;
+            tally.skipped += tally_6_1.skipped;
+            print!(
+                "{}",
+                crate::selftests::side_by_side("6.12", &stock_verdicts, "6.1", &verdicts_6_1)
+            );
+        }
+        Err(error) => {
+            tally.failed += 1;
+            println!("FAIL  6.1 test kernel: {error:#}");
+        }
+    }
 
     // `kpatch-rs build --sign-key`: the unsigned module refused and the signed one loaded by
     // a kernel that enforces module signatures and trusts the test key.
