@@ -283,15 +283,18 @@ impl KernelBuild {
             self.make().args([&kcflags, "olddefconfig"]),
             &self.log,
         )?;
+        // objtool first: the preparation compiles modpost's `empty.o` with it (the object
+        // builds' objtool variable), which in one make could run before objtool exists.
+        let configured = fs::read_to_string(&dot_config).unwrap_or_default();
+        if configured.lines().any(|line| line == "CONFIG_OBJTOOL=y") {
+            run_logged(
+                "preparing the kernel build (objtool)",
+                self.make().args([&kcflags, "tools/objtool"]),
+                &self.log,
+            )?;
+        }
         run_logged(
             "preparing the kernel build (modules_prepare)",
-            self.make().args([&kcflags, "modules_prepare"]),
-            &self.log,
-        )?;
-        // Only now that objtool is built can it run on what the preparation compiles (modpost's
-        // `empty.o`, remade with modpost): in the same make, it could run before it exists.
-        run_logged(
-            "preparing the kernel build (modules_prepare with objtool)",
             self.make()
                 .args([&kcflags, OBJTOOL_PER_OBJECT, "modules_prepare"]),
             &self.log,
