@@ -107,7 +107,7 @@ struct BuildArgs {
     #[arg(short = 'n', long)]
     name: Option<String>,
     /// Parallel jobs for the kernel build (default: the CPUs this process may use).
-    #[arg(short = 'j', long, default_value_t = default_jobs())]
+    #[arg(short = 'j', long, default_value_t = default_jobs(), hide_default_value = true)]
     jobs: usize,
     /// Where to write the module.
     #[arg(short = 'o', long, default_value = ".")]
