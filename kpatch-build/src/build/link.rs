@@ -176,7 +176,7 @@ fn link_module(
     // killed while compiling compiles again.
     let main_object = main_dir.join("livepatch-main.o");
     let compiled_record = main_dir.join(".kpatch-compiled");
-    let wanted = compiled_source_record(source, &cflags);
+    let wanted = compiled_source_record(source, &cflags, build.release.as_deref());
     let current = fs::read(&compiled_record).ok().as_deref() == Some(wanted.as_bytes())
         && main_object.is_file();
     if !current {
@@ -225,11 +225,11 @@ fn link_module(
 const MAIN_DIR: &str = "main";
 const LINK_DIR: &str = "link";
 
-/// What decides the module source's object: the source, the flags, and the headers kpatch-rs
-/// puts on the include path.
-fn compiled_source_record(source: &str, cflags: &str) -> String {
+/// What decides the module source's object: the source, the flags, the release Kbuild is
+/// given (which regenerates its headers), and the headers kpatch-rs puts on the include path.
+fn compiled_source_record(source: &str, cflags: &str, release: Option<&str>) -> String {
     format!(
-        "{cflags}\n{source}\n{}\n{}\n{}",
+        "{cflags}\n{release:?}\n{source}\n{}\n{}\n{}",
         module::KPATCH_MACROS_H,
         module::KPATCH_SYSCALL_H,
         module::LIVEPATCH_HELPERS_H
