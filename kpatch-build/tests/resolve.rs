@@ -68,8 +68,22 @@ fn duplicate_local_names_resolve_to_their_own_unit() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let image = link_two_units(dir.path());
-    let symbols = KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &image).expect("read symbols");
+    // Read from memory, and from the file through a read cache (the build's way, which reads
+    // only the symbol table): the same answers.
+    let in_memory =
+        KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, image.as_slice()).expect("read symbols");
+    let path = dir.path().join("vmlinux");
+    std::fs::write(&path, &image).expect("write vmlinux");
+    let file = std::fs::File::open(&path).expect("open vmlinux");
+    let from_file =
+        KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &object::read::ReadCache::new(file))
+            .expect("read symbols from the file");
+    for symbols in [in_memory, from_file] {
+        check_show_units(&symbols);
+    }
+}
 
+fn check_show_units(symbols: &KlpObjectSymbols) {
     let unit = |locals: &'static [&'static str]| Unit {
         file: "show.c",
         locals,
@@ -138,14 +152,14 @@ fn a_stripped_target_is_an_error_that_says_what_to_pass() {
         .expect("run strip");
     assert!(status.success());
     let stripped = std::fs::read(stripped_path).expect("read");
-    let error =
-        KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &stripped).expect_err("stripped");
+    let error = KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, stripped.as_slice())
+        .expect_err("stripped");
     assert_eq!(
         error.to_string(),
         "cannot read symbols of vmlinux: it has no symbol table (stripped?); pass an unstripped vmlinux"
     );
-    let error =
-        KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, b"not an elf").expect_err("garbage");
+    let error = KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &b"not an elf"[..])
+        .expect_err("garbage");
     assert!(error
         .to_string()
         .starts_with("cannot read symbols of vmlinux: "));
@@ -178,8 +192,9 @@ fn a_module_stripped_of_file_symbols_is_one_block_and_refuses_duplicates() {
         .expect("run objcopy");
     assert!(status.success(), "objcopy failed");
     let data = std::fs::read(&module).expect("read module");
-    let symbols = KlpObjectSymbols::from_elf(KlpObjectName::Module("module".to_string()), &data)
-        .expect("symbols");
+    let symbols =
+        KlpObjectSymbols::from_elf(KlpObjectName::Module("module".to_string()), data.as_slice())
+            .expect("symbols");
     let block = symbols
         .find_block(&Unit {
             file: "show.c",

@@ -118,8 +118,8 @@ struct BuildArgs {
     /// The module's name: livepatch-NAME.ko (default: the first patch's file name).
     #[arg(short = 'n', long)]
     name: Option<String>,
-    /// Parallel jobs for the kernel build.
-    #[arg(short = 'j', long, default_value_t = 2)]
+    /// Parallel jobs for the kernel build (default: the CPUs this process may use).
+    #[arg(short = 'j', long, default_value_t = default_jobs(), hide_default_value = true)]
     jobs: usize,
     /// Where to write the module.
     #[arg(short = 'o', long, default_value = ".")]
@@ -379,6 +379,11 @@ fn build_options(args: &BuildArgs) -> Result<BuildOptions, InputError> {
 }
 
 /// A `--make-var`: `NAME=VALUE` with a make variable name (letters, digits, `_`).
+/// `-j`'s default: the CPUs this process may run on (its affinity mask and cgroup quota).
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 fn parse_make_var(text: &str) -> Result<String, String> {
     let Some((name, _)) = text.split_once('=') else {
         return Err(format!("`{text}` is not VAR=VALUE"));

@@ -586,3 +586,114 @@ fn progress_on_a_terminal_redraws_the_running_phase() {
     );
     assert!(text.contains("kpatch-rs: diff "), "{text}");
 }
+
+/// A build log as the commands kpatch-rs ran, each with the work Kbuild printed for it
+/// (its quiet lines: `CC fs/proc/cmdline.o`, `HOSTCC ...`, white space collapsed).
+fn log_commands(log: &Path) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut commands: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(command) = line.strip_prefix("$ ") {
+            commands.push((command.to_string(), Vec::new()));
+            continue;
+        }
+        let word = line.split_whitespace().next().unwrap_or("");
+        let work = line.starts_with("  ")
+            && matches!(
+                word,
+                "CC" | "HOSTCC" | "HOSTLD" | "LD" | "AS" | "GEN" | "LINK"
+            );
+        if let (true, Some((_, lines))) = (work, commands.last_mut()) {
+            lines.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    commands
+}
+
+#[test]
+fn the_patched_build_directory_is_a_copy_kbuild_takes_as_prepared_and_the_module_source_compiles_once(
+) {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    let run = |output: &str, patch: &str| {
+        let result = build(
+            &kernel,
+            &dir.path().join(output),
+            &["--cache-dir", &cache_arg],
+            &[fixture(patch)],
+        );
+        assert!(result.status.success(), "build failed: {}", stderr(&result));
+        std::fs::read(
+            dir.path()
+                .join(output)
+                .join(format!("livepatch-{}.ko", patch.trim_end_matches(".patch"))),
+        )
+        .expect("module")
+    };
+    let first = run("a", "cmdline.patch");
+    let entry = std::fs::read_dir(&cache)
+        .expect("cache")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.join("patched").is_dir())
+        .expect("a cache entry");
+
+    // Only the original was prepared, once; the patched build directory is a copy of it, and
+    // each tree's object build compiled the unit and nothing of the preparation.
+    let unit_only = |commands: &[(String, Vec<String>)]| {
+        let builds: Vec<&Vec<String>> = commands
+            .iter()
+            .filter(|(command, _)| command.ends_with(" fs/proc/cmdline.o"))
+            .map(|(_, work)| work)
+            .collect();
+        assert!(!builds.is_empty(), "no unit build in {commands:#?}");
+        for work in builds {
+            let compiled: Vec<&String> =
+                work.iter().filter(|line| *line != "GEN Makefile").collect();
+            assert_eq!(compiled, ["CC fs/proc/cmdline.o"], "{commands:#?}");
+        }
+    };
+    let patched = log_commands(&entry.join("patched.log"));
+    assert!(
+        patched
+            .iter()
+            .all(|(c, _)| !c.contains("olddefconfig") && !c.contains("modules_prepare")),
+        "{patched:#?}"
+    );
+    unit_only(&patched);
+    let original = log_commands(&entry.join("original.log"));
+    assert_eq!(
+        original
+            .iter()
+            .filter(|(c, _)| c.ends_with(" modules_prepare"))
+            .count(),
+        1,
+        "{original:#?}"
+    );
+    unit_only(&original);
+    let copied = std::fs::read_to_string(entry.join("patched/Makefile")).expect("Makefile");
+    assert!(copied.contains("patched-source/Makefile"), "{copied}");
+    assert!(!entry.join("patched/Module.symvers").exists());
+
+    let main_compiles = || {
+        log_commands(&entry.join("original.log"))
+            .iter()
+            .filter(|(c, _)| c.ends_with(" livepatch-main.o"))
+            .count()
+    };
+    assert_eq!(main_compiles(), 1);
+    // The same fix again: the module source is the same, its object is reused.
+    let second = run("b", "cmdline.patch");
+    assert_eq!(main_compiles(), 1);
+    assert!(first == second, "the same inputs must give the same bytes");
+    unit_only(&log_commands(&entry.join("patched.log")));
+    // A compile killed before its record was written: compiled again, the same bytes.
+    std::fs::remove_file(entry.join("module/main/.kpatch-compiled")).expect("record");
+    assert!(run("c", "cmdline.patch") == first);
+    assert_eq!(main_compiles(), 2);
+    // Another fix, another module source.
+    run("d", "meminfo.patch");
+    assert_eq!(main_compiles(), 3);
+}

@@ -10,6 +10,7 @@ use kpatch_diff::special_sections::KernelLayout;
 use super::inputs::{read_file, InputError, Inputs};
 use super::kbuild::KernelBuild;
 use super::module;
+use super::trees;
 use super::units::{self, UnitsError};
 use super::{io_error, BuildError, BuildOptions};
 
@@ -43,6 +44,14 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         release: inputs.release.clone(),
         make_vars: options.make_vars.clone(),
     };
+    let config_text = read_file(&options.config, "kernel config", "pass --config")?;
+    let mut extra_flags = vec![format!("-I{}", write_headers(&inputs.cache)?.display())];
+    extra_flags.extend(
+        debug_info_flags(&String::from_utf8_lossy(&config_text))
+            .iter()
+            .map(|flag| flag.to_string()),
+    );
+    let include_flag = extra_flags.join(" ");
     let touched_files = &inputs.touched;
     // A header change needs the dependency lists of a built original tree: the one beside the
     // symbols when it is a Kbuild build directory, else kpatch-rs's own original build
@@ -54,7 +63,7 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
     let reference = if !needs_reference || has_cmd_files(&given_reference) {
         given_reference
     } else {
-        original_build.prepare(&options.config)?;
+        original_build.prepare(&options.config, &include_flag)?;
         // Its own stamp, not `.vmlinux.cmd`: a build killed while making the modules has one.
         let built = original_build.output.join(".kpatch-built-all");
         if !built.is_file() {
@@ -75,17 +84,16 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         original_build.output.clone()
     };
     let objects = units_to_build(options, touched_files, &reference)?;
-    let config_text = read_file(&options.config, "kernel config", "pass --config")?;
-    let mut extra_flags = vec![format!("-I{}", write_headers(&inputs.cache)?.display())];
-    extra_flags.extend(
-        debug_info_flags(&String::from_utf8_lossy(&config_text))
-            .iter()
-            .map(|flag| flag.to_string()),
-    );
-    let include_flag = extra_flags.join(" ");
+    // One tree is prepared with all the jobs; the patched build directory starts as a copy
+    // of it rather than being prepared again.
+    KernelBuild {
+        jobs: options.jobs.max(1),
+        ..original_build.clone()
+    }
+    .prepare(&options.config, &include_flag)?;
+    prepare_as_copy(&patched_build, &original_build, &options.config)?;
     let (original_result, patched_result) = std::thread::scope(|scope| {
         let original = scope.spawn(|| {
-            original_build.prepare(&options.config)?;
             original_build.build_objects("building original objects", &objects, &include_flag)?;
             super::probe::kernel_layout(
                 &original_build,
@@ -94,7 +102,6 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
             )
         });
         let patched = scope.spawn(|| {
-            patched_build.prepare(&options.config)?;
             patched_build.build_objects("building patched objects", &objects, &include_flag)
         });
         (original.join(), patched.join())
@@ -115,6 +122,41 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         units: objects,
         kernel_layout,
     })
+}
+
+/// Prepares `build` for `config` as a copy of `prepared`, a build directory of another source
+/// tree already prepared for it ([`trees::copy_prepared_build`]): the patched tree differs
+/// from the original only in the files the patches touch, and whatever of the preparation
+/// depends on those, Kbuild remakes in the copy when it builds there. A build directory
+/// already prepared is kept.
+fn prepare_as_copy(
+    build: &KernelBuild,
+    prepared: &KernelBuild,
+    config: &Path,
+) -> Result<(), BuildError> {
+    let wanted = read_file(config, "kernel config", "pass --config")?;
+    if build.is_prepared(&wanted) {
+        return Ok(());
+    }
+    let stamp = prepared.prepared_stamp();
+    let cutoff = fs::metadata(&stamp)
+        .and_then(|meta| meta.modified())
+        .map_err(io_error("stat", &stamp))?;
+    // Kbuild writes both directories as make resolved them (`realpath`), and they may also
+    // appear as given.
+    let mut renames = Vec::new();
+    for (old, new) in [
+        (&prepared.source, &build.source),
+        (&prepared.output, &build.output),
+    ] {
+        fs::create_dir_all(new).map_err(io_error("create", new))?;
+        let canonical = |path: &Path| fs::canonicalize(path).map_err(io_error("resolve", path));
+        renames.push((canonical(old)?, canonical(new)?));
+        renames.push((old.clone(), new.clone()));
+    }
+    renames.dedup();
+    trees::copy_prepared_build(&prepared.output, &build.output, &renames, cutoff)?;
+    Ok(())
 }
 
 /// The flags that give every compared object full DWARF for the layout check, whatever the

@@ -20,6 +20,9 @@ use std::sync::Mutex;
 /// and per data object, so the diff can take or leave each one alone.
 pub const DIFF_KCFLAGS: &str = "-ffunction-sections -fdata-sections";
 
+/// The make variable that runs objtool on each object (see [`KernelBuild::build_objects`]).
+const OBJTOOL_PER_OBJECT: &str = "objtool-enabled=y";
+
 /// A command that could not run or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} failed: `{command}`{tail}")]
@@ -287,9 +290,12 @@ impl KernelBuild {
     }
 
     /// Installs `config` as the build's `.config` and prepares the tree for building single
-    /// objects and external modules. A build directory already prepared for the same config
-    /// keeps its state, so the second run is fast.
-    pub fn prepare(&self, config: &Path) -> Result<(), CommandError> {
+    /// objects and external modules, with the `KCFLAGS` (and objtool variable) that
+    /// [`Self::build_objects`] gets `extra_cflags` for: what the preparation compiles (`bounds.s`, `asm-offsets.s`,
+    /// modpost's `empty.o`) then has the command line the object builds check it against,
+    /// and is not compiled a second time by the first of them. A build directory already
+    /// prepared for the same config keeps its state, so the second run is fast.
+    pub fn prepare(&self, config: &Path, extra_cflags: &str) -> Result<(), CommandError> {
         let fail = |tail: String| CommandError {
             what: "preparing the kernel build".to_string(),
             command: format!("cp {} {}/.config", config.display(), self.output.display()),
@@ -298,24 +304,47 @@ impl KernelBuild {
         fs::create_dir_all(&self.output).map_err(|e| fail(format!(": {e}")))?;
         let wanted = fs::read(config).map_err(|e| fail(format!(": cannot read config: {e}")))?;
         let dot_config = self.output.join(".config");
-        let stamp = self.output.join(".kpatch-prepared");
-        let prepared = fs::read(&stamp).ok() == Some(wanted.clone());
-        if prepared && fs::read(&dot_config).ok().is_some() {
+        let stamp = self.prepared_stamp();
+        if self.is_prepared(&wanted) {
             return Ok(());
         }
         fs::write(&dot_config, &wanted).map_err(|e| fail(format!(": {e}")))?;
+        let kcflags = object_kcflags(extra_cflags);
         run_logged(
             "configuring the kernel build",
-            self.make().arg("olddefconfig"),
+            self.make().args([&kcflags, "olddefconfig"]),
             &self.log,
         )?;
+        // objtool first: the preparation compiles modpost's `empty.o` with it (the object
+        // builds' objtool variable), which in one make could run before objtool exists.
+        let configured = fs::read_to_string(&dot_config).unwrap_or_default();
+        if configured.lines().any(|line| line == "CONFIG_OBJTOOL=y") {
+            run_logged(
+                "preparing the kernel build (objtool)",
+                self.make().args([&kcflags, "tools/objtool"]),
+                &self.log,
+            )?;
+        }
         run_logged(
             "preparing the kernel build (modules_prepare)",
-            self.make().arg("modules_prepare"),
+            self.make()
+                .args([&kcflags, OBJTOOL_PER_OBJECT, "modules_prepare"]),
             &self.log,
         )?;
         fs::write(&stamp, &wanted).map_err(|e| fail(format!(": {e}")))?;
         Ok(())
+    }
+
+    /// The file whose content is the config the build directory was prepared for, written
+    /// when `prepare` finished.
+    pub fn prepared_stamp(&self) -> PathBuf {
+        self.output.join(".kpatch-prepared")
+    }
+
+    /// Whether the build directory is prepared, completely, for the config `wanted`.
+    pub fn is_prepared(&self, wanted: &[u8]) -> bool {
+        fs::read(self.prepared_stamp()).ok().as_deref() == Some(wanted)
+            && self.output.join(".config").is_file()
     }
 
     /// Builds the whole tree (vmlinux and modules), as the kernel's own build does; its `.cmd`
@@ -338,11 +367,11 @@ impl KernelBuild {
             let _ = fs::remove_file(self.output.join(object));
         }
         let mut command = self.make();
-        command.arg(format!("KCFLAGS={DIFF_KCFLAGS} {extra_cflags}").trim_end());
+        command.arg(object_kcflags(extra_cflags));
         // With IBT, Kbuild runs objtool on vmlinux.o as a whole instead of on each object, so a
         // single object would come without its ORC unwind data, return-thunk and call sites.
         // Running it per object gives the diff those tables for the code it takes.
-        command.arg("objtool-enabled=y");
+        command.arg(OBJTOOL_PER_OBJECT);
         command.args(objects);
         run_logged(what, &mut command, &self.log)
     }
@@ -373,6 +402,13 @@ impl KernelBuild {
         command.args(targets);
         run_logged(what, &mut command, &self.log)
     }
+}
+
+/// The `KCFLAGS=` argument of the object builds: the diff's flags and `extra_cflags`.
+fn object_kcflags(extra_cflags: &str) -> String {
+    format!("KCFLAGS={DIFF_KCFLAGS} {extra_cflags}")
+        .trim_end()
+        .to_string()
 }
 
 /// How `patch` is run: a dry run with the fuzz it may use, or for real (without fuzz).

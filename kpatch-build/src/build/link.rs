@@ -28,7 +28,17 @@ pub struct Linkable {
 
 /// Makes each unit's output linkable into `module_dir` and gathers the klp objects.
 pub fn make_linkable(resolved: Resolved, module_dir: &Path) -> Result<Linkable, BuildError> {
-    let _ = fs::remove_dir_all(module_dir);
+    // The objects of an earlier run go; the module source's directories stay, for Kbuild and
+    // `link_module` to tell what is still current.
+    if let Ok(entries) = fs::read_dir(module_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name != MAIN_DIR && name != LINK_DIR {
+                let path = entry.path();
+                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            }
+        }
+    }
     fs::create_dir_all(module_dir).map_err(io_error("create", module_dir))?;
     let mut klp_objects: BTreeMap<KlpObjectName, KlpObject> = BTreeMap::new();
     let mut objects = Vec::new();
@@ -154,23 +164,46 @@ fn link_module(
     patched_objects: &[PathBuf],
 ) -> Result<Vec<u8>, BuildError> {
     let write = |path: &Path, text: &str| fs::write(path, text).map_err(io_error("write", path));
-    let main_dir = module_dir.join("main");
-    let link_dir = module_dir.join("link");
+    let main_dir = module_dir.join(MAIN_DIR);
+    let link_dir = module_dir.join(LINK_DIR);
     for dir in [&main_dir, &link_dir] {
         fs::create_dir_all(dir).map_err(io_error("create", dir))?;
     }
-    write(&main_dir.join("livepatch-main.c"), source)?;
-    write(&main_dir.join("Kbuild"), "obj-m := livepatch-main.o\n")?;
     let cflags = path_independent_cflags(module_dir);
-    build.build_external(
-        "compiling the livepatch module source",
-        &main_dir,
-        &["livepatch-main.o"],
-        &cflags,
-    )?;
-    let mut inputs = vec![main_dir.join("livepatch-main.o")];
+    // The module source is compiled again only when it or its flags changed: a rebuild of
+    // the same fix, or of a fix to the same functions, reuses the object. The record of what
+    // was compiled is removed first and written back once the object is whole, so a build
+    // killed while compiling compiles again.
+    let main_object = main_dir.join("livepatch-main.o");
+    let compiled_record = main_dir.join(".kpatch-compiled");
+    let wanted = compiled_source_record(source, &cflags, build.release.as_deref());
+    let current = fs::read(&compiled_record).ok().as_deref() == Some(wanted.as_bytes())
+        && main_object.is_file();
+    if !current {
+        let _ = fs::remove_file(&compiled_record);
+        write(&main_dir.join("livepatch-main.c"), source)?;
+        write(&main_dir.join("Kbuild"), "obj-m := livepatch-main.o\n")?;
+        build.build_external(
+            "compiling the livepatch module source",
+            &main_dir,
+            &["livepatch-main.o"],
+            &cflags,
+        )?;
+        write(&compiled_record, &wanted)?;
+    }
+    let mut inputs = vec![main_object];
     inputs.extend(patched_objects.iter().cloned());
     let object = link_dir.join(format!("{module_name}.o"));
+    // Nothing of an earlier link can pass for this one's module.
+    let module_file = link_dir.join(format!("{module_name}.ko"));
+    for stale in [&object, &module_file] {
+        match fs::remove_file(stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error("remove", stale)(e).into())
+            }
+            _ => {}
+        }
+    }
     kbuild::link_relocatable(&object, &inputs, &build.log)?;
     write(
         &link_dir.join("Kbuild"),
@@ -185,9 +218,20 @@ fn link_module(
         &["modules"],
         &cflags,
     )?;
-    Ok(read_file(
-        &link_dir.join(format!("{module_name}.ko")),
-        "module",
-        "see the build log",
-    )?)
+    Ok(read_file(&module_file, "module", "see the build log")?)
+}
+
+/// The directories of `module/` that stay between runs: the module source's and the link's.
+const MAIN_DIR: &str = "main";
+const LINK_DIR: &str = "link";
+
+/// What decides the module source's object: the source, the flags, the release Kbuild is
+/// given (which regenerates its headers), and the headers kpatch-rs puts on the include path.
+fn compiled_source_record(source: &str, cflags: &str, release: Option<&str>) -> String {
+    format!(
+        "{cflags}\n{release:?}\n{source}\n{}\n{}\n{}",
+        module::KPATCH_MACROS_H,
+        module::KPATCH_SYSCALL_H,
+        module::LIVEPATCH_HELPERS_H
+    )
 }

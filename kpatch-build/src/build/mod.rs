@@ -270,6 +270,9 @@ pub struct BuildReport {
     pub timings: Vec<(String, f64)>,
     /// What the user should know about how the kernel will treat the module.
     pub warnings: Vec<String>,
+    /// The most memory kpatch-rs itself held at once (`VmHWM`), in KiB: the programs it runs
+    /// (make, the compiler) are not counted. None where `/proc` does not say.
+    pub peak_memory_kib: Option<u64>,
     /// Versions, release, vermagic and digests, filled in by the caller that knows the tool
     /// ([`provenance::describe`]).
     #[serde(flatten)]
@@ -326,8 +329,30 @@ impl BuildReport {
             .iter()
             .map(|(phase, seconds)| format!("{phase} {seconds:.2}s"))
             .collect();
-        writeln!(out, "time: {total:.2}s ({})", phases.join(", "))
+        writeln!(out, "time: {total:.2}s ({})", phases.join(", "))?;
+        if let Some(kib) = self.peak_memory_kib {
+            writeln!(
+                out,
+                "peak memory: {:.1} MiB (kpatch-rs itself)",
+                kib as f64 / 1024.0
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// This process's peak resident memory so far, in KiB (`VmHWM` of `/proc/self/status`):
+/// its own, since every program it runs is a process of its own.
+pub fn peak_memory_kib() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Times the phases into the caller's list, which keeps them when a phase fails, and shows
@@ -426,6 +451,7 @@ pub fn build_timed(
         signature,
         timings: timer.phases.clone(),
         warnings: reload_warnings(&options.sourcedir, &livepatch.objects),
+        peak_memory_kib: peak_memory_kib(),
         provenance: None,
     })
 }
@@ -563,6 +589,19 @@ mod tests {
                 .collect(),
             refusals: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_peak_memory_is_this_process_own_and_grows_with_what_it_touches() {
+        let before = peak_memory_kib().expect("VmHWM in /proc/self/status");
+        assert!(before > 0);
+        let held = vec![1u8; 64 << 20];
+        let after = peak_memory_kib().expect("VmHWM");
+        assert!(
+            after >= before.max(60 << 10),
+            "64 MiB touched: {before} KiB then {after} KiB"
+        );
+        drop(held);
     }
 
     #[test]

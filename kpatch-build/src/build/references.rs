@@ -45,8 +45,17 @@ pub fn resolve_units(
 ) -> Result<Resolved, BuildError> {
     let vmlinux_symbols = match &options.symbols {
         SymbolSource::Vmlinux(path) => {
-            let vmlinux = read_file(path, "vmlinux", "pass --vmlinux")?;
-            KlpObjectSymbols::from_elf(KlpObjectName::Vmlinux, &vmlinux)?
+            // Only the symbol table is read: a debug vmlinux is mostly DWARF.
+            let vmlinux = fs::File::open(path).map_err(|source| InputError::Read {
+                what: "vmlinux",
+                path: path.clone(),
+                hint: "pass --vmlinux",
+                source,
+            })?;
+            KlpObjectSymbols::from_elf(
+                KlpObjectName::Vmlinux,
+                &object::read::ReadCache::new(vmlinux),
+            )?
         }
         SymbolSource::SystemMap(path) => {
             let map = read_file(path, "System.map", "pass --system-map")?;
@@ -88,7 +97,7 @@ pub fn resolve_units(
                     module_depends.insert(module_name.clone(), resolve::module_depends(&data));
                     module_symbols.insert(
                         module_name.clone(),
-                        KlpObjectSymbols::from_elf(klp_object.clone(), &data)?,
+                        KlpObjectSymbols::from_elf(klp_object.clone(), data.as_slice())?,
                     );
                 }
                 &module_symbols[module_name]

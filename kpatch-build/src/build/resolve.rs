@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use object::read::elf::{ElfFile64, FileHeader, Sym};
-use object::{elf, Endianness, Object as _, ObjectSection as _};
+use object::{elf, Endianness, Object as _, ObjectSection as _, ReadRef};
 
 use crate::build::module::KlpObjectName;
 
@@ -144,16 +144,19 @@ fn is_listed_name(name: &str) -> bool {
 
 impl KlpObjectSymbols {
     /// Reads the symbol table of `data`, the ELF file of `klp_object` (vmlinux, or a module's
-    /// `.ko`).
-    pub fn from_elf(
+    /// `.ko`): bytes in memory, or a file read through `object::ReadCache`, which reads only
+    /// the headers, the symbol table and its strings, not a debug vmlinux's hundreds of
+    /// megabytes of DWARF.
+    pub fn from_elf<'data, R: ReadRef<'data>>(
         klp_object: KlpObjectName,
-        data: &[u8],
+        data: R,
     ) -> Result<KlpObjectSymbols, ResolveError> {
         let read_error = |reason: String| ResolveError::Read {
             klp_object: klp_object.klp_name().to_string(),
             reason,
         };
-        let file = ElfFile64::<Endianness>::parse(data).map_err(|e| read_error(e.to_string()))?;
+        let file =
+            ElfFile64::<Endianness, R>::parse(data).map_err(|e| read_error(e.to_string()))?;
         let endian = file.endian();
         let header = file.elf_header();
         let sections = header
@@ -549,8 +552,8 @@ fn base_name(name: &str) -> &str {
 
 /// Whether section `index` of a module is one the loader frees after init (`.init.*`), whose
 /// symbols the kernel no longer lists once the module is live.
-fn is_init_section(
-    sections: &object::read::elf::SectionTable<'_, elf::FileHeader64<Endianness>>,
+fn is_init_section<'data, R: ReadRef<'data>>(
+    sections: &object::read::elf::SectionTable<'data, elf::FileHeader64<Endianness>, R>,
     endian: Endianness,
     index: usize,
 ) -> bool {
