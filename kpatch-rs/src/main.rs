@@ -221,7 +221,12 @@ fn main() -> ExitCode {
         Some(Command::List(args)) => exit_code(cli::load::list(&args)),
         Some(Command::Info(args)) => exit_code(cli::load::info(&args)),
         Some(Command::Package(args)) => {
-            exit_code(cli::package::run(&args, env!("CARGO_PKG_VERSION")))
+            use clap::CommandFactory;
+            exit_code(cli::package::run(
+                &args,
+                env!("CARGO_PKG_VERSION"),
+                Cli::command(),
+            ))
         }
     }
 }

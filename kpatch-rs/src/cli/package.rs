@@ -1,7 +1,9 @@
 //! `kpatch-rs package --deb`: a Debian package of a livepatch module for exactly its kernel
 //! release, or (`--tool`) of this kpatch-rs binary and the unit that loads livepatches at boot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use kpatch_build::exit;
 use kpatch_build::package;
@@ -31,7 +33,9 @@ pub struct PackageArgs {
     pub output: PathBuf,
 }
 
-pub fn run(args: &PackageArgs, tool_version: &str) -> anyhow::Result<u8> {
+/// `command` is kpatch-rs's own command line, for the tool package's manual pages and bash
+/// completions.
+pub fn run(args: &PackageArgs, tool_version: &str, command: clap::Command) -> anyhow::Result<u8> {
     let plain = |error: package::PackageError| anyhow::Error::msg(error.to_string());
     let package = match &args.module {
         Some(module) => package::livepatch_package(
@@ -42,15 +46,53 @@ pub fn run(args: &PackageArgs, tool_version: &str) -> anyhow::Result<u8> {
         .map_err(plain)?,
         None => {
             let binary = std::env::current_exe()?;
-            package::tool_package(
+            let mut package = package::tool_package(
                 &binary,
                 args.package_version.as_deref().unwrap_or(tool_version),
                 &args.maintainer,
             )
-            .map_err(plain)?
+            .map_err(plain)?;
+            package.files.extend(documentation(command, &args.output)?);
+            package
         }
     };
     let deb = package.build_deb(&args.output).map_err(plain)?;
     println!("{}", deb.display());
     Ok(exit::SUCCESS)
+}
+
+/// The manual pages (generated into a scratch directory beside the output, then read back)
+/// and the bash completions, as package files.
+fn documentation(
+    command: clap::Command,
+    output: &Path,
+) -> anyhow::Result<Vec<(String, Vec<u8>, u32)>> {
+    let scratch = output.join(format!(".kpatch-rs-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let pages = super::docs::man_pages(command.clone(), &scratch);
+    let mut files = Vec::new();
+    let read = pages.and_then(|pages| {
+        for page in pages {
+            let path = scratch.join(&page);
+            let data =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            files.push((format!("usr/share/man/man1/{page}"), data, 0o644));
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    read?;
+    let mut script = Vec::new();
+    super::docs::completions(
+        clap_complete::Shell::Bash,
+        &mut command.clone(),
+        &mut script,
+    )?;
+    files.push((
+        "usr/share/bash-completion/completions/kpatch-rs".to_string(),
+        script,
+        0o644,
+    ));
+    files.sort();
+    Ok(files)
 }
