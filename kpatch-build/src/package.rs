@@ -1,4 +1,5 @@
-//! `kpatch-rs package --deb`: Debian packages of a livepatch module and of the tool.
+//! `kpatch-rs package --deb|--rpm`: Debian (or RPM) packages of a livepatch module and of
+//! the tool.
 //!
 //! A livepatch's package, `kpatch-rs-patch-NAME-RELEASE`, holds the module under
 //! [`MODULE_ROOT`]`/RELEASE/` for exactly the release of its vermagic, and depends on that
@@ -9,7 +10,10 @@
 //!
 //! The tree is laid out in a staging directory with fixed modes and mtimes and built with
 //! `dpkg-deb --build --root-owner-group`, gzip and one compressor thread, so the same inputs
-//! give the same bytes (mtimes are `SOURCE_DATE_EPOCH`, else 0).
+//! give the same bytes (mtimes are `SOURCE_DATE_EPOCH`, else 0). `--rpm` writes a spec whose
+//! `%install` copies the same tree and runs `rpmbuild -bb` on it, with the build time and
+//! mtimes clamped to the same epoch, nothing stripped, and a gzip payload. An RPM livepatch
+//! requires `kernel-uname-r = RELEASE`, which Fedora's and RHEL's kernel packages provide.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -68,10 +72,17 @@ pub enum PackageError {
     NotElf { file: PathBuf },
     #[error("{} is an ELF file for machine {machine}, which has no Debian architecture here", file.display())]
     UnknownMachine { file: PathBuf, machine: u16 },
-    #[error("cannot run dpkg-deb (apt-get install dpkg): {0}")]
-    NoDpkgDeb(std::io::Error),
-    #[error("dpkg-deb --build failed: {0}")]
-    DpkgDeb(String),
+    #[error("cannot run {program} (apt-get install {package}): {source}")]
+    NoProgram {
+        program: &'static str,
+        package: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{program} failed: {stderr}")]
+    Failed {
+        program: &'static str,
+        stderr: String,
+    },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PackageError {
@@ -97,6 +108,12 @@ pub struct Package {
     pub files: Vec<(String, Vec<u8>, u32)>,
     /// Maintainer scripts (`postinst`, `prerm`, ...) and their text.
     pub scripts: Vec<(&'static str, String)>,
+    /// The RPM's Requires.
+    pub rpm_requires: Vec<String>,
+    /// The RPM's scriptlets (`post`, `preun`) and their text.
+    pub rpm_scripts: Vec<(&'static str, String)>,
+    /// Directories the package owns even when empty (the RPM lists them with `%dir`).
+    pub rpm_dirs: Vec<String>,
 }
 
 /// The package of livepatch module `module`, for the release of its vermagic.
@@ -152,18 +169,31 @@ pub fn livepatch_package(
              `kpatch-rs load {installed}` loads it now."
         ),
         files: vec![(installed.trim_start_matches('/').to_string(), data, 0o644)],
-        scripts: vec![("prerm", livepatch_prerm(&release, &inspection.module))],
+        scripts: vec![(
+            "prerm",
+            livepatch_prerm(&release, &inspection.module, "\"$1\" = remove"),
+        )],
+        rpm_requires: vec![
+            format!("kernel-uname-r = {release}"),
+            TOOL_PACKAGE.to_string(),
+        ],
+        rpm_scripts: vec![(
+            "preun",
+            livepatch_prerm(&release, &inspection.module, "\"$1\" = 0"),
+        )],
+        rpm_dirs: vec![format!("{MODULE_ROOT}/{release}")],
     })
 }
 
 /// Before the package goes (not on an upgrade): its livepatch is unloaded if this kernel
 /// has it, and a failed unload keeps the package, so files and kernel stay in step.
-fn livepatch_prerm(release: &str, module: &str) -> String {
+/// `removing` is the shell test that says the package goes: dpkg's and rpm's differ.
+fn livepatch_prerm(release: &str, module: &str, removing: &str) -> String {
     let sysfs = module.replace('-', "_");
     format!(
         "#!/bin/sh\n\
          set -e\n\
-         if [ \"$1\" = remove ] && [ \"$(uname -r)\" = '{release}' ] && \\\n   \
+         if [ {removing} ] && [ \"$(uname -r)\" = '{release}' ] && \\\n   \
          [ -d /sys/kernel/livepatch/{sysfs} ]; then\n    \
          kpatch-rs unload {sysfs}\n\
          fi\n"
@@ -180,10 +210,12 @@ pub fn tool_package(
     let data = std::fs::read(binary).map_err(io("read", binary))?;
     let architecture = architecture(binary, &data)?;
     check_version(version)?;
-    let systemctl = |verb: &str| {
+    let script = |when: &str, verb: &str| {
         format!(
-            "    if command -v systemctl >/dev/null 2>&1; then\n        \
+            "#!/bin/sh\nset -e\nif [ {when} ]; then\n    \
+             if command -v systemctl >/dev/null 2>&1; then\n        \
              systemctl {verb} kpatch-rs.service\n    \
+             fi\n\
              fi\n"
         )
     };
@@ -204,21 +236,16 @@ pub fn tool_package(
             (UNIT_PATH.to_string(), UNIT.as_bytes().to_vec(), 0o644),
         ],
         scripts: vec![
-            (
-                "postinst",
-                format!(
-                    "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n{}fi\n",
-                    systemctl("enable")
-                ),
-            ),
-            (
-                "prerm",
-                format!(
-                    "#!/bin/sh\nset -e\nif [ \"$1\" = remove ]; then\n{}fi\n",
-                    systemctl("disable")
-                ),
-            ),
+            ("postinst", script("\"$1\" = configure", "enable")),
+            ("prerm", script("\"$1\" = remove", "disable")),
         ],
+        rpm_requires: Vec::new(),
+        // rpm's $1: 1 on a first install, 0 when the last version goes.
+        rpm_scripts: vec![
+            ("post", script("\"$1\" = 1", "enable")),
+            ("preun", script("\"$1\" = 0", "disable")),
+        ],
+        rpm_dirs: vec![MODULE_ROOT.to_string()],
     })
 }
 
@@ -313,22 +340,153 @@ impl Package {
     /// Builds the .deb into `out_dir` and returns its path.
     pub fn build_deb(&self, out_dir: &Path) -> Result<PathBuf, PackageError> {
         std::fs::create_dir_all(out_dir).map_err(io("create", out_dir))?;
-        let epoch: u64 = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(0);
+        let epoch = source_date_epoch();
         let staging = out_dir.join(format!(".{}.staging-{}", self.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         let result = self.stage(&staging, epoch).and_then(|()| {
             let deb = out_dir.join(self.deb_name());
-            run_dpkg_deb(&staging, &deb, epoch)?;
+            let args = [
+                "--root-owner-group".to_string(),
+                "-Zgzip".to_string(),
+                "-z9".to_string(),
+                "--threads-max=1".to_string(),
+                "--build".to_string(),
+                staging.display().to_string(),
+                deb.display().to_string(),
+            ];
+            run_program("dpkg-deb", "dpkg", &args, epoch)?;
             Ok(deb)
         });
         let _ = std::fs::remove_dir_all(&staging);
         result
     }
 
+    /// The RPM's architecture, from the Debian one.
+    pub fn rpm_architecture(&self) -> &str {
+        match self.architecture.as_str() {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            "ppc64el" => "ppc64le",
+            "i386" => "i686",
+            other => other,
+        }
+    }
+
+    /// The .rpm's file name: NAME-VERSION-1.ARCH.rpm.
+    pub fn rpm_name(&self) -> String {
+        format!(
+            "{}-{}-1.{}.rpm",
+            self.name,
+            self.version.replace('-', "_"),
+            self.rpm_architecture()
+        )
+    }
+
+    /// The spec `rpmbuild -bb` builds, its `%install` copying the staged tree `tree`.
+    pub fn rpm_spec(&self, tree: &Path) -> String {
+        let (summary, body) = self
+            .description
+            .split_once('\n')
+            .unwrap_or((&self.description, ""));
+        let body: Vec<&str> = body.lines().map(|line| line.trim_start()).collect();
+        let mut text = String::new();
+        for line in [
+            "%global debug_package %{nil}",
+            "%global __os_install_post %{nil}",
+            "%global _build_id_links none",
+            "%global _binary_payload w9.gzdio",
+            "%global use_source_date_epoch_as_buildtime 1",
+            "%global clamp_mtime_to_source_epoch 1",
+            "%global _buildhost kpatch-rs",
+        ] {
+            let _ = writeln!(text, "{line}");
+        }
+        let _ = writeln!(text, "Name: {}", self.name);
+        // rpm takes no `-` in a version: dpkg's revision separator becomes `_`.
+        let _ = writeln!(text, "Version: {}", self.version.replace('-', "_"));
+        let _ = writeln!(text, "Release: 1");
+        let _ = writeln!(text, "Summary: {summary}");
+        let _ = writeln!(text, "License: GPL-2.0-only");
+        let _ = writeln!(text, "Packager: {}", self.maintainer);
+        let _ = writeln!(text, "BuildArch: {}", self.rpm_architecture());
+        for requires in &self.rpm_requires {
+            let _ = writeln!(text, "Requires: {requires}");
+        }
+        let _ = writeln!(text, "\n%description\n{}\n", body.join("\n"));
+        let _ = writeln!(
+            text,
+            "%install\nmkdir -p %{{buildroot}}\ncp -a '{}'/. %{{buildroot}}/\n",
+            tree.display()
+        );
+        let _ = writeln!(text, "%files");
+        for dir in &self.rpm_dirs {
+            let _ = writeln!(text, "%dir %attr(0755,root,root) {dir}");
+        }
+        for (path, _, mode) in &self.files {
+            let _ = writeln!(text, "%attr({mode:04o},root,root) /{path}");
+        }
+        for (name, script) in &self.rpm_scripts {
+            let body = script.strip_prefix("#!/bin/sh\n").unwrap_or(script);
+            let _ = writeln!(text, "\n%{name}\n{}", body.trim_end());
+        }
+        text
+    }
+
+    /// Builds the .rpm into `out_dir` with rpmbuild and returns its path.
+    pub fn build_rpm(&self, out_dir: &Path) -> Result<PathBuf, PackageError> {
+        std::fs::create_dir_all(out_dir).map_err(io("create", out_dir))?;
+        // rpmbuild runs %install in a directory of its own.
+        let out_dir = &std::path::absolute(out_dir).map_err(io("resolve", out_dir))?;
+        let epoch = source_date_epoch();
+        let staging = out_dir.join(format!(".{}.rpm-{}", self.name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let result = (|| {
+            let tree = staging.join("tree");
+            self.stage_files(&tree, epoch)?;
+            let spec = staging.join(format!("{}.spec", self.name));
+            std::fs::write(&spec, self.rpm_spec(&tree)).map_err(io("write", &spec))?;
+            let top = staging.join("top");
+            let define = |name: &str, value: &Path| format!("{name} {}", value.display());
+            let filename = "_rpmfilename %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm";
+            let args = vec![
+                "-bb".to_string(),
+                "--quiet".to_string(),
+                "--target".to_string(),
+                self.rpm_architecture().to_string(),
+                "--define".to_string(),
+                define("_topdir", &top),
+                "--define".to_string(),
+                define("_rpmdir", out_dir),
+                "--define".to_string(),
+                filename.to_string(),
+                spec.display().to_string(),
+            ];
+            run_program("rpmbuild", "rpm", &args, epoch)?;
+            let rpm = out_dir.join(self.rpm_name());
+            if !rpm.is_file() {
+                return Err(PackageError::Failed {
+                    program: "rpmbuild",
+                    stderr: format!("it wrote no {}", rpm.display()),
+                });
+            }
+            Ok(rpm)
+        })();
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    /// The package's files alone under `tree`, with fixed modes and mtimes.
+    fn stage_files(&self, tree: &Path, epoch: u64) -> Result<(), PackageError> {
+        let mut files = self.clone();
+        files.scripts.clear();
+        files.stage_tree(tree, epoch, false)
+    }
+
     fn stage(&self, staging: &Path, epoch: u64) -> Result<(), PackageError> {
+        self.stage_tree(staging, epoch, true)
+    }
+
+    fn stage_tree(&self, staging: &Path, epoch: u64, control: bool) -> Result<(), PackageError> {
         let mut written = Vec::new();
         let mut write = |relative: &str, data: &[u8], mode: u32| -> Result<(), PackageError> {
             let path = staging.join(relative);
@@ -340,9 +498,11 @@ impl Package {
             written.push(path);
             Ok(())
         };
-        write("DEBIAN/control", self.control().as_bytes(), 0o644)?;
-        for (name, text) in &self.scripts {
-            write(&format!("DEBIAN/{name}"), text.as_bytes(), 0o755)?;
+        if control {
+            write("DEBIAN/control", self.control().as_bytes(), 0o644)?;
+            for (name, text) in &self.scripts {
+                write(&format!("DEBIAN/{name}"), text.as_bytes(), 0o755)?;
+            }
         }
         for (path, data, mode) in &self.files {
             write(path, data, *mode)?;
@@ -350,7 +510,13 @@ impl Package {
         // Directories too get a fixed mode and mtime, deepest first so that setting a child's
         // time does not change its parent's afterwards.
         let mut dirs = Vec::new();
-        for file in &written {
+        let mut leaves = Vec::new();
+        for dir in &self.rpm_dirs {
+            let path = staging.join(dir.trim_start_matches('/'));
+            std::fs::create_dir_all(&path).map_err(io("create", &path))?;
+            leaves.push(path.join("child"));
+        }
+        for file in written.iter().chain(&leaves) {
             let mut dir = file.parent();
             while let Some(d) = dir {
                 if !d.starts_with(staging) {
@@ -382,26 +548,38 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), PackageError> {
         .map_err(io("set the mode of", path))
 }
 
-/// The one program this module runs; its exit and stderr become a [`PackageError`].
-#[allow(clippy::disallowed_methods)] // packaging is dpkg-deb's job, as Kbuild's is kbuild.rs's
-fn run_dpkg_deb(staging: &Path, deb: &Path, epoch: u64) -> Result<(), PackageError> {
-    let output = Command::new("dpkg-deb")
-        .args([
-            "--root-owner-group",
-            "-Zgzip",
-            "-z9",
-            "--threads-max=1",
-            "--build",
-        ])
-        .arg(staging)
-        .arg(deb)
+/// `SOURCE_DATE_EPOCH`, else 0: every mtime and timestamp in a package.
+fn source_date_epoch() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs the packager (`dpkg-deb`, `rpmbuild`, from Debian package `package`); its failure
+/// and stderr become a [`PackageError`].
+#[allow(clippy::disallowed_methods)] // packaging is the packager's job, as Kbuild's is kbuild.rs's
+fn run_program(
+    program: &'static str,
+    package: &'static str,
+    args: &[String],
+    epoch: u64,
+) -> Result<(), PackageError> {
+    let output = Command::new(program)
+        .args(args)
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .output()
-        .map_err(PackageError::NoDpkgDeb)?;
+        .map_err(|source| PackageError::NoProgram {
+            program,
+            package,
+            source,
+        })?;
     if !output.status.success() {
-        return Err(PackageError::DpkgDeb(
-            String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        ));
+        let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        if stderr.is_empty() {
+            stderr = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        }
+        return Err(PackageError::Failed { program, stderr });
     }
     Ok(())
 }
@@ -463,7 +641,11 @@ mod tests {
 
     #[test]
     fn the_prerm_unloads_only_on_removal_of_the_running_release() {
-        let script = livepatch_prerm("6.12.117+deb12-amd64", "livepatch_cmdline");
+        let script = livepatch_prerm(
+            "6.12.117+deb12-amd64",
+            "livepatch_cmdline",
+            "\"$1\" = remove",
+        );
         assert!(script.contains("\"$1\" = remove"));
         assert!(script.contains("= '6.12.117+deb12-amd64'"));
         assert!(script.contains("kpatch-rs unload livepatch_cmdline\n"));

@@ -215,6 +215,116 @@ fn a_livepatch_package_is_for_its_release_and_the_tool_package_has_the_unit() {
     }
 }
 
+fn rpm_query(args: &[&str], rpm: &Path) -> String {
+    let output = Command::new("rpm")
+        .args(["-qp"])
+        .args(args)
+        .arg(rpm)
+        .output()
+        .expect("run rpm");
+    assert!(output.status.success(), "rpm -qp: {}", stderr(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `--rpm`: the same module, the same tree, read back by rpm itself (installing an RPM is for
+/// an RPM system; this is Debian).
+#[test]
+fn an_rpm_of_a_livepatch_requires_its_release_and_is_deterministic() {
+    let Some(kernel) = kernel() else { return };
+    if !Path::new("/usr/bin/rpmbuild").exists() {
+        kpatch_support::skip_unless_ci("rpmbuild is not installed (apt-get install rpm)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let build = kernel
+        .command(
+            &dir.path().join("module"),
+            &["--json"],
+            &[fixture("cmdline.patch")],
+        )
+        .output()
+        .expect("run kpatch-rs build");
+    assert!(build.status.success(), "build: {}", stderr(&build));
+    let report: serde_json::Value = serde_json::from_slice(&build.stdout).expect("json report");
+    let release = report["kernel_release"]
+        .as_str()
+        .expect("the release")
+        .to_string();
+    let module = dir.path().join("module/livepatch-cmdline.ko");
+    let module_arg = module.to_str().expect("utf-8 path");
+    let args = ["package", "--rpm", "--package-version", "2.0-1", module_arg];
+    let rpm = written(&kpatch_rs(&args, &dir.path().join("a")));
+    assert_eq!(
+        rpm.file_name().and_then(|n| n.to_str()),
+        Some(format!("kpatch-rs-patch-cmdline-{release}-2.0_1-1.x86_64.rpm").as_str())
+    );
+    let requires = rpm_query(&["--requires"], &rpm);
+    assert!(
+        requires
+            .lines()
+            .any(|l| l == format!("kernel-uname-r = {release}")),
+        "{requires}"
+    );
+    assert!(requires.lines().any(|l| l == "kpatch-rs"), "{requires}");
+    let files = rpm_query(&["--list", "-v"], &rpm);
+    let installed = format!("/var/lib/kpatch-rs/{release}/livepatch-cmdline.ko");
+    assert!(
+        files.lines().any(|l| l.starts_with("-rw-r--r--")
+            && l.contains(" root ")
+            && l.ends_with(&installed)),
+        "{files}"
+    );
+    let size = std::fs::metadata(&module)
+        .expect("module")
+        .len()
+        .to_string();
+    assert!(
+        files.contains(&format!(" {size} ")),
+        "the module is not stripped: {files}"
+    );
+    let scripts = rpm_query(&["--scripts"], &rpm);
+    assert!(scripts.contains("\"$1\" = 0"), "{scripts}");
+    assert!(
+        scripts.contains("kpatch-rs unload livepatch_cmdline"),
+        "{scripts}"
+    );
+    let again = written(&kpatch_rs(&args, &dir.path().join("b")));
+    assert_eq!(
+        std::fs::read(&rpm).expect("first"),
+        std::fs::read(&again).expect("second"),
+        "the RPM is deterministic"
+    );
+
+    let both = kpatch_rs(
+        &["package", "--rpm", "--deb", "--tool"],
+        &dir.path().join("tool"),
+    );
+    assert!(both.status.success(), "{}", stderr(&both));
+    let paths: Vec<String> = String::from_utf8_lossy(&both.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    let tool = Path::new(&paths[1]);
+    let files = rpm_query(&["--list"], tool);
+    for path in [
+        "/usr/bin/kpatch-rs",
+        "/usr/lib/systemd/system/kpatch-rs.service",
+        "/var/lib/kpatch-rs",
+    ] {
+        assert!(files.lines().any(|l| l == path), "{path} in {files}");
+    }
+    let scripts = rpm_query(&["--scripts"], tool);
+    assert!(
+        scripts.contains("systemctl enable kpatch-rs.service"),
+        "{scripts}"
+    );
+    assert!(
+        scripts.contains("systemctl disable kpatch-rs.service"),
+        "{scripts}"
+    );
+}
+
 #[test]
 fn bad_inputs_are_errors_not_packages() {
     let dir = tempfile::tempdir().expect("temp dir");

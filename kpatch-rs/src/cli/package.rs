@@ -1,4 +1,4 @@
-//! `kpatch-rs package --deb`: a Debian package of a livepatch module for exactly its kernel
+//! `kpatch-rs package --deb|--rpm`: a Debian (or RPM) package of a livepatch module for exactly its kernel
 //! release, or (`--tool`) of this kpatch-rs binary and the unit that loads livepatches at boot.
 
 use std::path::{Path, PathBuf};
@@ -9,10 +9,15 @@ use kpatch_build::exit;
 use kpatch_build::package;
 
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("format").required(true).multiple(true).args(["deb", "rpm"]))]
 pub struct PackageArgs {
-    /// Make a Debian package (.deb) with dpkg-deb; the only format so far.
-    #[arg(long, required = true)]
+    /// Make a Debian package (.deb) with dpkg-deb.
+    #[arg(long)]
     pub deb: bool,
+    /// Make an RPM package (.rpm) with rpmbuild; a livepatch's requires
+    /// `kernel-uname-r = RELEASE`, as Fedora's and RHEL's kernel packages provide.
+    #[arg(long)]
+    pub rpm: bool,
     /// The livepatch module (.ko): its package installs it under
     /// /var/lib/kpatch-rs/RELEASE/ for the release of its vermagic and depends on
     /// linux-image-RELEASE and kpatch-rs.
@@ -56,8 +61,14 @@ pub fn run(args: &PackageArgs, tool_version: &str, command: clap::Command) -> an
             package
         }
     };
-    let deb = package.build_deb(&args.output).map_err(plain)?;
-    println!("{}", deb.display());
+    if args.deb {
+        let deb = package.build_deb(&args.output).map_err(plain)?;
+        println!("{}", deb.display());
+    }
+    if args.rpm {
+        let rpm = package.build_rpm(&args.output).map_err(plain)?;
+        println!("{}", rpm.display());
+    }
     Ok(exit::SUCCESS)
 }
 
