@@ -14,3 +14,4 @@ pub mod build;
 pub mod exit;
 pub mod inspect;
 pub mod loader;
+pub mod package;

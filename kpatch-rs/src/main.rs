@@ -50,6 +50,9 @@ enum Command {
     List(cli::load::ListArgs),
     /// Show a livepatch module's description and whether it is loaded and enabled.
     Info(cli::load::InfoArgs),
+    /// Make a Debian package of a livepatch module for exactly its kernel release, or of
+    /// kpatch-rs itself with the unit that loads installed livepatches at boot (`--tool`).
+    Package(cli::package::PackageArgs),
     /// Check the Rust livepatch core.
     Core {
         #[command(subcommand)]
@@ -217,6 +220,14 @@ fn main() -> ExitCode {
         Some(Command::Unload(args)) => exit_code(cli::load::unload(&args)),
         Some(Command::List(args)) => exit_code(cli::load::list(&args)),
         Some(Command::Info(args)) => exit_code(cli::load::info(&args)),
+        Some(Command::Package(args)) => {
+            use clap::CommandFactory;
+            exit_code(cli::package::run(
+                &args,
+                env!("CARGO_PKG_VERSION"),
+                Cli::command(),
+            ))
+        }
     }
 }
 

@@ -113,6 +113,16 @@ pub fn run(args: &[String]) -> Result<()> {
             .map_err(Into::into),
     );
 
+    // `kpatch-rs package --deb` of distro-test's livepatch-cmdline.ko and of the tool,
+    // installed in a Debian 12 chroot and booted with systemd in QEMU: loaded at boot,
+    // unloaded by `dpkg -r`, not loaded with kpatch.enable=0 (`cargo xtask package-test`).
+    step(
+        "package test",
+        cmd!(sh, "cargo xtask package-test")
+            .run()
+            .map_err(Into::into),
+    );
+
     // The static-call rewrites every livepatch transition makes, without a livepatch, on the
     // machine every guest check runs on (one TCG thread, both vCPUs online): no int3 oops
     // (`cargo xtask int3-repro`).

@@ -39,6 +39,12 @@ pub const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
     "libclang-dev",
+    // `kpatch-rs package --deb` and `cargo xtask package-test`: dpkg-deb (dpkg is essential),
+    // a Debian root made by debootstrap, gzip for its initramfs, and systemd-analyze verify.
+    "debootstrap",
+    "rpm", // rpmbuild, for `kpatch-rs package --rpm`
+    "gzip",
+    "systemd",
     // `cargo xtask fuzz`: libfuzzer-sys compiles libFuzzer, which is C++.
     "g++",
 ];

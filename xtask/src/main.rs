@@ -22,6 +22,7 @@ mod guest;
 mod int3_repro;
 mod kernel;
 mod kpatch;
+mod package_test;
 mod process;
 mod qemu_test;
 mod race_stress;
@@ -46,6 +47,9 @@ commands:
   dist      the release binary, manual pages and shell completions under target/dist/
   kernel    build the cached test kernel [--print-dirs] [--core c|rust|rust-pre-fix]
             [--fragment FILE]...
+  package-test  kpatch-rs package --deb: install in a Debian 12 chroot (debootstrap, cached),
+            then boot it with systemd in QEMU: the livepatch loads at boot, dpkg -r unloads
+            it, kpatch.enable=0 stops it (needs distro-test's livepatch-cmdline.ko)
   qemu-test run the livepatch selftests and tests/ cases in QEMU
             [--core c|rust|rust-pre-fix] [--fragment FILE]... [--kernel-build DIR] [--tests DIR]
             [--only selftests|cases]
@@ -93,6 +97,7 @@ fn dispatch() -> Result<()> {
         "deps" => deps::run(rest),
         "dist" => dist::run(rest),
         "distro-test" => distro::run(rest),
+        "package-test" => package_test::run(rest),
         "faults" => faults::run(rest),
         "kernel" => kernel::run(rest),
         "qemu-test" => qemu_test::run(rest),

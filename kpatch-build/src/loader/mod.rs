@@ -752,6 +752,34 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The running kernel's release (`uname -r`), from `/proc/sys/kernel/osrelease`.
+    pub fn release(&self) -> Result<String, LoaderError> {
+        let path = self.proc.join("sys/kernel/osrelease");
+        let text = std::fs::read_to_string(&path).map_err(io_error("read", &path))?;
+        Ok(text.trim().to_string())
+    }
+}
+
+/// The livepatch modules installed for `release` under `root` (`root/RELEASE/*.ko`, as
+/// `kpatch-rs package` lays them out), sorted by name: the order `load --all` loads them in.
+/// No directory for the release means none installed.
+pub fn installed(root: &Path, release: &str) -> Result<Vec<PathBuf>, LoaderError> {
+    let dir = root.join(release);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error("list", &dir)(error).into()),
+    };
+    let mut modules: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "ko") && path.is_file())
+        .collect();
+    modules.sort();
+    Ok(modules)
+}
+
 /// `kpatch-rs inspect`'s reading of module `file`.
 pub fn inspect_file(file: &Path) -> Result<Inspection, LoaderError> {
     let data = std::fs::read(file).map_err(io_error("read", file))?;
@@ -923,6 +951,32 @@ fn stalled_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn installed_lists_the_release_modules_sorted_and_nothing_else() {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let dir = root.path().join("6.12.0-test");
+        std::fs::create_dir_all(dir.join("sub.ko")).expect("directory");
+        for name in ["livepatch-b.ko", "livepatch-a.ko", "notes.txt"] {
+            std::fs::write(dir.join(name), "x").expect("write");
+        }
+        std::fs::create_dir_all(root.path().join("6.1.0-other")).expect("directory");
+        std::fs::write(root.path().join("6.1.0-other/livepatch-c.ko"), "x").expect("write");
+        let found = installed(root.path(), "6.12.0-test").expect("listed");
+        assert_eq!(
+            found,
+            vec![dir.join("livepatch-a.ko"), dir.join("livepatch-b.ko")]
+        );
+        assert!(installed(root.path(), "6.13.0-none")
+            .expect("listed")
+            .is_empty());
+        let fake = FakeKernel::new("");
+        fake.write("proc/sys/kernel/osrelease", "6.12.0-test\n");
+        assert_eq!(
+            Host::under(fake.root.path()).release().expect("release"),
+            "6.12.0-test"
+        );
+    }
 
     /// A fake kernel under a temporary directory: `/proc/modules`, livepatch sysfs, tasks.
     struct FakeKernel {

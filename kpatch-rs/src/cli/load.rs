@@ -17,7 +17,15 @@ fn plain(error: LoaderError) -> anyhow::Error {
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// The livepatch module (.ko) to load.
-    pub module: PathBuf,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub module: Option<PathBuf>,
+    /// Load every livepatch installed for the running kernel, DIR/RELEASE/*.ko in name order
+    /// (what kpatch-rs.service runs at boot); one that fails does not stop the others.
+    #[arg(long)]
+    pub all: bool,
+    /// Where `--all` looks: the packages of `kpatch-rs package` install there.
+    #[arg(long, value_name = "DIR", default_value = kpatch_build::package::MODULE_ROOT, requires = "all")]
+    pub dir: PathBuf,
     /// Seconds the transition may take before it is reversed and the module removed.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
@@ -61,8 +69,44 @@ fn progress(message: &str) {
 
 pub fn load(args: &LoadArgs) -> anyhow::Result<u8> {
     let host = Host::default();
+    let Some(module) = &args.module else {
+        return load_all(&host, args);
+    };
+    load_one(&host, module, args.timeout)?;
+    Ok(exit::SUCCESS)
+}
+
+/// `load --all`: every module installed for the running release; the exit code is an error
+/// when any failed, after trying the rest.
+fn load_all(host: &Host, args: &LoadArgs) -> anyhow::Result<u8> {
+    let release = host.release().map_err(plain)?;
+    let modules = loader::installed(&args.dir, &release).map_err(plain)?;
+    if modules.is_empty() {
+        println!(
+            "no livepatches installed for {release} in {}",
+            args.dir.join(&release).display()
+        );
+        return Ok(exit::SUCCESS);
+    }
+    let mut failed = 0;
+    for module in &modules {
+        if let Err(error) = load_one(host, module, args.timeout) {
+            crate::cli::print_error(&error);
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} livepatches for {release} did not load",
+            modules.len()
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn load_one(host: &Host, module: &Path, timeout: u64) -> anyhow::Result<()> {
     match host
-        .load(&args.module, &options(args.timeout), &mut progress)
+        .load(module, &options(timeout), &mut progress)
         .map_err(plain)?
     {
         Loaded::Enabled { name, took } => {
@@ -73,7 +117,7 @@ pub fn load(args: &LoadArgs) -> anyhow::Result<u8> {
         }
         Loaded::AlreadyEnabled { name } => println!("{name}: already loaded and enabled"),
     }
-    Ok(exit::SUCCESS)
+    Ok(())
 }
 
 pub fn unload(args: &UnloadArgs) -> anyhow::Result<u8> {
