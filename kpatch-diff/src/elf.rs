@@ -219,6 +219,9 @@ pub fn pc_relative_bias(r_type: u32) -> i64 {
     }
 }
 
+/// The largest section alignment accepted: 2 MiB, a huge page.
+const MAX_ALIGN: u64 = 1 << 21;
+
 /// Size in bytes of the field a relocation type writes, for bounds checks.
 fn relocation_field_size(r_type: u32) -> Option<u64> {
     match r_type {
@@ -330,6 +333,13 @@ impl Object {
             if align != 0 && !align.is_power_of_two() {
                 return Err(fail(format!(
                     "section {section_name}: alignment {align} is not a power of two"
+                )));
+            }
+            // Kernel objects align to pages at most (`.data..page_aligned`); an output
+            // padded to a larger alignment could need any amount of memory.
+            if align > MAX_ALIGN {
+                return Err(fail(format!(
+                    "section {section_name}: alignment {align} is larger than {MAX_ALIGN}"
                 )));
             }
             sections.push(Section {
@@ -753,6 +763,24 @@ mod tests {
         );
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         Object::parse(name, &data).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_alignment_larger_than_a_huge_page_is_an_error() {
+        // A kernel object (transition.o) whose `.rodata...str1.1` alignment the fuzzer set
+        // to 1 TiB: the output writer padded to it and asked for a terabyte.
+        let path = format!(
+            "{}/../fuzz/regressions/elf/align-1tib.o",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let error = Object::parse("align-1tib.o", &data)
+            .expect_err("a 1 TiB alignment")
+            .to_string();
+        assert!(
+            error.contains("alignment 1099511627776 is larger than 2097152"),
+            "{error}"
+        );
     }
 
     #[test]

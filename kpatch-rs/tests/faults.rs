@@ -513,7 +513,8 @@ umount {tiny_q}
                 full_failures += 1;
                 assert!(
                     err(free).contains("No space left on device")
-                        || err(free).contains("is its file system full?"),
+                        || err(free).contains("is its file system full?")
+                        || err(free).contains("KiB free: it is full"),
                     "{free}: {}",
                     err(free)
                 );

@@ -97,6 +97,22 @@ pub fn run_logged(what: &str, command: &mut Command, log: &Path) -> Result<(), C
     }
 }
 
+/// The bytes an unprivileged writer may still use on the file system of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `name` is a NUL-terminated path and `stats` is written by statvfs before it
+    // is read, only when it returns 0.
+    let stats = unsafe {
+        if libc::statvfs(name.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stats.assume_init()
+    };
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 /// Runs `command` with its output appended to `log`, and returns what it wrote there and,
 /// when it failed, the error; Err only when it could not run at all.
 fn run_logged_output(
@@ -148,6 +164,14 @@ fn run_logged_output(
             "; the file system of {} is full: free space on it, or pass --cache-dir on another \
              file system",
             log.parent().unwrap_or(log).display()
+        )
+    } else if let Some(free) = free_bytes(log.parent().unwrap_or(log)).filter(|&f| f < 1 << 20) {
+        // Programs word it their own way ("fixdep: not all data was written").
+        format!(
+            "; the file system of {} has {} KiB free: it is full; free space on it, or pass \
+             --cache-dir on another file system",
+            log.parent().unwrap_or(log).display(),
+            free / 1024
         )
     } else if output.trim().is_empty() && start == after_line {
         format!(
