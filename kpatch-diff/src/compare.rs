@@ -654,15 +654,11 @@ struct SiteCode {
 /// The site code of every function of `object`, in site order.
 fn site_code(object: &Object) -> HashMap<SymbolId, Vec<SiteCode>> {
     let mut by_function: HashMap<SymbolId, Vec<SiteCode>> = HashMap::new();
+    let fixup_starts = crate::include::fixup_starts(object);
     for (&id, table) in &object.tables {
         if table.replacement.is_none() && table.fixup_field.is_none() {
             continue;
         }
-        let fixup_starts = object
-            .sections
-            .iter()
-            .find(|s| s.name == ".fixup")
-            .map(|s| (s.id, crate::include::fixup_starts(object, s.id)));
         let count = table.entries;
         for index in 0..count {
             let entry = index * table.entry_size;
@@ -680,41 +676,16 @@ fn site_code(object: &Object) -> HashMap<SymbolId, Vec<SiteCode>> {
                 continue;
             };
             let site = address - object.symbol(function).value;
-            let piece = if let Some((field, length_byte)) = table.replacement {
-                crate::include::field_address(object, id, entry + field).map(|(section, start)| {
-                    let length = object
-                        .section(id)
-                        .data
-                        .get((entry + length_byte) as usize)
-                        .copied()
-                        .unwrap_or(0);
-                    (section, start, start.saturating_add(u64::from(length)))
-                })
-            } else {
-                table
-                    .fixup_field
-                    .and_then(|field| crate::include::field_address(object, id, entry + field))
-                    .and_then(|(section, start)| {
-                        let (fixup, starts) = fixup_starts.as_ref()?;
-                        (section == *fixup).then(|| {
-                            let end = starts
-                                .iter()
-                                .copied()
-                                .find(|&s| s > start)
-                                .unwrap_or(object.section(section).size);
-                            (section, start, end)
-                        })
-                    })
-            };
-            let Some((section, start, end)) = piece else {
+            let Some((section, start, end)) =
+                crate::include::site_piece(object, id, table, entry, &fixup_starts)
+            else {
                 continue;
             };
-            let end = end.min(object.section(section).size);
             by_function.entry(function).or_default().push(SiteCode {
                 site,
                 table: table.name,
                 section,
-                start: start.min(end),
+                start,
                 end,
             });
         }

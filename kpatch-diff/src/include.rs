@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::compare::{Comparison, Status};
 use crate::correlate::cold_parent;
 use crate::elf::{Binding, Object, Placement, RelocationTarget, SectionId, SymbolId, SymbolKind};
-use crate::special_sections;
+use crate::special_sections::{self, Table};
 
 /// What goes into the output object.
 #[derive(Debug, Clone, Default)]
@@ -107,6 +107,8 @@ struct Closure<'a> {
     inclusion: Inclusion,
     /// Ranges whose relocations still have to be followed.
     pending: Vec<(SectionId, u64, u64)>,
+    /// Where each piece of `.fixup` code starts ([`fixup_starts`]).
+    fixup_starts: Vec<u64>,
 }
 
 impl Closure<'_> {
@@ -257,49 +259,18 @@ impl Closure<'_> {
         }
     }
 
-    /// Copies the replacement code of one kept alternative: `length` bytes (read from the
-    /// entry) at the address its replacement field points at.
-    fn include_replacement(&mut self, table: SectionId, entry: u64, field: u64, length_byte: u64) {
-        let Some((section, address)) = self.field_address(table, entry + field) else {
+    /// Copies code a kept entry owns outside its function ([`site_piece`]).
+    fn include_site_piece(&mut self, table: SectionId, entry: u64) {
+        let Some(&found) = self.patched.tables.get(&table) else {
             return;
         };
-        let length = self
-            .patched
-            .section(table)
-            .data
-            .get((entry + length_byte) as usize)
-            .copied()
-            .unwrap_or(0);
-        let end = address
-            .saturating_add(u64::from(length))
-            .min(self.patched.section(section).size);
-        let start = address.min(end);
-        if self.inclusion.add_piece(section, start, end) {
-            self.pending.push((section, start, end));
+        if let Some((section, start, end)) =
+            site_piece(self.patched, table, &found, entry, &self.fixup_starts)
+        {
+            if self.inclusion.add_piece(section, start, end) {
+                self.pending.push((section, start, end));
+            }
         }
-    }
-
-    /// Copies the fixup code an exception table entry points at, when it lies in `.fixup`
-    /// (kernels before 5.17): from its start to where the next entry's fixup starts, since
-    /// nothing else marks where one ends. Its jumps back into the function are followed like
-    /// any relocation. Returns whether the target was fixup code.
-    fn include_fixup(&mut self, relocation: &crate::elf::Relocation) -> bool {
-        let Some((section, address)) =
-            field_address(self.patched, relocation.section, relocation.offset)
-        else {
-            return false;
-        };
-        if self.patched.section(section).name != ".fixup" {
-            return false;
-        }
-        let end = fixup_starts(self.patched, section)
-            .into_iter()
-            .find(|&start| start > address)
-            .unwrap_or(self.patched.section(section).size);
-        if self.inclusion.add_piece(section, address, end) {
-            self.pending.push((section, address, end));
-        }
-        true
     }
 
     /// Keeps the entries of special tables whose code is copied, and follows what they need.
@@ -360,16 +331,19 @@ impl Closure<'_> {
                     self.patched
                         .relocations_in(section.id, start, start + table.entry_size)
                 {
-                    if let Some((field, length_byte)) = table.replacement {
-                        if relocation.offset == start + field {
-                            self.include_replacement(section.id, start, field, length_byte);
-                            continue;
-                        }
-                    }
-                    if let Some(field) = table.fixup_field {
-                        if relocation.offset == start + field && self.include_fixup(relocation) {
-                            continue;
-                        }
+                    // The replacement is copied as its kept alternative says, never whole;
+                    // fixup code in `.fixup` likewise (a fixup elsewhere is the function's).
+                    let replacement = table
+                        .replacement
+                        .is_some_and(|(field, _)| relocation.offset == start + field);
+                    let fixup = table.fixup_field.is_some_and(|field| {
+                        relocation.offset == start + field
+                            && field_address(self.patched, section.id, relocation.offset)
+                                .is_some_and(|(s, _)| self.patched.section(s).name == ".fixup")
+                    });
+                    if replacement || fixup {
+                        self.include_site_piece(section.id, start);
+                        continue;
                     }
                     let target = self.patched.resolve(relocation);
                     self.follow(target);
@@ -380,23 +354,55 @@ impl Closure<'_> {
     }
 }
 
-/// Where each piece of fixup code in `fixup` starts: every address an exception table entry's
-/// fixup field points at, sorted.
-pub fn fixup_starts(object: &Object, fixup: SectionId) -> Vec<u64> {
+/// Where each piece of `.fixup` code starts: every address an exception table entry's fixup
+/// field points at in `.fixup`, sorted.
+pub fn fixup_starts(object: &Object) -> Vec<u64> {
     let mut starts: Vec<u64> = object
         .tables
         .iter()
         .filter_map(|(&id, table)| Some((id, table, table.fixup_field?)))
         .flat_map(|(id, table, field)| {
-            let count = table.entries;
-            (0..count).filter_map(move |i| field_address(object, id, i * table.entry_size + field))
+            (0..table.entries)
+                .filter_map(move |i| field_address(object, id, i * table.entry_size + field))
         })
-        .filter(|&(section, _)| section == fixup)
+        .filter(|&(section, _)| object.section(section).name == ".fixup")
         .map(|(_, address)| address)
         .collect();
     starts.sort_unstable();
     starts.dedup();
     starts
+}
+
+/// The code that the table entry at `entry` of `table_id` owns outside its function, as
+/// (section, start, end): an alternative's replacement, as long as the entry's length byte
+/// says, or an exception entry's fixup in `.fixup` (kernels before 5.17), from its start to
+/// where the next entry's fixup starts (`fixup_starts`), since nothing else marks its end.
+pub fn site_piece(
+    object: &Object,
+    table_id: SectionId,
+    table: &Table,
+    entry: u64,
+    fixup_starts: &[u64],
+) -> Option<(SectionId, u64, u64)> {
+    let (section, start, end) = if let Some((field, length_byte)) = table.replacement {
+        let (section, start) = field_address(object, table_id, entry + field)?;
+        let length = object
+            .section(table_id)
+            .data
+            .get(usize::try_from(entry + length_byte).ok()?)
+            .copied()
+            .unwrap_or(0);
+        (section, start, start.saturating_add(u64::from(length)))
+    } else {
+        let (section, start) = field_address(object, table_id, entry + table.fixup_field?)?;
+        if object.section(section).name != ".fixup" {
+            return None;
+        }
+        let next = fixup_starts.iter().copied().find(|&s| s > start);
+        (section, start, next.unwrap_or(object.section(section).size))
+    };
+    let end = end.min(object.section(section).size);
+    Some((section, start.min(end), end))
 }
 
 /// Computes what the output object holds for the changed and new functions of `comparison`;
@@ -408,6 +414,7 @@ pub fn include(patched: &Object, comparison: &Comparison, module_target: bool) -
         module_target,
         inclusion: Inclusion::default(),
         pending: Vec::new(),
+        fixup_starts: fixup_starts(patched),
     };
     for verdict in &comparison.functions {
         if verdict.status != Status::Same {
