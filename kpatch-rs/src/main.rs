@@ -139,6 +139,13 @@ struct BuildArgs {
     /// the kernel (its CONFIG_CC_VERSION_TEXT): only when you know the difference is harmless.
     #[arg(long)]
     skip_compiler_check: bool,
+    /// Run every compile and link in DIR, a root file system of the kernel's release with its
+    /// compiler and build dependencies (made with debootstrap), as root: for a kernel built
+    /// by another compiler than this machine's, such as a Debian 13 kernel (gcc 14) on
+    /// Debian 12. The source tree and the cache are bind-mounted into it at their own paths,
+    /// the tree read-only; the compiler check then compares the root's compiler
+    #[arg(long, value_name = "DIR")]
+    chroot: Option<std::path::PathBuf>,
     /// Build even though the patch changes the layout of TYPE (`struct foo`, `union bar`, or
     /// a typedef's name), which kpatch-rs otherwise refuses: only when no object of that
     /// type can be live when the patch loads. Repeat for more types; the report lists each.
@@ -379,6 +386,7 @@ fn build_options(args: &BuildArgs) -> Result<BuildOptions, InputError> {
         make_vars: args.make_vars.clone(),
         skip_compiler_check: args.skip_compiler_check,
         allowed_layout_changes: args.allowed_layout_changes.clone(),
+        chroot: args.chroot.clone(),
         signing_key: match (&args.sign_key, &args.sign_cert) {
             (Some(key), Some(cert)) => Some(SigningKey {
                 key: key.clone(),

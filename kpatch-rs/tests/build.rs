@@ -247,6 +247,28 @@ fn refusals_and_bad_inputs_exit_with_their_codes_and_write_nothing() {
         2,
         "it was built by `x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0`, and `gcc` here is `gcc ",
     );
+    check(
+        &["--config", &other_arg],
+        "cmdline.patch",
+        2,
+        "build in a root of the kernel's release with --chroot DIR",
+    );
+    // A build root must be one: a directory with the kernel's toolchain.
+    check(
+        &["--chroot", "/nonexistent/root"],
+        "cmdline.patch",
+        1,
+        "--chroot /nonexistent/root: not a directory; make a root of the kernel's release \
+         first, for example `debootstrap",
+    );
+    let empty_root = dir.path().join("empty-root");
+    std::fs::create_dir_all(&empty_root).expect("mkdir");
+    check(
+        &["--chroot", &empty_root.display().to_string()],
+        "cmdline.patch",
+        1,
+        "it has no /usr/bin/make; install the kernel's build dependencies in it",
+    );
     let skipped = build(
         &kernel,
         &output,

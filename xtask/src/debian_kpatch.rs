@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-/// The suite that has the package, signed by a key of Debian 12's `debian-archive-keyring`.
-const SOURCES: &str = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
-                       http://deb.debian.org/debian trixie main\n";
+use crate::suite_apt::SuiteApt;
 
 /// The script in the unpacked package.
 const SCRIPT: &str = "usr/sbin/kpatch";
@@ -26,44 +24,14 @@ pub fn ensure(sh: &Shell) -> Result<PathBuf> {
     if root.join(".unpacked").exists() && script.is_file() {
         return Ok(script);
     }
-    let apt = cache.join("apt");
-    for dir in ["lists/partial", "cache/archives/partial", "debs"] {
-        std::fs::create_dir_all(apt.join(dir))
-            .with_context(|| format!("cannot create {}", apt.join(dir).display()))?;
-    }
-    let sources = apt.join("sources.list");
-    std::fs::write(&sources, SOURCES)
-        .with_context(|| format!("cannot write {}", sources.display()))?;
-    let options = [
-        format!("Dir::Etc::SourceList={}", sources.display()),
-        "Dir::Etc::SourceParts=/nonexistent".to_string(),
-        format!("Dir::State::Lists={}", apt.join("lists").display()),
-        format!("Dir::Cache={}", apt.join("cache").display()),
-        "APT::Sandbox::User=root".to_string(),
-    ];
-    let options: Vec<String> = options
-        .iter()
-        .flat_map(|option| ["-o".to_string(), option.clone()])
-        .collect();
     eprintln!(
         "xtask: downloading Debian's kpatch package (trixie) into {}",
         cache.display()
     );
-    let update_options = options.clone();
-    cmd!(sh, "apt-get -q {update_options...} update")
-        .quiet()
-        .ignore_stdout()
-        .run()
-        .context("cannot read trixie's package list with apt-get")?;
-    let debs = apt.join("debs");
-    {
-        let _dir = sh.push_dir(&debs);
-        cmd!(sh, "apt-get -q {options...} download kpatch")
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .context("cannot download Debian's kpatch package with apt-get")?;
-    }
+    let apt = SuiteApt::new(sh, &cache, "trixie")?;
+    let debs = cache.join("apt/debs");
+    std::fs::create_dir_all(&debs)?;
+    apt.download(sh, "kpatch", &debs)?;
     let deb = std::fs::read_dir(&debs)?
         .flatten()
         .map(|entry| entry.path())

@@ -18,12 +18,15 @@ use xshell::{cmd, Shell};
 
 use crate::guest::{run_jobs, Ending, Job, Rootfs};
 use crate::kernel::KernelDirs;
+use crate::suite_apt::SuiteApt;
 
 /// One Debian kernel under test: its release, the packages that carry it, and where its
 /// files go.
 #[derive(Debug, Clone, Copy)]
 pub struct DebianKernel {
-    /// The kernel series, as `--kernel` names it (`6.12`, `6.1`).
+    /// As `--kernel` names it (`6.12`, `6.1`, `trixie`).
+    pub name: &'static str,
+    /// The kernel series (`6.12`, `6.1`), which picks the patches' variants.
     pub series: &'static str,
     pub release: &'static str,
     /// The `linux-source-SERIES` package, whose tarball is the clean source tree.
@@ -34,37 +37,68 @@ pub struct DebianKernel {
     installed_source: bool,
     /// The cache directory under `~/.cache/kpatch-rs/`.
     cache: &'static str,
+    /// The Debian suite whose archive has the packages, when it is not this machine's:
+    /// downloaded through a private apt state (`suite_apt.rs`).
+    suite: Option<&'static str>,
+    /// The suite of the build root the kernel is built in with `kpatch-rs build --chroot`
+    /// (`build_root.rs`), when this machine's compiler is not the kernel's.
+    root: Option<&'static str>,
+    /// Whether the debug package's modules are unpacked too (the `--bench` estimate counts
+    /// their units); otherwise only its vmlinux and System.map.
+    dbg_modules: bool,
 }
 
 /// Debian 12's 6.12 kernel (bookworm-backports).
 pub const DEBIAN_6_12: DebianKernel = DebianKernel {
+    name: "6.12",
     series: "6.12",
     release: "6.12.117+deb12-amd64",
     source_package: "linux-source-6.12",
     installed_source: true,
     cache: "distro",
+    suite: None,
+    root: None,
+    dbg_modules: true,
 };
 
 /// Debian 12's default kernel: 6.1, the newest in bookworm-security.
 pub const DEBIAN_6_1: DebianKernel = DebianKernel {
+    name: "6.1",
     series: "6.1",
     release: "6.1.0-57-amd64",
     source_package: "linux-source-6.1",
     installed_source: false,
     cache: "distro-6.1",
+    suite: None,
+    root: None,
+    dbg_modules: false,
 };
 
-pub const KERNELS: &[DebianKernel] = &[DEBIAN_6_12, DEBIAN_6_1];
+/// Debian 13's kernel, built by Debian 13's gcc 14: this Debian 12 machine (gcc 12) builds
+/// its livepatches in a trixie root.
+pub const DEBIAN_13: DebianKernel = DebianKernel {
+    name: "trixie",
+    series: "6.12",
+    release: "6.12.117+deb13-amd64",
+    source_package: "linux-source-6.12",
+    installed_source: false,
+    cache: "distro-trixie",
+    suite: Some("trixie"),
+    root: Some("trixie"),
+    dbg_modules: false,
+};
+
+pub const KERNELS: &[DebianKernel] = &[DEBIAN_6_12, DEBIAN_6_1, DEBIAN_13];
 
 impl DebianKernel {
-    pub fn by_series(series: &str) -> Result<DebianKernel> {
+    pub fn by_name(name: &str) -> Result<DebianKernel> {
         KERNELS
             .iter()
             .copied()
-            .find(|k| k.series == series)
+            .find(|k| k.name == name)
             .with_context(|| {
-                let known: Vec<&str> = KERNELS.iter().map(|k| k.series).collect();
-                format!("no Debian kernel {series}; known: {}", known.join(", "))
+                let known: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+                format!("no Debian kernel {name}; known: {}", known.join(", "))
             })
     }
     fn image(&self) -> String {
@@ -215,6 +249,10 @@ pub fn ensure_kernel(sh: &Shell, kernel: &DebianKernel) -> Result<Distro> {
     let cache = crate::cache_dir(kernel.cache)?;
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
+    let apt = match kernel.suite {
+        Some(suite) => Some(SuiteApt::new(sh, &cache, suite)?),
+        None => None,
+    };
     let installed_tarball = Path::new("/usr/src").join(kernel.tarball());
     let use_installed = kernel.installed_source && installed_tarball.exists();
     let mut packages = vec![kernel.image(), kernel.dbg(), kernel.headers()];
@@ -250,16 +288,35 @@ pub fn ensure_kernel(sh: &Shell, kernel: &DebianKernel) -> Result<Distro> {
                     package.clone()
                 };
                 eprintln!("downloading {wanted}");
-                let _dir = sh.push_dir(&debs);
-                cmd!(sh, "apt-get download {wanted}")
-                    .run()
-                    .with_context(|| format!("cannot download {package} (apt-get update?)"))?;
+                match &apt {
+                    Some(apt) => apt.download(sh, &wanted, &debs)?,
+                    None => {
+                        let _dir = sh.push_dir(&debs);
+                        cmd!(sh, "apt-get download {wanted}")
+                            .run()
+                            .with_context(|| {
+                                format!("cannot download {package} (apt-get update?)")
+                            })?;
+                    }
+                }
                 find_deb()?.with_context(|| format!("apt-get left no {package} .deb"))?
             }
         };
         let _ = std::fs::remove_dir_all(&unpacked);
         std::fs::create_dir_all(&unpacked)?;
-        cmd!(sh, "dpkg-deb -x {deb} {unpacked}").run()?;
+        if *package == kernel.dbg() && !kernel.dbg_modules {
+            // Only the symbol sources: the debug modules take gigabytes.
+            let release = kernel.release;
+            // Debian 13's vmlinux is in boot/, with a link to it where Debian 12 has it.
+            let wanted = [
+                format!("./usr/lib/debug/lib/modules/{release}/vmlinux"),
+                "./usr/lib/debug/boot".to_string(),
+            ];
+            let script = r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "$3" "$4""#;
+            cmd!(sh, "sh -c {script} sh {deb} {unpacked} {wanted...}").run()?;
+        } else {
+            cmd!(sh, "dpkg-deb -x {deb} {unpacked}").run()?;
+        }
         std::fs::write(&stamp, "")?;
     }
     let tarball = if use_installed {
@@ -294,7 +351,12 @@ pub fn ensure_kernel(sh: &Shell, kernel: &DebianKernel) -> Result<Distro> {
     std::fs::create_dir_all(&modules)?;
     let binfmt = modules.join("binfmt_misc.ko");
     if !binfmt.exists() {
-        let shipped = image.join(format!("lib/modules/{release}/kernel/fs/binfmt_misc.ko"));
+        // Debian 13's packages have merged /usr: its modules are in /usr/lib/modules.
+        let shipped = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|dir| image.join(format!("{dir}/{release}/kernel/fs/binfmt_misc.ko")))
+            .find(|path| path.exists() || path.with_extension("ko.xz").exists())
+            .with_context(|| format!("{} has no binfmt_misc.ko", image.display()))?;
         if shipped.exists() {
             std::fs::copy(&shipped, &binfmt)?;
         } else {
@@ -330,13 +392,13 @@ pub fn run(args: &[String]) -> Result<()> {
         match arg.as_str() {
             "--bench" => bench = true,
             "--kernel" => {
-                let series = args
+                let name = args
                     .next()
-                    .context("--kernel needs a series (6.12 or 6.1)")?;
-                kernel = DebianKernel::by_series(series)?;
+                    .context("--kernel needs a kernel (6.12, 6.1 or trixie)")?;
+                kernel = DebianKernel::by_name(name)?;
             }
             other => {
-                bail!("`cargo xtask distro-test` takes --kernel SERIES and --bench, got `{other}`")
+                bail!("`cargo xtask distro-test` takes --kernel NAME and --bench, got `{other}`")
             }
         }
     }
@@ -347,7 +409,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let release = kernel.release;
     let kpatch = crate::kpatch::build_kpatch_rs(&sh)?;
 
-    let work = root.join(format!("target/distro-{}", kernel.series));
+    let work = root.join(format!("target/distro-{}", kernel.name));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     // Empty caches: the first build starts from the never-built source tree. Each symbol
@@ -368,6 +430,15 @@ pub fn run(args: &[String]) -> Result<()> {
         modules,
         ..
     } = &distro;
+    // A kernel of another compiler: refused on this machine's, built in a root of its release.
+    let chroot = match kernel.root {
+        Some(suite) => {
+            let build_root = crate::build_root::ensure(&sh, suite)?;
+            check_compiler_refusal(&sh, &kpatch, &distro, &root, &work)?;
+            vec!["--chroot".to_string(), path_text(&build_root)]
+        }
+        None => Vec::new(),
+    };
     let mut timings = Vec::new();
     for symbol_source in SOURCES {
         let symbols = match *symbol_source {
@@ -380,11 +451,12 @@ pub fn run(args: &[String]) -> Result<()> {
             let patch = kernel.patch(&root, case.patch);
             let start = Instant::now();
             let symbols = &symbols;
+            let chroot = &chroot;
             cmd!(
                 sh,
                 "{kpatch} build --sourcedir {source} --config {config} {symbols...}
                  --symvers {symvers} --modules {modules} --cache-dir {build_cache} -j2
-                 -o {out} {patch}"
+                 {chroot...} -o {out} {patch}"
             )
             .run()
             .with_context(|| format!("kpatch-rs build of {} failed", case.patch))?;
@@ -465,6 +537,55 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("{failed} of {} distro checks failed", outcomes.len());
     }
     println!("{} passed, 0 failed", outcomes.len());
+    Ok(())
+}
+
+/// `kpatch-rs build` with this machine's compiler, for a kernel another compiler built:
+/// refused (exit 2), with both compilers named.
+fn check_compiler_refusal(
+    sh: &Shell,
+    kpatch: &Path,
+    distro: &Distro,
+    root: &Path,
+    work: &Path,
+) -> Result<()> {
+    let config = std::fs::read_to_string(&distro.config)?;
+    let kernel_compiler = config
+        .lines()
+        .find_map(|line| line.strip_prefix("CONFIG_CC_VERSION_TEXT="))
+        .map(|text| text.trim_matches('"').to_string())
+        .context("the kernel's config has no CONFIG_CC_VERSION_TEXT")?;
+    let ours = cmd!(sh, "gcc --version").read()?;
+    let ours = ours.lines().next().unwrap_or("").to_string();
+    let patch = distro.kernel.patch(root, CASES[0].patch);
+    let Distro {
+        source,
+        config,
+        system_map,
+        symvers,
+        ..
+    } = distro;
+    let cache = work.join("refusal-cache");
+    let output = cmd!(
+        sh,
+        "{kpatch} build --sourcedir {source} --config {config} --system-map {system_map}
+         --symvers {symvers} --cache-dir {cache} -o {work} {patch}"
+    )
+    .ignore_status()
+    .output()?;
+    let _ = std::fs::remove_dir_all(&cache);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let code = output.status.code();
+    if code != Some(2) || !stderr.contains(&kernel_compiler) || !stderr.contains(&ours) {
+        bail!(
+            "with this machine's compiler (`{ours}`), a kernel built by `{kernel_compiler}` must \
+             be refused (exit 2) with both named; got exit {code:?}:\n{stderr}"
+        );
+    }
+    println!(
+        "compiler check: refused on this machine (exit 2), naming `{kernel_compiler}` and \
+         `{ours}`"
+    );
     Ok(())
 }
 

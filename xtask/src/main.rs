@@ -8,6 +8,7 @@
 )]
 
 mod bench_build;
+mod build_root;
 mod cases;
 mod ci;
 mod debian_kpatch;
@@ -28,6 +29,7 @@ mod qemu_test;
 mod race_stress;
 mod selftests;
 mod stable_delta;
+mod suite_apt;
 
 use anyhow::{bail, Result};
 

@@ -44,6 +44,9 @@ pub struct Kernel {
     /// `--sign-cert`.
     #[serde(default)]
     pub sign_cert: Option<PathBuf>,
+    /// `--chroot`: the root file system of the kernel's release its builds run in.
+    #[serde(default)]
+    pub chroot: Option<PathBuf>,
 }
 
 /// One patch set: the patches of one livepatch module.
@@ -232,6 +235,7 @@ impl Manifest {
                 &mut kernel.symvers,
                 &mut kernel.modules,
                 &mut kernel.sign_cert,
+                &mut kernel.chroot,
             ]
             .into_iter()
             .flatten()

@@ -255,6 +255,9 @@ fn build_args(
     if let Some(dir) = cache_dir {
         pair("--cache-dir", &dir);
     }
+    if let Some(root) = &kernel.chroot {
+        pair("--chroot", root);
+    }
     if kernel.skip_compiler_check {
         args.push("--skip-compiler-check".into());
     }
@@ -458,6 +461,7 @@ mod tests {
     fn a_jobs_arguments_are_kpatch_rs_builds() {
         let text = "[[kernel]]\nname = \"k\"\nsourcedir = \"src\"\nsystem_map = \"b/System.map\"\n\
                     make_vars = [\"CC=ccache gcc\"]\nkernel_release = \"6.12.0-1\"\n\
+                    chroot = \"roots/trixie\"\n\
                     [[patchset]]\nname = \"fix.v2\"\npatches = [\"a.patch\", \"b.patch\"]\n\
                     no_replace = true\nallow_layout_change = [\"struct fd_data\"]\n";
         let manifest = Manifest::parse(Path::new("/m/batch.toml"), text).expect("manifest");
@@ -477,7 +481,7 @@ mod tests {
             "build --json --sourcedir /m/src --system-map /m/b/System.map \
              --kernel-release 6.12.0-1 --make-var CC=ccache gcc \
              --allow-layout-change struct fd_data --name fix-v2 --output /out/k/fix.v2 \
-             --jobs 3 --no-replace -- /m/a.patch /m/b.patch"
+             --jobs 3 --chroot /m/roots/trixie --no-replace -- /m/a.patch /m/b.patch"
         );
         assert_eq!(config_path(&manifest.kernels[0]), Path::new("/m/b/.config"));
     }

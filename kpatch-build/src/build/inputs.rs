@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::build_root;
 use super::kbuild;
 use super::sign::{self, SigningKey};
 use super::units;
@@ -288,6 +289,9 @@ fn check_compiler(options: &BuildOptions) -> Result<(), BuildError> {
     };
     let program = compiler_program(options);
     let ours = kbuild::compiler_version(program)?;
+    let inside = build_root::current()
+        .map(|root| format!(" (the compiler is that of --chroot {})", root.display()))
+        .unwrap_or_default();
     if same_compiler(&kernel, &ours) {
         return Ok(());
     }
@@ -298,9 +302,10 @@ fn check_compiler(options: &BuildOptions) -> Result<(), BuildError> {
             symbol: String::new(),
             reason: format!(
                 "it was built by `{kernel}`, and `{program}` here is `{ours}`: a module \
-                 compiled by another compiler may not match the kernel's code; install the \
-                 kernel's compiler (and pass it with --make-var CC=...), or pass \
-                 --skip-compiler-check if you know the difference is harmless"
+                 compiled by another compiler may not match the kernel's code; build in a \
+                 root of the kernel's release with --chroot DIR (made with debootstrap), or \
+                 install the kernel's compiler (and pass it with --make-var CC=...), or pass \
+                 --skip-compiler-check if you know the difference is harmless{inside}"
             ),
         }],
     })
@@ -398,6 +403,15 @@ fn cache_key(options: &BuildOptions) -> Result<String, BuildError> {
         options.make_vars.join("\n").as_bytes(),
     ] {
         hash.write(part).write(&[0]);
+    }
+    // In a build root, its linker too: the root is another toolchain than the host's even
+    // where the compilers agree. (Not on the host, whose entries keep their names.)
+    if build_root::current().is_some() {
+        let linker = kbuild::linker_version()?;
+        hash.write(b"root")
+            .write(&[0])
+            .write(linker.as_bytes())
+            .write(&[0]);
     }
     Ok(hash.hex())
 }
@@ -517,6 +531,7 @@ mod tests {
             make_vars: Vec::new(),
             skip_compiler_check: true,
             allowed_layout_changes: Vec::new(),
+            chroot: None,
             signing_key: Some(SigningKey {
                 key: if key.starts_with("pkcs11:") {
                     key.to_string()

@@ -1,4 +1,6 @@
 //! Kbuild: the one place where kpatch-rs runs other programs (make, patch, cp, ld, sign-file).
+//! The toolchain's commands (make, ld, sign-file, the compiler's version) run in the build's
+//! root when `--chroot` gives one (`build_root.rs`); `patch` runs on the host.
 //!
 //! Every command's output goes to a log file under the build cache, and a failure carries
 //! the command line and the log's tail, so the user sees why without digging. Nothing here
@@ -15,6 +17,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+
+use super::build_root::in_root;
 
 /// The code-generation flags every compared object is built with: one section per function
 /// and per data object, so the diff can take or leave each one alone.
@@ -49,7 +53,16 @@ pub fn compiler_version(compiler: &str) -> Result<String, CommandError> {
     };
     let version = run_captured(
         &format!("asking {compiler} for its version"),
-        Command::new(program).args(words).arg("--version"),
+        in_root(Command::new(program).args(words).arg("--version")),
+    )?;
+    Ok(version.lines().next().unwrap_or("").to_string())
+}
+
+/// The first line of `ld --version`, in the build's root when there is one.
+pub fn linker_version() -> Result<String, CommandError> {
+    let version = run_captured(
+        "asking ld for its version",
+        in_root(Command::new("ld").arg("--version")),
     )?;
     Ok(version.lines().next().unwrap_or("").to_string())
 }
@@ -289,6 +302,7 @@ impl KernelBuild {
         }
         command.args(&self.make_vars);
         self.compiler_cache_env(&mut command);
+        in_root(&mut command);
         command
     }
 
@@ -424,7 +438,7 @@ impl KernelBuild {
             command.arg(format!("KCFLAGS={extra_cflags}"));
         }
         command.args(targets);
-        run_logged(what, &mut command, &self.log)
+        run_logged(what, in_root(&mut command), &self.log)
     }
 }
 
@@ -492,7 +506,7 @@ pub fn link_relocatable(output: &Path, inputs: &[PathBuf], log: &Path) -> Result
         .args(["-r", "-m", "elf_x86_64", "-o"])
         .arg(output)
         .args(inputs);
-    run_logged("linking the livepatch objects", &mut command, log)
+    run_logged("linking the livepatch objects", in_root(&mut command), log)
 }
 
 /// Signs `module` into `signed` with the kernel's `scripts/sign-file`, as the kernel's own
@@ -509,7 +523,7 @@ pub fn sign_file(
 ) -> Result<(), CommandError> {
     let mut command = Command::new(sign_file);
     command.arg(hash).arg(key).arg(cert).arg(module).arg(signed);
-    run_logged("signing the module", &mut command, log)
+    run_logged("signing the module", in_root(&mut command), log)
 }
 
 /// Runs one job of `kpatch-rs batch` (its own binary's `build`): `program` with `args` and no

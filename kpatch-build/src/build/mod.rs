@@ -31,6 +31,7 @@ use sign::{SignError, Signature, SigningKey};
 use trees::TreeError;
 use units::UnitsError;
 
+pub mod build_root;
 pub mod compile;
 pub mod diff_units;
 pub mod files;
@@ -96,6 +97,9 @@ pub struct BuildOptions {
     /// Types whose layout change the user accepts (`--allow-layout-change`): reported, not
     /// refused.
     pub allowed_layout_changes: Vec<String>,
+    /// A root file system of the kernel's release that every compile and link runs in
+    /// (`--chroot`, `build_root.rs`); None builds with this machine's toolchain.
+    pub chroot: Option<PathBuf>,
 }
 
 /// The symbols of the running kernel's vmlinux.
@@ -177,6 +181,8 @@ pub enum BuildError {
     Sign(#[from] SignError),
     #[error(transparent)]
     Io(#[from] IoError),
+    #[error(transparent)]
+    Root(#[from] build_root::RootError),
     #[error("cannot describe the module: {0}")]
     Describe(#[from] serde_json::Error),
     /// A broken promise inside kpatch-rs, not a problem with the inputs.
@@ -394,6 +400,7 @@ pub fn build_timed(
 ) -> Result<BuildReport, BuildError> {
     let options = &inputs::absolute(options);
     let mut timer = Timer::new(timings);
+    let _root = build_root::use_root(root(options)?);
     let inputs = inputs::check(options)?;
     timer.lap("inputs");
 
@@ -454,6 +461,41 @@ pub fn build_timed(
         peak_memory_kib: peak_memory_kib(),
         provenance: None,
     })
+}
+
+/// The build root of `--chroot`, with what the build's commands read and write bound into
+/// it: the source tree (read-only), the cache, and the signing key's and certificate's
+/// directories (read-only).
+fn root(options: &BuildOptions) -> Result<Option<build_root::BuildRoot>, BuildError> {
+    let Some(dir) = &options.chroot else {
+        return Ok(None);
+    };
+    fs::create_dir_all(&options.cache).map_err(io_error("create the cache", &options.cache))?;
+    let mut binds = vec![
+        build_root::Bind {
+            path: options.sourcedir.clone(),
+            read_only: true,
+        },
+        build_root::Bind {
+            path: options.cache.clone(),
+            read_only: false,
+        },
+    ];
+    if let Some(signing_key) = &options.signing_key {
+        let mut files = vec![signing_key.cert.clone()];
+        if !signing_key.key_is_pkcs11_uri() {
+            files.push(PathBuf::from(&signing_key.key));
+        }
+        for file in files {
+            if let Some(parent) = file.parent().filter(|parent| parent.is_dir()) {
+                binds.push(build_root::Bind {
+                    path: parent.to_path_buf(),
+                    read_only: true,
+                });
+            }
+        }
+    }
+    Ok(Some(build_root::BuildRoot::new(dir, &binds)?))
 }
 
 /// A kernel whose livepatch core cannot clear a module's livepatch relocations when the
