@@ -140,10 +140,12 @@ struct BuildArgs {
     #[arg(long)]
     skip_compiler_check: bool,
     /// Run every compile and link in DIR, a root file system of the kernel's release with its
-    /// compiler and build dependencies (made with debootstrap), as root: for a kernel built
-    /// by another compiler than this machine's, such as a Debian 13 kernel (gcc 14) on
-    /// Debian 12. The source tree and the cache are bind-mounted into it at their own paths,
-    /// the tree read-only; the compiler check then compares the root's compiler
+    /// compiler and build dependencies (made with debootstrap): for a kernel built by another
+    /// compiler than this machine's, such as a Debian 13 kernel (gcc 14) on Debian 12. The
+    /// source tree and the cache are bind-mounted into it at their own paths, the tree
+    /// read-only, in a private mount namespace (a user's own user namespace when not root);
+    /// the compiler check then compares the root's compiler.
+    /// Example: kpatch-rs build --chroot /srv/trixie -s linux-6.12 ... fix.patch
     #[arg(long, value_name = "DIR")]
     chroot: Option<std::path::PathBuf>,
     /// Build even though the patch changes the layout of TYPE (`struct foo`, `union bar`, or

@@ -5,7 +5,9 @@
 //! that release's gcc, binutils and the kernel's build dependencies), every compile and link
 //! kpatch-rs starts runs inside it: the program enters a private mount namespace, the
 //! directories the build reads and writes are bind-mounted into the root at their own paths
-//! (the source tree read-only), and it `chroot`s there. Paths on the command line and in the
+//! (the source tree read-only), and it `chroot`s there. As root that is all; another user
+//! first enters a user namespace of their own, mapped to themselves, in which mounting and
+//! chroot are allowed, so the programs still run as that user. Paths on the command line and in the
 //! build directories mean the same inside and out, so a build directory prepared in the root is
 //! used by the next run as is. The mounts live only as long as the program and its children;
 //! the only trace in the root is the empty directories the mounts need.
@@ -44,11 +46,15 @@ pub enum RootError {
     )]
     Missing { root: PathBuf, program: String },
     #[error(
-        "--chroot needs root (the mount namespace and chroot need CAP_SYS_ADMIN and \
-         CAP_SYS_CHROOT): run kpatch-rs as root, or build on a machine of the kernel's release"
+        "--chroot {root}: cannot run a command in it ({error}); as a user that is not root \
+         this needs unprivileged user namespaces (sysctl user.max_user_namespaces, \
+         kernel.unprivileged_userns_clone where the kernel has it), else run kpatch-rs as root"
     )]
-    NotPrivileged,
-    #[error("--chroot {root}: cannot make the mount point {path}: {source}")]
+    CannotEnter { root: PathBuf, error: String },
+    #[error(
+        "--chroot {root}: cannot make the mount point {path}: {source}; have the root's \
+         owner make it (`mkdir -p {path}`), or run kpatch-rs as root"
+    )]
     MountPoint {
         root: PathBuf,
         path: PathBuf,
@@ -63,9 +69,23 @@ pub enum RootError {
 #[derive(Debug)]
 struct Entry {
     root: CString,
-    /// (source, target inside the root, read-only), outer directories first.
-    binds: Vec<(CString, CString, bool)>,
+    /// (source, target inside the root, the flags a read-only remount keeps, or None to
+    /// leave it writable), outer directories first.
+    binds: Vec<(CString, CString, Option<libc::c_ulong>)>,
     slash: CString,
+    /// For a user that is not root: the user namespace's id maps, the user and group mapped
+    /// to themselves (files written in the cache stay theirs).
+    user: Option<UserMaps>,
+}
+
+#[derive(Debug)]
+struct UserMaps {
+    setgroups: CString,
+    uid_map: CString,
+    gid_map: CString,
+    deny: CString,
+    uid_line: CString,
+    gid_line: CString,
 }
 
 /// A root file system that compiles and links run in (see the module's documentation).
@@ -95,10 +115,21 @@ impl BuildRoot {
                 });
             }
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(RootError::NotPrivileged);
-        }
+        // SAFETY: geteuid and getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let user = if uid == 0 {
+            None
+        } else {
+            let c = |text: String| CString::new(text).map_err(|_| RootError::Nul(dir.clone()));
+            Some(UserMaps {
+                setgroups: c("/proc/self/setgroups".into())?,
+                uid_map: c("/proc/self/uid_map".into())?,
+                gid_map: c("/proc/self/gid_map".into())?,
+                deny: c("deny".into())?,
+                uid_line: c(format!("{uid} {uid} 1"))?,
+                gid_line: c(format!("{gid} {gid} 1"))?,
+            })
+        };
         let mut all: Vec<Bind> = binds.to_vec();
         for system in ["/dev", "/proc"] {
             all.push(Bind {
@@ -125,12 +156,14 @@ impl BuildRoot {
                 path: inside.clone(),
                 source,
             })?;
-            entry_binds.push((c_path(&bind.path)?, c_path(&inside)?, bind.read_only));
+            let remount = bind.read_only.then(|| kept_flags(&bind.path));
+            entry_binds.push((c_path(&bind.path)?, c_path(&inside)?, remount));
         }
         let entry = Entry {
             root: c_path(&dir)?,
             binds: entry_binds,
             slash: c_path(Path::new("/"))?,
+            user,
         };
         Ok(BuildRoot {
             dir,
@@ -151,6 +184,55 @@ impl BuildRoot {
     }
 }
 
+/// The flags of the mount `path` is on that a remount of a bind of it must keep: in a user
+/// namespace they are locked, and a remount without them fails.
+fn kept_flags(path: &Path) -> libc::c_ulong {
+    let Ok(name) = c_path(path) else {
+        return 0;
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `name` is NUL-terminated; `stats` is read only when statvfs filled it.
+    let flags = unsafe {
+        if libc::statvfs(name.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return 0;
+        }
+        stats.assume_init().f_flag
+    };
+    [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ]
+    .iter()
+    .filter(|(st, _)| flags & st != 0)
+    .fold(0, |all, (_, ms)| all | ms)
+}
+
+/// Writes `text` into the file `path` with system calls only.
+///
+/// # Safety
+/// Both are NUL-terminated strings.
+unsafe fn write_file(path: &CString, text: &CString) -> io::Result<()> {
+    // SAFETY: the caller's strings; the descriptor is closed on every path.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let bytes = text.as_bytes();
+        let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        let error = io::Error::last_os_error();
+        libc::close(fd);
+        if written != bytes.len() as isize {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
 /// The result of a libc call that returns -1 on failure.
 fn check(result: libc::c_int) -> io::Result<()> {
     if result == -1 {
@@ -167,7 +249,16 @@ impl Entry {
         // SAFETY: every pointer is a NUL-terminated string owned by `self` or null where the
         // call takes null; no memory is allocated.
         unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
+            match &self.user {
+                None => check(libc::unshare(libc::CLONE_NEWNS))?,
+                Some(maps) => {
+                    // Mounting and chroot are then the user's own, in namespaces of theirs.
+                    check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS))?;
+                    write_file(&maps.setgroups, &maps.deny)?;
+                    write_file(&maps.uid_map, &maps.uid_line)?;
+                    write_file(&maps.gid_map, &maps.gid_line)?;
+                }
+            }
             // Nothing mounted here may reach the host's namespace.
             check(libc::mount(
                 null,
@@ -176,7 +267,7 @@ impl Entry {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
-            for (source, target, read_only) in &self.binds {
+            for (source, target, remount) in &self.binds {
                 check(libc::mount(
                     source.as_ptr(),
                     target.as_ptr(),
@@ -184,12 +275,12 @@ impl Entry {
                     libc::MS_BIND | libc::MS_REC,
                     std::ptr::null(),
                 ))?;
-                if *read_only {
+                if let Some(kept) = remount {
                     check(libc::mount(
                         null,
                         target.as_ptr(),
                         null,
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept,
                         std::ptr::null(),
                     ))?;
                 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use super::build_root::in_root;
+use super::build_root::{in_root, BuildRoot, RootError};
 
 /// The code-generation flags every compared object is built with: one section per function
 /// and per data object, so the diff can take or leave each one alone.
@@ -56,6 +56,19 @@ pub fn compiler_version(compiler: &str) -> Result<String, CommandError> {
         in_root(Command::new(program).args(words).arg("--version")),
     )?;
     Ok(version.lines().next().unwrap_or("").to_string())
+}
+
+/// Whether commands can run in `root`: its `make --version`, run there.
+pub fn check_root(root: &BuildRoot) -> Result<(), RootError> {
+    let mut command = Command::new("make");
+    command.arg("--version");
+    root.enter(&mut command);
+    run_captured("running make in the build root", &mut command)
+        .map(drop)
+        .map_err(|error| RootError::CannotEnter {
+            root: root.dir.clone(),
+            error: error.tail.trim_start_matches(": ").trim().to_string(),
+        })
 }
 
 /// The first line of `ld --version`, in the build's root when there is one.

@@ -495,7 +495,9 @@ fn root(options: &BuildOptions) -> Result<Option<build_root::BuildRoot>, BuildEr
             }
         }
     }
-    Ok(Some(build_root::BuildRoot::new(dir, &binds)?))
+    let root = build_root::BuildRoot::new(dir, &binds)?;
+    kbuild::check_root(&root)?;
+    Ok(Some(root))
 }
 
 /// A kernel whose livepatch core cannot clear a module's livepatch relocations when the
