@@ -906,6 +906,14 @@ fn an_out_of_tree_module_is_patched_from_its_source_and_refused_for_another_buil
         report["objects"][0]["diff"]["functions"][0]["name"],
         "oot_demo_show"
     );
+    assert!(
+        report["inputs"]
+            .as_array()
+            .expect("inputs")
+            .iter()
+            .any(|input| input["role"] == "oot-module" && input["sha256"].is_string()),
+        "{report}"
+    );
     assert_eq!(
         tree_contents(&source),
         before,

@@ -334,7 +334,12 @@ fn units_to_build(
             )?;
             built_all = true;
         }
-        let dependents = units::objects_including(original, &original.join(file))?;
+        let mut dependents = units::objects_including(original, &original.join(file))?;
+        if dependents.is_empty() {
+            if let Ok(canonical) = fs::canonicalize(original.join(file)) {
+                dependents = units::objects_including(original, &canonical)?;
+            }
+        }
         if dependents.is_empty() {
             return Err(UnitsError::UnusedHeader {
                 header: file.display().to_string(),
