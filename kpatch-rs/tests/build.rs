@@ -942,6 +942,10 @@ fn an_out_of_tree_module_is_patched_from_its_source_and_refused_for_another_buil
         assert!(stderr(&result).contains(message), "{}", stderr(&result));
         let document: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json");
         assert_eq!(document["outcome"], "refused");
+        assert_eq!(
+            document["refusals"][0]["object"],
+            format!("out-of-tree module {}", ko.display())
+        );
         assert!(!output.join("livepatch-oot.ko").exists());
     };
     let stripped = dir.path().join("stripped.ko");

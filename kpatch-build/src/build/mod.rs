@@ -191,7 +191,7 @@ pub enum BuildError {
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error(transparent)]
-    Oot(#[from] oot::OotError),
+    Oot(oot::OotError),
     #[error(transparent)]
     Io(#[from] IoError),
     #[error(transparent)]
@@ -212,7 +212,6 @@ impl BuildError {
     pub fn outcome(&self) -> &'static str {
         match self {
             BuildError::Unpatchable { .. } => "refused",
-            BuildError::Oot(error) if error.is_refusal() => "refused",
             BuildError::NoChange { .. } => "no-change",
             _ => "error",
         }
@@ -253,7 +252,6 @@ impl BuildError {
     pub fn exit_code(&self) -> u8 {
         match self {
             BuildError::Unpatchable { .. } => crate::exit::UNPATCHABLE,
-            BuildError::Oot(error) if error.is_refusal() => crate::exit::UNPATCHABLE,
             BuildError::NoChange { .. } => crate::exit::NO_CHANGE,
             _ => crate::exit::ERROR,
         }

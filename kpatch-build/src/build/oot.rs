@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use kpatch_diff::compare::Refusal;
 use object::{Object, ObjectSymbol, SymbolKind};
 
 use super::compile::{self, Compiled};
@@ -104,13 +105,42 @@ pub enum OotError {
 impl OotError {
     /// Whether this is a refusal to patch (exit 2) rather than a wrong input (exit 1).
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            OotError::Stripped(_)
-                | OotError::OtherKernel { .. }
-                | OotError::OtherModule { .. }
-                | OotError::OtherSource { .. }
-        )
+        self.refused_module().is_some()
+    }
+
+    /// The module a refusal is about.
+    fn refused_module(&self) -> Option<&Path> {
+        match self {
+            OotError::Stripped(ko)
+            | OotError::OtherKernel { ko, .. }
+            | OotError::OtherModule { ko, .. }
+            | OotError::OtherSource { ko, .. } => Some(ko),
+            OotError::NoModule(_) | OotError::NotAModule { .. } | OotError::NoSource(_) => None,
+        }
+    }
+}
+
+/// A refusal is one like the diff's (exit 2, a `refusals` entry in `--json`), about the
+/// module; the other errors are the inputs' (exit 1).
+impl From<OotError> for BuildError {
+    fn from(error: OotError) -> BuildError {
+        let Some(ko) = error.refused_module() else {
+            return BuildError::Oot(error);
+        };
+        let object = format!("out-of-tree module {}", ko.display());
+        let text = error.to_string();
+        let reason = text
+            .strip_prefix(&format!("cannot patch {object}: "))
+            .unwrap_or(&text)
+            .to_string();
+        BuildError::Unpatchable {
+            refusals: vec![Refusal {
+                object,
+                section: String::new(),
+                symbol: String::new(),
+                reason,
+            }],
+        }
     }
 }
 
@@ -431,6 +461,20 @@ mod tests {
         let refusal = BuildError::from(OotError::Stripped(PathBuf::from("m.ko")));
         assert_eq!(refusal.exit_code(), crate::exit::UNPATCHABLE);
         assert_eq!(refusal.outcome(), "refused");
+        let BuildError::Unpatchable { refusals } = &refusal else {
+            panic!("{refusal:?}");
+        };
+        assert_eq!(refusals[0].object, "out-of-tree module m.ko");
+        assert!(
+            refusals[0]
+                .reason
+                .starts_with("it has no symbol table (stripped)"),
+            "{refusals:?}"
+        );
+        assert_eq!(
+            refusal.to_string(),
+            OotError::Stripped(PathBuf::from("m.ko")).to_string()
+        );
         let input = BuildError::from(OotError::NoModule(PathBuf::from("m.ko")));
         assert_eq!(input.exit_code(), crate::exit::ERROR);
         assert!(input
