@@ -18,6 +18,17 @@ const VERSION: &str = concat!(
     ")"
 );
 
+/// The examples under `kpatch-rs build --help`.
+const BUILD_EXAMPLES: &str = "\
+Examples:
+  kpatch-rs build -s linux -v build/vmlinux fix.patch
+      a livepatch-fix.ko for every klp object fix.patch touches
+  kpatch-rs build -s linux -v build/vmlinux -t binfmt_misc fix.patch
+      only the part of fix.patch in module binfmt_misc; the rest is reported as skipped
+  kpatch-rs build -s linux -v build/vmlinux --oot-module /lib/modules/$(uname -r)/extra/foo.ko \\
+      --oot-module-src foo-1.2 foo.patch
+      foo.patch applies to the out-of-tree module's source foo-1.2, the klp object is foo";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kpatch-rs",
@@ -35,6 +46,7 @@ enum Command {
     /// functions and write an object holding them and what they need.
     Diff(cli::diff::DiffArgs),
     /// Build a livepatch module from patch files against a kernel source tree.
+    #[command(after_help = BUILD_EXAMPLES)]
     Build(Box<BuildArgs>),
     /// Build the patch sets of a manifest for its kernels: jobs in parallel, a log per job,
     /// one JSON summary; `--shard I/N` runs a part, `--merge` joins the parts' summaries.
@@ -160,6 +172,22 @@ struct BuildArgs {
     /// The X.509 certificate (PEM or DER) of --sign-key.
     #[arg(long, value_name = "CERT", requires = "sign_key")]
     sign_cert: Option<std::path::PathBuf>,
+    /// Build only this klp object of the patch: `vmlinux` or a module's name (`binfmt_misc`).
+    /// Repeatable. Changed units of other klp objects are compiled but left out of the
+    /// module, each reported as skipped with a warning; a target the patches do not touch is
+    /// an error that lists the ones they do.
+    #[arg(short = 't', long = "target", value_name = "OBJECT")]
+    targets: Vec<String>,
+    /// Patch this out-of-tree module (its .ko as it runs, with symbols) instead of the
+    /// kernel: the patches apply to --oot-module-src, built with `make M=` against the
+    /// kernel. Refused (exit 2) when the .ko is stripped, is of another vermagic, or does not
+    /// define the functions of the original build.
+    #[arg(long, value_name = "FILE.ko", requires = "oot_module_src")]
+    oot_module: Option<std::path::PathBuf>,
+    /// The out-of-tree module's source directory (with its Makefile or Kbuild), as
+    /// --oot-module was built from; it is copied, never modified.
+    #[arg(long, value_name = "DIR", requires = "oot_module")]
+    oot_module_src: Option<std::path::PathBuf>,
     /// Print the report as one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -389,6 +417,14 @@ fn build_options(args: &BuildArgs) -> Result<BuildOptions, InputError> {
         skip_compiler_check: args.skip_compiler_check,
         allowed_layout_changes: args.allowed_layout_changes.clone(),
         chroot: args.chroot.clone(),
+        targets: args.targets.clone(),
+        oot_module: match (&args.oot_module, &args.oot_module_src) {
+            (Some(ko), Some(source)) => Some(kpatch_build::build::oot::OotModule {
+                ko: ko.clone(),
+                source: source.clone(),
+            }),
+            _ => None,
+        },
         signing_key: match (&args.sign_key, &args.sign_cert) {
             (Some(key), Some(cert)) => Some(SigningKey {
                 key: key.clone(),

@@ -719,3 +719,292 @@ fn the_patched_build_directory_is_a_copy_kbuild_takes_as_prepared_and_the_module
     run("d", "meminfo.patch");
     assert_eq!(main_compiles(), 3);
 }
+
+/// `-t OBJECT` builds only that klp object of the patches: the units of the others are
+/// compiled but left out, each listed as skipped with a warning; a target the patches do not
+/// touch is an error that names what they touch; a target whose units do not change is no
+/// change.
+#[test]
+fn target_builds_only_the_named_klp_objects_and_reports_the_rest_as_skipped() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let both = [fixture("cmdline.patch"), fixture("kobject.patch")];
+    let output = dir.path().join("module");
+    let result = build(
+        &kernel,
+        &output,
+        &["--json", "-n", "target", "-t", "kobject-example"],
+        &both,
+    );
+    assert!(result.status.success(), "build failed: {}", stderr(&result));
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json report");
+    let klp_objects: Vec<&str> = report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .map(|o| o["klp_object"].as_str().expect("klp_object"))
+        .collect();
+    assert_eq!(klp_objects, ["kobject_example"]);
+    assert_eq!(
+        report["skipped_by_target"],
+        serde_json::json!([{ "object": "fs/proc/cmdline.o", "klp_object": "vmlinux" }])
+    );
+    let warning = "fs/proc/cmdline.o (vmlinux) is touched by the patches but left out of the \
+                   module: it is not among --target kobject-example";
+    assert!(
+        report["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w == warning),
+        "{report}"
+    );
+    assert!(stderr(&result).contains(warning), "{}", stderr(&result));
+    let inspect = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["inspect", "--json"])
+        .arg(output.join("livepatch-target.ko"))
+        .output()
+        .expect("run inspect");
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let objects = inspection["patch"]["objects"].as_array().expect("objects");
+    assert_eq!(objects.len(), 1, "{inspection}");
+    assert_eq!(objects[0]["functions"][0]["old_name"], "foo_show");
+
+    // The human report says it too.
+    let human = build(
+        &kernel,
+        &dir.path().join("human"),
+        &["-t", "vmlinux"],
+        &both,
+    );
+    assert!(human.status.success(), "build failed: {}", stderr(&human));
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains(
+            "warning: samples/kobject/kobject-example.o (kobject_example) is touched by the \
+             patches but left out of the module: it is not among --target vmlinux"
+        ),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+
+    let untouched = dir.path().join("untouched");
+    let result = build(
+        &kernel,
+        &untouched,
+        &["-t", "vmlinux", "--target", "binfmt_misc"],
+        &both,
+    );
+    assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
+    assert!(
+        stderr(&result).contains(
+            "--target binfmt_misc: the patches touch no unit of it; they touch \
+             kobject_example, vmlinux"
+        ),
+        "{}",
+        stderr(&result)
+    );
+    assert!(!untouched.exists(), "nothing may be written");
+
+    // What the target has of the patches changes no code.
+    let unchanged = dir.path().join("unchanged");
+    let result = build(
+        &kernel,
+        &unchanged,
+        &["-t", "vmlinux"],
+        &[fixture("comment-only.patch"), fixture("kobject.patch")],
+    );
+    assert_eq!(result.status.code(), Some(3), "{}", stderr(&result));
+    assert!(
+        stderr(&result).contains("the patches change no code"),
+        "{}",
+        stderr(&result)
+    );
+}
+
+/// The fixture out-of-tree module's source (`tests/build-oot-module/module`).
+fn oot_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/build-oot-module/module")
+}
+
+/// Every file under `dir` with its bytes, sorted: what "never modified" compares.
+fn tree_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(directory) = stack.pop() {
+        for entry in std::fs::read_dir(&directory).expect("list").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                files.push((path, bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The fixture module built against the test kernel in a copy of its source under `dir`,
+/// as its user would have built it: its `.ko`.
+fn build_oot_fixture(kernel: &Kernel, dir: &Path) -> PathBuf {
+    let copy = dir.join("built");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for (path, bytes) in tree_contents(&oot_source()) {
+        let name = path.file_name().expect("file name");
+        std::fs::write(copy.join(name), bytes).expect("copy the module source");
+    }
+    let make = Command::new("make")
+        .arg("-C")
+        .arg(&kernel.build)
+        .arg(format!("M={}", copy.display()))
+        .arg("modules")
+        .output()
+        .expect("run make");
+    assert!(make.status.success(), "{}", stderr(&make));
+    copy.join("kpatch-oot-demo.ko")
+}
+
+/// `--oot-module FILE.ko --oot-module-src DIR`: the patch applies to the module's source,
+/// which stays as it was; the klp object is the module, whose static the patch reaches through
+/// a livepatch relocation. A `.ko` that is not the build of that source is refused (exit 2):
+/// stripped, of another kernel release, or without a function the source defines.
+#[test]
+fn an_out_of_tree_module_is_patched_from_its_source_and_refused_for_another_build() {
+    let Some(kernel) = kernel() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ko = build_oot_fixture(&kernel, dir.path());
+    let source = oot_source();
+    let before = tree_contents(&source);
+    let patch =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/build-oot-module/oot-demo.patch");
+    let oot = |ko: &Path, source: &Path, output: &Path| {
+        let (ko, source) = (ko.display().to_string(), source.display().to_string());
+        build(
+            &kernel,
+            output,
+            &[
+                "--json",
+                "-n",
+                "oot",
+                "--oot-module",
+                &ko,
+                "--oot-module-src",
+                &source,
+            ],
+            std::slice::from_ref(&patch),
+        )
+    };
+    let output = dir.path().join("module");
+    let result = oot(&ko, &source, &output);
+    assert!(result.status.success(), "build failed: {}", stderr(&result));
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json report");
+    assert_eq!(report["objects"][0]["object"], "kpatch-oot-demo.o");
+    assert_eq!(report["objects"][0]["klp_object"], "kpatch_oot_demo");
+    assert_eq!(
+        report["objects"][0]["diff"]["functions"][0]["name"],
+        "oot_demo_show"
+    );
+    assert!(
+        report["inputs"]
+            .as_array()
+            .expect("inputs")
+            .iter()
+            .any(|input| input["role"] == "oot-module" && input["sha256"].is_string()),
+        "{report}"
+    );
+    assert_eq!(
+        tree_contents(&source),
+        before,
+        "the module's source changed"
+    );
+    let inspect = Command::new(env!("CARGO_BIN_EXE_kpatch-rs"))
+        .args(["inspect", "--json"])
+        .arg(output.join("livepatch-oot.ko"))
+        .output()
+        .expect("run inspect");
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let inspection: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    assert_eq!(
+        inspection["klp_symbols"],
+        serde_json::json!([{ "object": "kpatch_oot_demo", "name": "reads", "sympos": 0 }])
+    );
+    assert_eq!(
+        inspection["patch"]["objects"][0]["target"],
+        serde_json::json!({ "module": "kpatch_oot_demo" })
+    );
+
+    let refused = |ko: &Path, source: &Path, message: &str| {
+        let output = dir.path().join("refused");
+        let result = oot(ko, source, &output);
+        assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+        assert!(stderr(&result).contains(message), "{}", stderr(&result));
+        let document: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json");
+        assert_eq!(document["outcome"], "refused");
+        assert_eq!(
+            document["refusals"][0]["object"],
+            format!("out-of-tree module {}", ko.display())
+        );
+        assert!(!output.join("livepatch-oot.ko").exists());
+    };
+    let stripped = dir.path().join("stripped.ko");
+    let strip = Command::new("strip")
+        .arg("--strip-unneeded")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&ko)
+        .output()
+        .expect("run strip");
+    assert!(strip.status.success(), "{}", stderr(&strip));
+    refused(&stripped, &source, "it has no symbol table (stripped)");
+
+    // The same module, as if built for another release (the first digit of its vermagic).
+    let mut bytes = std::fs::read(&ko).expect("read the module");
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"vermagic=")
+        .expect("vermagic")
+        + 9;
+    bytes[at] = if bytes[at] == b'9' { b'8' } else { b'9' };
+    let other_release = dir.path().join("other-release.ko");
+    std::fs::write(&other_release, &bytes).expect("write");
+    refused(&other_release, &source, "it was built for kernel release 9");
+
+    // A source with a function the module does not have is not the module's source.
+    let other_source = dir.path().join("other-source");
+    std::fs::create_dir_all(&other_source).expect("mkdir");
+    for (path, bytes) in &before {
+        std::fs::write(other_source.join(path.file_name().expect("name")), bytes).expect("copy");
+    }
+    let c_file = other_source.join("kpatch-oot-demo.c");
+    let mut text = std::fs::read_to_string(&c_file).expect("read");
+    text.push_str("\nnoinline int oot_demo_extra(void);\nnoinline int oot_demo_extra(void)\n{\n\treturn reads;\n}\n");
+    std::fs::write(&c_file, text).expect("write");
+    refused(
+        &ko,
+        &other_source,
+        "defines oot_demo_extra that the module does not have",
+    );
+
+    // Bad inputs are errors (exit 1).
+    let missing = oot(&dir.path().join("none.ko"), &source, &dir.path().join("x"));
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("none.ko does not exist"),
+        "{}",
+        stderr(&missing)
+    );
+    let alone = build(
+        &kernel,
+        &dir.path().join("x"),
+        &["--oot-module", &ko.display().to_string()],
+        std::slice::from_ref(&patch),
+    );
+    assert_eq!(alone.status.code(), Some(1), "{}", stderr(&alone));
+    assert!(
+        stderr(&alone).contains("--oot-module-src"),
+        "{}",
+        stderr(&alone)
+    );
+}

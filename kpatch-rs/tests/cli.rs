@@ -50,6 +50,18 @@ fn help_exits_0() {
     let (code, text) = run(&["build", "--help"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("--make-var <VAR=VALUE>"), "{text}");
+    // kpatch-build's names, each with an example.
+    for option in [
+        "-t, --target <OBJECT>",
+        "--oot-module <FILE.ko>",
+        "--oot-module-src <DIR>",
+        "-R, --no-replace",
+    ] {
+        assert!(text.contains(option), "{option}: {text}");
+    }
+    let examples = text.split("Examples:").nth(1).unwrap_or_default();
+    assert!(examples.contains("-t binfmt_misc"), "{text}");
+    assert!(examples.contains("--oot-module-src"), "{text}");
 }
 
 #[test]

@@ -20,8 +20,10 @@
 //!   committed test key (`fixtures/signing/test-key.pem`, which the signing kernel trusts),
 //!   and the build must then have appended a signature. A line ending in `=> exit CODE: MESSAGE`
 //!   is a build that must fail instead: with that exit code, MESSAGE somewhere in its output,
-//!   and no module written. A case with a `build` and no `guest.sh` is judged on the host
-//!   alone and needs no boot;
+//!   and no module written. `--oot-module=NAME` patches the out-of-tree module `NAME.ko` of
+//!   the case's `module/` (built first, against the kernel under test) with `module/` itself
+//!   as `--oot-module-src`: the patches are then against the module's source. A case with a
+//!   `build` and no `guest.sh` is judged on the host alone and needs no boot;
 //! - `module/`: sources of out-of-tree modules, built with `make M=` against the kernel under
 //!   test. `module/kernel-sources` may list files of the kernel source tree (one per line,
 //!   relative to its top) to copy in first, so a case can build the kernel's own samples
@@ -191,6 +193,8 @@ pub struct BuildLine {
     pub allow_layout_changes: Vec<String>,
     /// The number of a line made from a range (`NAME{A..B}`): its patches' `@N@` become it.
     pub number: Option<u32>,
+    /// `--oot-module=NAME`: the out-of-tree module `NAME.ko` built from the case's `module/`.
+    pub oot_module: Option<String>,
     /// Patch files, relative to the case directory.
     pub patches: Vec<String>,
     /// Set when the build must fail.
@@ -206,7 +210,7 @@ pub struct ExpectedFailure {
 }
 
 /// Reads a `build` file: `NAME [--no-replace] [--sign] [--allow-layout-change=KIND:NAME]
-/// PATCH... [=> exit CODE: MESSAGE]` per line, blank lines and `#` comments ignored. A NAME
+/// [--oot-module=MODULE] PATCH... [=> exit CODE: MESSAGE]` per line, blank lines and `#` comments ignored. A NAME
 /// with a range, `PREFIX{A..B}SUFFIX`, stands for one line per number from A to B, named with
 /// the number in place of the range.
 pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, String> {
@@ -254,10 +258,18 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
         let mut no_replace = false;
         let mut sign = false;
         let mut allow_layout_changes = Vec::new();
+        let mut oot_module = None;
         let mut patches = Vec::new();
         for word in words {
             if let Some(type_name) = word.strip_prefix("--allow-layout-change=") {
                 allow_layout_changes.push(type_name.replacen(':', " ", 1));
+                continue;
+            }
+            if let Some(module) = word.strip_prefix("--oot-module=") {
+                if module.is_empty() || module.contains('/') || module.ends_with(".ko") {
+                    return Err(at("--oot-module=NAME names NAME.ko of the case's module/"));
+                }
+                oot_module = Some(module.to_string());
                 continue;
             }
             match word {
@@ -292,6 +304,7 @@ pub fn parse_build_file(text: &str) -> std::result::Result<Vec<BuildLine>, Strin
                 sign,
                 allow_layout_changes: allow_layout_changes.clone(),
                 number,
+                oot_module: oot_module.clone(),
                 patches: patches.clone(),
                 failure: failure.clone(),
             });
@@ -517,8 +530,38 @@ pub fn stage(
         let staged = rootfs.path(Path::new(&guest_dir));
         std::fs::create_dir_all(&staged)?;
         let started = Instant::now();
+        // The case's own modules first: an `--oot-module=` build line patches one of them.
+        let module_sources = case.dir.join("module");
+        let module_build = work.join(&case.name).join("module");
+        if module_sources.is_dir() {
+            if module_build.exists() {
+                std::fs::remove_dir_all(&module_build)?;
+            }
+            copy_tree(&module_sources, &module_build)?;
+            copy_kernel_sources(kernel, &module_build, &case.name)?;
+            let log = work.join(format!("{}.build.log", case.name));
+            std::fs::write(&log, "")?;
+            build_modules(
+                kernel,
+                &module_build,
+                &log,
+                &format!("case {}: modules", case.name),
+            )?;
+            for module in files_with_extension(&module_build, "ko")? {
+                let name = module.file_name().unwrap_or_default();
+                std::fs::copy(&module, staged.join(name))
+                    .with_context(|| format!("cannot stage {}", module.display()))?;
+            }
+        }
         if let Some(kpatch) = &kpatch {
-            let verdict = run_builds(kpatch, kernel, case, &work.join(&case.name), &staged)?;
+            let verdict = run_builds(
+                kpatch,
+                kernel,
+                case,
+                &work.join(&case.name),
+                &staged,
+                &module_build,
+            )?;
             if verdict.is_err() || !case.has_guest_script() {
                 results.push(Staged::Host {
                     verdict,
@@ -529,28 +572,6 @@ pub fn stage(
         }
         if !case.has_guest_script() {
             continue;
-        }
-        let module_sources = case.dir.join("module");
-        if module_sources.is_dir() {
-            let build_dir = work.join(&case.name).join("module");
-            if build_dir.exists() {
-                std::fs::remove_dir_all(&build_dir)?;
-            }
-            copy_tree(&module_sources, &build_dir)?;
-            copy_kernel_sources(kernel, &build_dir, &case.name)?;
-            let log = work.join(format!("{}.build.log", case.name));
-            std::fs::write(&log, "")?;
-            build_modules(
-                kernel,
-                &build_dir,
-                &log,
-                &format!("case {}: modules", case.name),
-            )?;
-            for module in files_with_extension(&build_dir, "ko")? {
-                let name = module.file_name().unwrap_or_default();
-                std::fs::copy(&module, staged.join(name))
-                    .with_context(|| format!("cannot stage {}", module.display()))?;
-            }
         }
         let programs = case.dir.join("program");
         if programs.is_dir() {
@@ -588,13 +609,15 @@ pub fn stage(
 
 /// Runs every line of the case's `build` file with `kpatch-rs build` against `kernel`,
 /// each into a fresh directory under `work`; stages the modules in `staged`. Returns the
-/// case's host verdict: every build did what its line says.
+/// case's host verdict: every build did what its line says. `module_build` is where the
+/// case's `module/` was built, for `--oot-module=` lines.
 fn run_builds(
     kpatch: &Path,
     kernel: &KernelDirs,
     case: &Case,
     work: &Path,
     staged: &Path,
+    module_build: &Path,
 ) -> Result<std::result::Result<(), String>> {
     let series = kernel_series(&kernel.source)?;
     for line in &case.builds {
@@ -613,6 +636,22 @@ fn run_builds(
         }
         for type_name in &line.allow_layout_changes {
             command.arg("--allow-layout-change").arg(type_name);
+        }
+        if let Some(module) = &line.oot_module {
+            let ko = module_build.join(format!("{module}.ko"));
+            if !ko.is_file() {
+                return Ok(Err(format!(
+                    "`build` line {} names --oot-module={module}, but the case's module/ \
+                     built no {}",
+                    line.name,
+                    ko.display()
+                )));
+            }
+            command
+                .arg("--oot-module")
+                .arg(ko)
+                .arg("--oot-module-src")
+                .arg(case.dir.join("module"));
         }
         let mut numbered = false;
         for patch in &line.patches {
@@ -1084,6 +1123,7 @@ mod tests {
             sign: false,
             allow_layout_changes: Vec::new(),
             number: None,
+            oot_module: None,
             patches: patches.iter().map(|p| p.to_string()).collect(),
             failure: None,
         }
@@ -1146,6 +1186,10 @@ mod tests {
             "f --allow-layout-change=struct:foo_obj --allow-layout-change=counter_t a.patch\n",
             Ok(vec![forced]),
         );
+        let mut oot = build_line("o", false, &["o.patch"]);
+        oot.oot_module = Some("kpatch-oot-demo".to_string());
+        check_build_file("o --oot-module=kpatch-oot-demo o.patch\n", Ok(vec![oot]));
+        check_build_file("o --oot-module=x.ko o.patch\n", Err("--oot-module=NAME"));
         check_build_file("s --sign\n", Err("at least one patch"));
         check_build_file(
             "a a.patch\na b.patch\n",

@@ -23,6 +23,10 @@ pub struct Compiled {
     pub units: Vec<PathBuf>,
     /// The kernel's layouts of its special sections' entries (`probe.rs`).
     pub kernel_layout: KernelLayout,
+    /// Where the units' objects and Kbuild's `.cmd` files for them are: the two builds'
+    /// `O=` directories, or an out-of-tree module's two copies (`oot.rs`).
+    pub original_objects: PathBuf,
+    pub patched_objects: PathBuf,
 }
 
 /// Builds the touched units of both trees.
@@ -117,6 +121,8 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
         return Err(error);
     }
     Ok(Compiled {
+        original_objects: original_build.output.clone(),
+        patched_objects: patched_build.output.clone(),
         original: original_build,
         patched: patched_build,
         units: objects,
@@ -226,7 +232,7 @@ fn units_to_build(
 /// option whose dependency this machine cannot meet (`DEBUG_INFO_BTF` without pahole) is
 /// dropped silently, and changes the layout of `struct module` and others, so the running
 /// kernel would refuse the module or misread it.
-fn check_config_kept(given: &Path, used: &Path) -> Result<(), BuildError> {
+pub(super) fn check_config_kept(given: &Path, used: &Path) -> Result<(), BuildError> {
     let enabled = |path: &Path| -> Result<std::collections::BTreeSet<String>, BuildError> {
         let text = read_file(path, "kernel config", "pass --config")?;
         Ok(String::from_utf8_lossy(&text)
@@ -250,7 +256,7 @@ fn check_config_kept(given: &Path, used: &Path) -> Result<(), BuildError> {
 }
 
 /// Writes the patch-author headers where patched sources can include them.
-fn write_headers(cache: &Path) -> Result<PathBuf, BuildError> {
+pub(super) fn write_headers(cache: &Path) -> Result<PathBuf, BuildError> {
     let include = cache.join("include");
     let write = |name: &str, text: &str| {
         let path = include.join(name);

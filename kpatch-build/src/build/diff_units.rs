@@ -2,7 +2,6 @@
 //! parallel, and the verdicts gathered: any refusal stops the build (exit 2) with all of
 //! them, and a build whose units all came out unchanged is no change (exit 3).
 
-use std::fs;
 use std::path::PathBuf;
 
 use kpatch_diff::report::Outcome;
@@ -11,7 +10,7 @@ use kpatch_diff::{DiffOutput, Pair};
 use super::compile::Compiled;
 use super::inputs::read_file;
 use super::module::KlpObjectName;
-use super::units;
+use super::targets;
 use super::BuildError;
 
 /// One unit's diff, with what the later phases need of it.
@@ -36,16 +35,14 @@ pub fn diff_units(
     let mut inputs = Vec::new();
     for object in &compiled.units {
         let orig_name = format!("{} (original)", object.display());
-        let cmd = fs::read_to_string(units::cmd_file(&compiled.original.output, object))
-            .unwrap_or_default();
-        let klp_object = units::attribute(&cmd);
+        let klp_object = targets::klp_object_of(&compiled.original_objects, object);
         let orig = read_file(
-            &compiled.original.output.join(object),
+            &compiled.original_objects.join(object),
             "object",
             "see the build log",
         )?;
         let patched = read_file(
-            &compiled.patched.output.join(object),
+            &compiled.patched_objects.join(object),
             "object",
             "see the build log",
         )?;

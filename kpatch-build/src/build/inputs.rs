@@ -170,6 +170,13 @@ pub fn absolute(options: &BuildOptions) -> BuildOptions {
         output: absolute(&options.output),
         patches: options.patches.iter().map(|p| absolute(p)).collect(),
         cache: absolute(&options.cache),
+        oot_module: options
+            .oot_module
+            .as_ref()
+            .map(|module| super::oot::OotModule {
+                ko: absolute(&module.ko),
+                source: absolute(&module.source),
+            }),
         signing_key: options.signing_key.as_ref().map(|signing_key| SigningKey {
             key: if signing_key.key_is_pkcs11_uri() {
                 signing_key.key.clone()
@@ -346,6 +353,9 @@ fn check_inputs(options: &BuildOptions) -> Result<(), BuildError> {
     if options.patches.is_empty() {
         return Err(InputError::NoPatch.into());
     }
+    if let Some(module) = &options.oot_module {
+        super::oot::check_inputs(module)?;
+    }
     Ok(())
 }
 
@@ -378,7 +388,12 @@ fn touched_files(options: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
         texts.push((patch.display().to_string(), text));
     }
     // What kpatch-rs refuses in a patch comes first: a binary change names no file to touch.
-    patches::check_patches(&texts, &options.sourcedir)?;
+    // An out-of-tree module's patches apply to its source directory.
+    let tree = options
+        .oot_module
+        .as_ref()
+        .map_or(&options.sourcedir, |module| &module.source);
+    patches::check_patches(&texts, tree)?;
     let mut touched = Vec::new();
     for (name, text) in &texts {
         touched.extend(units::touched_files(name, &String::from_utf8_lossy(text))?);
@@ -532,6 +547,8 @@ mod tests {
             skip_compiler_check: true,
             allowed_layout_changes: Vec::new(),
             chroot: None,
+            targets: Vec::new(),
+            oot_module: None,
             signing_key: Some(SigningKey {
                 key: if key.starts_with("pkcs11:") {
                     key.to_string()

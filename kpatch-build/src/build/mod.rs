@@ -27,6 +27,7 @@ use post_link::PostLinkError;
 use replacements::ReplacementsError;
 use resolve::{Exports, ResolveError};
 use sign::{SignError, Signature, SigningKey};
+use targets::{SkippedUnit, TargetError};
 
 use trees::TreeError;
 use units::UnitsError;
@@ -40,6 +41,7 @@ pub mod kbuild;
 pub mod klp_records;
 pub mod link;
 pub mod module;
+pub mod oot;
 pub mod patches;
 pub mod post_link;
 pub mod probe;
@@ -49,6 +51,7 @@ pub mod references;
 pub mod replacements;
 pub mod resolve;
 pub mod sign;
+pub mod targets;
 pub mod trees;
 pub mod units;
 pub mod version;
@@ -100,6 +103,12 @@ pub struct BuildOptions {
     /// A root file system of the kernel's release that every compile and link runs in
     /// (`--chroot`, `build_root.rs`); None builds with this machine's toolchain.
     pub chroot: Option<PathBuf>,
+    /// The klp objects to build (`--target`: `vmlinux` or module names); empty builds every
+    /// klp object the patches touch. The units of the others are reported as skipped.
+    pub targets: Vec<String>,
+    /// An out-of-tree module to patch instead of the kernel tree (`--oot-module`): the
+    /// patches apply to its source directory.
+    pub oot_module: Option<oot::OotModule>,
 }
 
 /// The symbols of the running kernel's vmlinux.
@@ -179,6 +188,10 @@ pub enum BuildError {
     PostLink(#[from] PostLinkError),
     #[error(transparent)]
     Sign(#[from] SignError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Oot(oot::OotError),
     #[error(transparent)]
     Io(#[from] IoError),
     #[error(transparent)]
@@ -268,6 +281,8 @@ pub struct BuildReport {
     pub kernel_name: String,
     /// Per object: what changed.
     pub objects: Vec<ObjectSummary>,
+    /// The units the patches touch that `--target` left out of the module.
+    pub skipped_by_target: Vec<SkippedUnit>,
     /// The livepatch relocation sections written, with their entry counts.
     pub klp_relocation_sections: Vec<(String, usize)>,
     /// How the module is signed; None (`null`) for an unsigned module.
@@ -404,16 +419,37 @@ pub fn build_timed(
     let inputs = inputs::check(options)?;
     timer.lap("inputs");
 
-    trees::patch_tree(
-        &options.sourcedir,
-        &inputs.patched_source(),
-        &options.patches,
-        &inputs.touched,
-        &inputs.log,
-    )?;
+    let oot_trees = match &options.oot_module {
+        Some(module) => Some(oot::patch_trees(module, options, &inputs)?),
+        None => {
+            trees::patch_tree(
+                &options.sourcedir,
+                &inputs.patched_source(),
+                &options.patches,
+                &inputs.touched,
+                &inputs.log,
+            )?;
+            None
+        }
+    };
     timer.lap("patched tree");
 
-    let compiled = compile::compile(options, &inputs)?;
+    let mut compiled = match &oot_trees {
+        Some(trees) => oot::compile(options, &inputs, trees)?,
+        None => compile::compile(options, &inputs)?,
+    };
+    let units = std::mem::take(&mut compiled.units);
+    let (units, skipped_by_target) = targets::select(units, &options.targets, |unit| {
+        targets::klp_object_of(&compiled.original_objects, unit)
+    })?;
+    compiled.units = units;
+    let mut warnings: Vec<String> = skipped_by_target
+        .iter()
+        .map(|unit| unit.warning(&options.targets))
+        .collect();
+    for warning in &warnings {
+        eprintln!("kpatch-rs: warning: {warning}");
+    }
     timer.lap("compile");
 
     let diffed = diff_units::diff_units(&compiled, &options.allowed_layout_changes)?;
@@ -439,6 +475,9 @@ pub fn build_timed(
     timer.lap("link");
 
     let info = serde_json::to_vec(&livepatch)?;
+    if let Some(trees) = &oot_trees {
+        oot::check_vermagic(trees, &ko)?;
+    }
     let (rewritten, post_link) = post_link::rewrite_module(&livepatch.name, &ko, Some(&info))?;
     timer.lap("post-link");
 
@@ -449,15 +488,17 @@ pub fn build_timed(
     let module = write_module(options, &livepatch, &bytes)?;
 
     drop(inputs);
+    warnings.extend(reload_warnings(&options.sourcedir, &livepatch.objects));
     Ok(BuildReport {
         outcome: "built",
         module,
         kernel_name: livepatch.kernel_name(),
         objects: linkable.summaries,
+        skipped_by_target,
         klp_relocation_sections: post_link.sections,
         signature,
         timings: timer.phases.clone(),
-        warnings: reload_warnings(&options.sourcedir, &livepatch.objects),
+        warnings,
         peak_memory_kib: peak_memory_kib(),
         provenance: None,
     })

@@ -56,6 +56,9 @@ pub fn describe(options: &BuildOptions, tool: &str, module: Option<&Path>) -> Pr
         SymbolSource::SystemMap(path) => digest("system-map", path, &cache),
     });
     inputs.push(digest("symvers", &options.symvers, &cache));
+    if let Some(module) = &options.oot_module {
+        inputs.push(digest("oot-module", &module.ko, &cache));
+    }
     if let Some(key) = &options.signing_key {
         inputs.push(digest("signing-cert", &key.cert, &cache));
     }

@@ -87,12 +87,18 @@ pub fn resolve_units(
             KlpObjectName::Vmlinux => &vmlinux_symbols,
             KlpObjectName::Module(module_name) => {
                 if !module_symbols.contains_key(module_name) {
-                    let ko = find_module_file(reference_build, module_name).ok_or_else(|| {
-                        InputError::ModuleNotFound {
-                            module: module_name.clone(),
-                            dir: reference_build.to_path_buf(),
+                    // An out-of-tree module's units are all of it (`oot::compile` checks).
+                    let ko = match &options.oot_module {
+                        Some(module) => module.ko.clone(),
+                        None => {
+                            find_module_file(reference_build, module_name).ok_or_else(|| {
+                                InputError::ModuleNotFound {
+                                    module: module_name.clone(),
+                                    dir: reference_build.to_path_buf(),
+                                }
+                            })?
                         }
-                    })?;
+                    };
                     let data = read_file(&ko, "module", "build the original modules")?;
                     module_depends.insert(module_name.clone(), resolve::module_depends(&data));
                     module_symbols.insert(

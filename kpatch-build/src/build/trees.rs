@@ -60,6 +60,12 @@ pub fn sync_linked_tree(source: &Path, copy: &Path) -> Result<SyncStats, TreeErr
     sync_tree(source, copy, true)
 }
 
+/// Makes `copy` a copied mirror of `source`, never linked: for a tree Kbuild builds in
+/// (an out-of-tree module's `M=` directory), whose files it may rewrite in place.
+pub fn sync_copied_tree(source: &Path, copy: &Path) -> Result<SyncStats, TreeError> {
+    sync_tree(source, copy, false)
+}
+
 fn sync_tree(source: &Path, copy: &Path, try_links: bool) -> Result<SyncStats, TreeError> {
     let mut state = SyncState {
         stats: SyncStats::default(),

@@ -1,0 +1,494 @@
+//! Out-of-tree modules (`--oot-module FILE.ko --oot-module-src DIR`, as kpatch-build has
+//! them): the patches apply to the module's source directory, whose units are built as an
+//! external module (`make -C <kernel build> M=<dir>`) against kpatch-rs's prepared original
+//! kernel build; the klp object is the module `FILE.ko` names, and its symbols come from
+//! `FILE.ko`.
+//!
+//! The user's `DIR` is never written: the original and the patched builds each run in a
+//! copy of it in the cache entry (copied, not linked, since Kbuild rewrites its own files in
+//! an `M=` directory in place), brought back to `DIR` before every build.
+//!
+//! A livepatch is only right for the module that runs when the original build is that
+//! module's build, so kpatch-rs refuses (exit 2), saying why, when it cannot be sure: a
+//! `FILE.ko` without a symbol table (stripped), one of another kernel release or vermagic
+//! than the livepatch gets, a unit of `DIR` that Kbuild builds into another module than
+//! `FILE.ko`'s, and a function of an original unit that `FILE.ko` does not define (the
+//! source is not the one `FILE.ko` was built from).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kpatch_diff::compare::Refusal;
+use object::{Object, ObjectSymbol, SymbolKind};
+
+use super::compile::{self, Compiled};
+use super::inputs::{read_file, Inputs};
+use super::kbuild::{KernelBuild, DIFF_KCFLAGS};
+use super::module::KlpObjectName;
+use super::units::{self, UnitsError};
+use super::{io_error, patches, targets, trees, BuildError, BuildOptions};
+
+/// `--oot-module FILE.ko --oot-module-src DIR`.
+#[derive(Debug, Clone)]
+pub struct OotModule {
+    /// The module as it runs (`FILE.ko`, with its symbol table).
+    pub ko: PathBuf,
+    /// The module's source directory, which the patches apply to; never written.
+    pub source: PathBuf,
+}
+
+/// Why an out-of-tree module cannot be patched; [`OotError::is_refusal`] tells the
+/// refusals (exit 2) from the bad inputs (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum OotError {
+    #[error("out-of-tree module {} does not exist; pass the module's .ko with --oot-module", .0.display())]
+    NoModule(PathBuf),
+    #[error(
+        "{} is not a kernel module ({why}); pass the out-of-tree module's .ko with --oot-module",
+        path.display()
+    )]
+    NotAModule { path: PathBuf, why: String },
+    #[error(
+        "{} is not an out-of-tree module's source directory (no Makefile or Kbuild); pass the \
+         directory the module is built from with --oot-module-src",
+        .0.display()
+    )]
+    NoSource(PathBuf),
+    #[error(
+        "cannot patch out-of-tree module {}: it has no symbol table (stripped), so the \
+         functions the livepatch replaces cannot be found in it; pass the unstripped .ko",
+        .0.display()
+    )]
+    Stripped(PathBuf),
+    #[error(
+        "cannot patch out-of-tree module {}: it was built for {theirs}, and the livepatch \
+         would be for {ours}; pass the kernel the module runs on (--vmlinux, --config, \
+         --kernel-release) or the module built for this one",
+        ko.display()
+    )]
+    OtherKernel {
+        ko: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error(
+        "cannot patch out-of-tree module {}: {unit} of {} is built into module {built}, not \
+         {name}; pass the source directory of {name} with --oot-module-src",
+        ko.display(),
+        src.display()
+    )]
+    OtherModule {
+        ko: PathBuf,
+        src: PathBuf,
+        unit: String,
+        built: String,
+        name: String,
+    },
+    #[error(
+        "cannot patch out-of-tree module {}: {unit} of {} defines {} that the module does not \
+         have, so {} is not the source {} was built from; pass the module's own source",
+        ko.display(),
+        src.display(),
+        missing.join(", "),
+        src.display(),
+        ko.display()
+    )]
+    OtherSource {
+        ko: PathBuf,
+        src: PathBuf,
+        unit: String,
+        missing: Vec<String>,
+    },
+}
+
+impl OotError {
+    /// Whether this is a refusal to patch (exit 2) rather than a wrong input (exit 1).
+    pub fn is_refusal(&self) -> bool {
+        self.refused_module().is_some()
+    }
+
+    /// The module a refusal is about.
+    fn refused_module(&self) -> Option<&Path> {
+        match self {
+            OotError::Stripped(ko)
+            | OotError::OtherKernel { ko, .. }
+            | OotError::OtherModule { ko, .. }
+            | OotError::OtherSource { ko, .. } => Some(ko),
+            OotError::NoModule(_) | OotError::NotAModule { .. } | OotError::NoSource(_) => None,
+        }
+    }
+}
+
+/// A refusal is one like the diff's (exit 2, a `refusals` entry in `--json`), about the
+/// module; the other errors are the inputs' (exit 1).
+impl From<OotError> for BuildError {
+    fn from(error: OotError) -> BuildError {
+        let Some(ko) = error.refused_module() else {
+            return BuildError::Oot(error);
+        };
+        let object = format!("out-of-tree module {}", ko.display());
+        let text = error.to_string();
+        let reason = text
+            .strip_prefix(&format!("cannot patch {object}: "))
+            .unwrap_or(&text)
+            .to_string();
+        BuildError::Unpatchable {
+            refusals: vec![Refusal {
+                object,
+                section: String::new(),
+                symbol: String::new(),
+                reason,
+            }],
+        }
+    }
+}
+
+/// What the module file says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleFacts {
+    /// The module's name as the kernel knows it (`.modinfo` `name=`, else the file's stem
+    /// with `-` as `_`).
+    pub name: String,
+    /// `.modinfo` `vermagic=`.
+    pub vermagic: String,
+    /// The functions its symbol table defines.
+    pub functions: BTreeSet<String>,
+    /// Whether its symbol table has file symbols: `strip --strip-unneeded` removes them with
+    /// every local function, and keeps only what the module's relocations need.
+    pub file_symbols: bool,
+}
+
+/// Reads a module's name, vermagic and defined functions.
+pub fn module_facts(path: &Path, data: &[u8]) -> Result<ModuleFacts, OotError> {
+    let not_a_module = |why: &str| OotError::NotAModule {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    let file = object::File::parse(data).map_err(|e| not_a_module(&e.to_string()))?;
+    if file.kind() != object::ObjectKind::Relocatable {
+        return Err(not_a_module("not a relocatable ELF object"));
+    }
+    let modinfo = |key: &str| modinfo(data, key);
+    let vermagic = modinfo("vermagic").ok_or_else(|| not_a_module("no .modinfo vermagic"))?;
+    let stem = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .map(targets::normalize)
+        .unwrap_or_default();
+    let name = modinfo("name").unwrap_or(stem).replace('-', "_");
+    let functions: BTreeSet<String> = file
+        .symbols()
+        .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.is_definition())
+        .filter_map(|symbol| symbol.name().ok().map(str::to_string))
+        .filter(|name| !name.is_empty())
+        .collect();
+    if functions.is_empty() {
+        return Err(OotError::Stripped(path.to_path_buf()));
+    }
+    let file_symbols = file
+        .symbols()
+        .any(|symbol| symbol.kind() == SymbolKind::File);
+    Ok(ModuleFacts {
+        name,
+        vermagic,
+        functions,
+        file_symbols,
+    })
+}
+
+/// An entry of a module's `.modinfo` (`vermagic`, `name`).
+pub fn modinfo(data: &[u8], key: &str) -> Option<String> {
+    use object::ObjectSection;
+    let file = object::File::parse(data).ok()?;
+    let section = file.section_by_name(".modinfo")?.data().ok()?;
+    let prefix = format!("{key}=");
+    section
+        .split(|&byte| byte == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).trim().to_string())
+}
+
+/// The arguments, checked in the inputs phase before any work.
+pub fn check_inputs(module: &OotModule) -> Result<(), BuildError> {
+    if !module.ko.is_file() {
+        return Err(OotError::NoModule(module.ko.clone()).into());
+    }
+    let has_makefile = ["Makefile", "Kbuild"]
+        .iter()
+        .any(|file| module.source.join(file).is_file());
+    if !has_makefile {
+        return Err(OotError::NoSource(module.source.clone()).into());
+    }
+    Ok(())
+}
+
+/// The module and the two copies of its source a build works in.
+#[derive(Debug)]
+pub struct OotTrees {
+    pub module: OotModule,
+    pub facts: ModuleFacts,
+    /// The copy of the source the original units are built in.
+    pub original: PathBuf,
+    /// The copy with the patches applied.
+    pub patched: PathBuf,
+}
+
+/// Reads the module, checks its release, and makes both copies of its source, the patched
+/// one with the patches applied.
+pub fn patch_trees(
+    module: &OotModule,
+    options: &BuildOptions,
+    inputs: &Inputs,
+) -> Result<OotTrees, BuildError> {
+    let data = read_file(&module.ko, "out-of-tree module", "pass --oot-module")?;
+    let facts = module_facts(&module.ko, &data)?;
+    if let Some(release) = &inputs.release {
+        let theirs = facts.vermagic.split_whitespace().next().unwrap_or_default();
+        if theirs != release {
+            return Err(OotError::OtherKernel {
+                ko: module.ko.clone(),
+                theirs: format!("kernel release {theirs}"),
+                ours: format!("{release} (the release of the kernel files given)"),
+            }
+            .into());
+        }
+    }
+    let source = fs::canonicalize(&module.source).map_err(io_error("resolve", &module.source))?;
+    let mut key = kpatch_support::Fnv1a::new();
+    key.write(source.as_os_str().as_encoded_bytes());
+    let dir = inputs.cache.join("oot").join(key.hex());
+    let original = dir.join("original");
+    let patched = dir.join("patched");
+    trees::sync_copied_tree(&source, &original)?;
+    trees::sync_copied_tree(&source, &patched)?;
+    for patch in &options.patches {
+        patches::apply(&patched, patch, &inputs.log)?;
+    }
+    Ok(OotTrees {
+        module: module.clone(),
+        facts,
+        original,
+        patched,
+    })
+}
+
+/// The compile phase for an out-of-tree module: the original kernel build prepared as for
+/// in-tree units, the touched units built in both copies as objects of an external module,
+/// then the checks that the original build is `FILE.ko`'s.
+pub fn compile(
+    options: &BuildOptions,
+    inputs: &Inputs,
+    trees: &OotTrees,
+) -> Result<Compiled, BuildError> {
+    let kernel = KernelBuild {
+        source: options.sourcedir.clone(),
+        output: inputs.cache.join("original"),
+        jobs: options.jobs.max(1),
+        log: inputs.cache.join("original.log"),
+        release: inputs.release.clone(),
+        make_vars: options.make_vars.clone(),
+    };
+    let config_text = read_file(&options.config, "kernel config", "pass --config")?;
+    let config_text = String::from_utf8_lossy(&config_text).into_owned();
+    let mut flags = vec![format!(
+        "-I{}",
+        compile::write_headers(&inputs.cache)?.display()
+    )];
+    flags.extend(
+        compile::debug_info_flags(&config_text)
+            .iter()
+            .map(|flag| flag.to_string()),
+    );
+    let include_flag = flags.join(" ");
+    kernel.prepare(&options.config, &include_flag)?;
+    compile::check_config_kept(&options.config, &kernel.output.join(".config"))?;
+    let kcflags = format!("{DIFF_KCFLAGS} {include_flag}");
+
+    let objects = units_to_build(&kernel, &inputs.touched, &trees.original, &kcflags)?;
+    let targets: Vec<String> = std::iter::once("objtool-enabled=y".to_string())
+        .chain(objects.iter().map(|o| o.display().to_string()))
+        .collect();
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    for (what, copy) in [
+        (
+            "building the out-of-tree module's original objects",
+            &trees.original,
+        ),
+        (
+            "building the out-of-tree module's patched objects",
+            &trees.patched,
+        ),
+    ] {
+        for object in &objects {
+            let _ = fs::remove_file(copy.join(object));
+        }
+        kernel.build_external(what, copy, &targets, &kcflags)?;
+    }
+    let kernel_layout = super::probe::kernel_layout(&kernel, &inputs.cache, &config_text)?;
+    for object in &objects {
+        check_unit(trees, object)?;
+    }
+    Ok(Compiled {
+        original: kernel.clone(),
+        patched: kernel,
+        units: objects,
+        kernel_layout,
+        original_objects: trees.original.clone(),
+        patched_objects: trees.patched.clone(),
+    })
+}
+
+/// The units for the touched files, relative to the module's directory: a `.c` is one
+/// unit; a header, every unit whose Kbuild dependency list names it, read from a full build
+/// of the original copy.
+fn units_to_build(
+    kernel: &KernelBuild,
+    touched: &[PathBuf],
+    original: &Path,
+    kcflags: &str,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let mut objects = Vec::new();
+    let mut built_all = false;
+    for file in touched {
+        if file.extension().and_then(|e| e.to_str()) == Some("c") {
+            objects.push(units::unit_of_c_file(original, file));
+            continue;
+        }
+        if !built_all {
+            kernel.build_external(
+                "building the out-of-tree module once for header dependencies",
+                original,
+                &["modules"],
+                kcflags,
+            )?;
+            built_all = true;
+        }
+        let mut dependents = units::objects_including(original, &original.join(file))?;
+        if dependents.is_empty() {
+            if let Ok(canonical) = fs::canonicalize(original.join(file)) {
+                dependents = units::objects_including(original, &canonical)?;
+            }
+        }
+        if dependents.is_empty() {
+            return Err(UnitsError::UnusedHeader {
+                header: file.display().to_string(),
+            }
+            .into());
+        }
+        objects.extend(dependents);
+    }
+    objects.sort();
+    objects.dedup();
+    Ok(objects)
+}
+
+/// A unit of the original copy must be of `FILE.ko`'s module, and every function it defines
+/// must be one `FILE.ko` defines.
+fn check_unit(trees: &OotTrees, object: &Path) -> Result<(), BuildError> {
+    let unit = object.display().to_string();
+    let built = targets::klp_object_of(&trees.original, object);
+    if built != KlpObjectName::Module(trees.facts.name.clone()) {
+        return Err(OotError::OtherModule {
+            ko: trees.module.ko.clone(),
+            src: trees.module.source.clone(),
+            unit,
+            built: built.klp_name().to_string(),
+            name: trees.facts.name.clone(),
+        }
+        .into());
+    }
+    let path = trees.original.join(object);
+    let data = read_file(&path, "object", "see the build log")?;
+    let missing = missing_functions(&data, &trees.facts.functions);
+    if !missing.is_empty() && !trees.facts.file_symbols {
+        return Err(OotError::Stripped(trees.module.ko.clone()).into());
+    }
+    if !missing.is_empty() {
+        return Err(OotError::OtherSource {
+            ko: trees.module.ko.clone(),
+            src: trees.module.source.clone(),
+            unit,
+            missing,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The functions an object defines that `functions` lacks (at most five, then `...`).
+pub fn missing_functions(object: &[u8], functions: &BTreeSet<String>) -> Vec<String> {
+    let Ok(file) = object::File::parse(object) else {
+        return vec!["(an unreadable object)".to_string()];
+    };
+    let mut missing: Vec<String> = file
+        .symbols()
+        .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.is_definition())
+        .filter_map(|symbol| symbol.name().ok().map(str::to_string))
+        .filter(|name| !name.is_empty() && !functions.contains(name))
+        // objtool's padding symbols name the function they stand before.
+        .filter(|name| !name.starts_with("__pfx_") && !name.starts_with("__cfi_"))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.len() > 5 {
+        missing.truncate(5);
+        missing.push("...".to_string());
+    }
+    missing
+}
+
+/// The livepatch loads only where `FILE.ko` does: its vermagic must be the module's.
+pub fn check_vermagic(trees: &OotTrees, livepatch: &[u8]) -> Result<(), BuildError> {
+    let ours = modinfo(livepatch, "vermagic").unwrap_or_default();
+    if ours == trees.facts.vermagic {
+        return Ok(());
+    }
+    Err(OotError::OtherKernel {
+        ko: trees.module.ko.clone(),
+        theirs: format!("vermagic {:?}", trees.facts.vermagic),
+        ours: format!("vermagic {ours:?}"),
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_exit_2_and_wrong_inputs_exit_1() {
+        let refusal = BuildError::from(OotError::Stripped(PathBuf::from("m.ko")));
+        assert_eq!(refusal.exit_code(), crate::exit::UNPATCHABLE);
+        assert_eq!(refusal.outcome(), "refused");
+        let BuildError::Unpatchable { refusals } = &refusal else {
+            panic!("{refusal:?}");
+        };
+        assert_eq!(refusals[0].object, "out-of-tree module m.ko");
+        assert!(
+            refusals[0]
+                .reason
+                .starts_with("it has no symbol table (stripped)"),
+            "{refusals:?}"
+        );
+        assert_eq!(
+            refusal.to_string(),
+            OotError::Stripped(PathBuf::from("m.ko")).to_string()
+        );
+        let input = BuildError::from(OotError::NoModule(PathBuf::from("m.ko")));
+        assert_eq!(input.exit_code(), crate::exit::ERROR);
+        assert!(input
+            .to_string()
+            .contains("pass the module's .ko with --oot-module"));
+    }
+
+    #[test]
+    fn a_file_that_is_no_module_is_an_input_error() {
+        let error = module_facts(Path::new("x.ko"), b"not an ELF file").expect_err("no ELF");
+        assert!(!error.is_refusal());
+        assert!(
+            error.to_string().starts_with("x.ko is not a kernel module"),
+            "{error}"
+        );
+    }
+}
