@@ -35,6 +35,7 @@ use xshell::{cmd, Shell};
 
 use crate::guest::{run_jobs, Ending, Job, Rootfs};
 use crate::kernel::KernelDirs;
+use crate::suite_apt::SuiteApt;
 
 const SOURCE_PACKAGE: &str = "linux-source-6.12";
 const SOURCE_TARBALL: &str = "usr/src/linux-source-6.12.tar.xz";
@@ -64,6 +65,9 @@ struct Options {
     rebuild: bool,
     report_only: bool,
     files: Vec<String>,
+    /// Another Debian suite than this machine's (`trixie`): its packages through a private
+    /// apt state, its builds with `--chroot` in a root of that suite.
+    suite: Option<&'static str>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
@@ -77,6 +81,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         rebuild: false,
         report_only: false,
         files: Vec::new(),
+        suite: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -105,10 +110,14 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--skip-guest" => options.skip_guest = true,
             "--rebuild" => options.rebuild = true,
             "--report-only" => options.report_only = true,
+            "--suite" => match value("a Debian suite")?.as_str() {
+                "trixie" => options.suite = Some("trixie"),
+                other => bail!("--suite takes trixie (Debian 13), not `{other}`"),
+            },
             other => bail!(
                 "unknown argument `{other}` to `cargo xtask stable-delta` (expected --from A \
                  --to B [--sample] [--parallel N] [--limit N] [--file PATH]... [--skip-guest] \
-                 [--rebuild] [--report-only])"
+                 [--rebuild] [--report-only] [--suite trixie])"
             ),
         }
     }
@@ -129,11 +138,14 @@ struct Release {
 }
 
 /// `apt-cache madison`'s versions of `package`, newest first.
-fn madison(sh: &Shell, package: &str) -> Result<Vec<String>> {
-    let text = cmd!(sh, "apt-cache madison {package}")
-        .quiet()
-        .read()
-        .with_context(|| format!("apt-cache madison {package} failed (apt-get update?)"))?;
+fn madison(sh: &Shell, apt: Option<&SuiteApt>, package: &str) -> Result<Vec<String>> {
+    let text = match apt {
+        Some(apt) => apt.cache_query(sh, &["madison", package])?,
+        None => cmd!(sh, "apt-cache madison {package}")
+            .quiet()
+            .read()
+            .with_context(|| format!("apt-cache madison {package} failed (apt-get update?)"))?,
+    };
     let mut versions: Vec<String> = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -147,8 +159,8 @@ fn madison(sh: &Shell, package: &str) -> Result<Vec<String>> {
 }
 
 /// Maps `6.12.111` or `6.12.111-1~deb12u1` to the Debian version of the source package.
-fn resolve_release(sh: &Shell, wanted: &str) -> Result<Release> {
-    let versions = madison(sh, SOURCE_PACKAGE)?;
+fn resolve_release(sh: &Shell, apt: Option<&SuiteApt>, wanted: &str) -> Result<Release> {
+    let versions = madison(sh, apt, SOURCE_PACKAGE)?;
     let version = versions
         .iter()
         .find(|v| *v == wanted)
@@ -171,19 +183,22 @@ fn resolve_release(sh: &Shell, wanted: &str) -> Result<Release> {
 
 /// The kernel release (ABI string plus flavour, `6.12.111+deb12-amd64`) whose packages the
 /// FROM source version built.
-fn kernel_release(sh: &Shell, release: &Release) -> Result<String> {
+fn kernel_release(sh: &Shell, apt: Option<&SuiteApt>, release: &Release) -> Result<String> {
     let pattern = format!(
         "^linux-image-{}\\+[a-z0-9]+-amd64-unsigned$",
         release.upstream.replace('.', "\\.")
     );
-    let text = cmd!(sh, "apt-cache search --names-only {pattern}")
-        .quiet()
-        .read()?;
+    let text = match apt {
+        Some(apt) => apt.cache_query(sh, &["search", "--names-only", &pattern])?,
+        None => cmd!(sh, "apt-cache search --names-only {pattern}")
+            .quiet()
+            .read()?,
+    };
     for line in text.lines() {
         let Some(name) = line.split(" - ").next().map(str::trim) else {
             continue;
         };
-        if madison(sh, name)?.contains(&release.version) {
+        if madison(sh, apt, name)?.contains(&release.version) {
             if let Some(r) = name
                 .strip_prefix("linux-image-")
                 .and_then(|n| n.strip_suffix("-unsigned"))
@@ -201,7 +216,13 @@ fn kernel_release(sh: &Shell, release: &Release) -> Result<String> {
 
 /// Downloads `package=version` into `cache/debs` unless there, and unpacks it once into
 /// `cache/x/<package>_<version>/`.
-fn ensure_package(sh: &Shell, cache: &Path, package: &str, version: &str) -> Result<PathBuf> {
+fn ensure_package(
+    sh: &Shell,
+    apt: Option<&SuiteApt>,
+    cache: &Path,
+    package: &str,
+    version: &str,
+) -> Result<PathBuf> {
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
     let unpacked = cache.join("x").join(format!("{package}_{version}"));
@@ -223,12 +244,17 @@ fn ensure_package(sh: &Shell, cache: &Path, package: &str, version: &str) -> Res
         Some(deb) => deb,
         None => {
             eprintln!("stable-delta: downloading {package}={version}");
-            let _dir = sh.push_dir(&debs);
             let spec = format!("{package}={version}");
-            cmd!(sh, "apt-get download {spec}")
-                .quiet()
-                .run()
-                .with_context(|| format!("cannot download {spec} (apt-get update?)"))?;
+            match apt {
+                Some(apt) => apt.download(sh, &spec, &debs)?,
+                None => {
+                    let _dir = sh.push_dir(&debs);
+                    cmd!(sh, "apt-get download {spec}")
+                        .quiet()
+                        .run()
+                        .with_context(|| format!("cannot download {spec} (apt-get update?)"))?;
+                }
+            }
             find_deb()?.with_context(|| format!("apt-get left no {package} .deb"))?
         }
     };
@@ -266,7 +292,8 @@ fn ensure_tree(sh: &Shell, cache: &Path, package_dir: &Path, version: &str) -> R
 /// The FROM kernel's unpacked packages.
 struct Kernel {
     release: String,
-    image: PathBuf,
+    /// Where the image's `lib/modules` is: the image, or its `usr/` (Debian 13 merged /usr).
+    modules_base: PathBuf,
     vmlinux: PathBuf,
     debug_modules: PathBuf,
     config: PathBuf,
@@ -607,6 +634,8 @@ struct BuildContext {
     debug_modules: PathBuf,
     run: PathBuf,
     slots: PathBuf,
+    /// `--chroot` for every build: the suite's root when the suite is not this machine's.
+    chroot: Option<PathBuf>,
 }
 
 /// One `kpatch-rs build` run for `row` with `modules` under --modules: exit code (-1 when
@@ -636,7 +665,14 @@ fn run_kpatch(
         .arg(modules)
         .arg("--cache-dir")
         .arg(context.slots.join(format!("slot{slot}")))
-        .args(["-j2", "--json", "-n", &row.name, "-o"])
+        .args(["-j2", "--json", "-n", &row.name])
+        .args(
+            context
+                .chroot
+                .iter()
+                .flat_map(|root| [std::ffi::OsStr::new("--chroot"), root.as_os_str()]),
+        )
+        .arg("-o")
         .arg(out)
         .arg(patch)
         .stdin(Stdio::null())
@@ -769,9 +805,9 @@ impl ModuleIndex {
 }
 
 fn module_index(sh: &Shell, kernel: &Kernel) -> Result<ModuleIndex> {
-    let image = &kernel.image;
+    let base = &kernel.modules_base;
     let release = &kernel.release;
-    let text = cmd!(sh, "depmod -b {image} -n {release}")
+    let text = cmd!(sh, "depmod -b {base} -n {release}")
         .quiet()
         .ignore_stderr()
         .read()?;
@@ -858,7 +894,7 @@ fn decompress_module(
     let target = dir.join(file);
     if !target.exists() {
         let compressed = kernel
-            .image
+            .modules_base
             .join("lib/modules")
             .join(&kernel.release)
             .join(path);
@@ -1529,34 +1565,45 @@ pub fn run(args: &[String]) -> Result<()> {
     let options = parse_args(args)?;
     let sh = Shell::new()?;
     let root = crate::project_root();
-    let cache = crate::cache_dir("stable-delta")?;
+    let cache = crate::cache_dir(&match options.suite {
+        Some(suite) => format!("stable-delta-{suite}"),
+        None => "stable-delta".to_string(),
+    })?;
     std::fs::create_dir_all(&cache)?;
     let mut stages: Vec<(String, f64)> = Vec::new();
 
     let start = Instant::now();
-    let from = resolve_release(&sh, &options.from)?;
-    let to = resolve_release(&sh, &options.to)?;
-    let release = kernel_release(&sh, &from)?;
+    let apt = match options.suite {
+        Some(suite) => Some(SuiteApt::new(&sh, &cache, suite)?),
+        None => None,
+    };
+    let apt = apt.as_ref();
+    let from = resolve_release(&sh, apt, &options.from)?;
+    let to = resolve_release(&sh, apt, &options.to)?;
+    let release = kernel_release(&sh, apt, &from)?;
     eprintln!(
         "stable-delta: {} → {}, kernel {release}",
         from.version, to.version
     );
-    let from_source = ensure_package(&sh, &cache, SOURCE_PACKAGE, &from.version)?;
-    let to_source = ensure_package(&sh, &cache, SOURCE_PACKAGE, &to.version)?;
+    let from_source = ensure_package(&sh, apt, &cache, SOURCE_PACKAGE, &from.version)?;
+    let to_source = ensure_package(&sh, apt, &cache, SOURCE_PACKAGE, &to.version)?;
     let image = ensure_package(
         &sh,
+        apt,
         &cache,
         &format!("linux-image-{release}-unsigned"),
         &from.version,
     )?;
     let dbg = ensure_package(
         &sh,
+        apt,
         &cache,
         &format!("linux-image-{release}-dbg"),
         &from.version,
     )?;
     let headers = ensure_package(
         &sh,
+        apt,
         &cache,
         &format!("linux-headers-{release}"),
         &from.version,
@@ -1580,7 +1627,11 @@ pub fn run(args: &[String]) -> Result<()> {
         config: image.join(format!("boot/config-{release}")),
         vmlinuz: image.join(format!("boot/vmlinuz-{release}")),
         symvers: headers.join(format!("usr/src/linux-headers-{release}/Module.symvers")),
-        image,
+        modules_base: if image.join("lib/modules").is_dir() {
+            image.clone()
+        } else {
+            image.join("usr")
+        },
         release: release.clone(),
     };
     let start = Instant::now();
@@ -1694,6 +1745,10 @@ pub fn run(args: &[String]) -> Result<()> {
         debug_modules: kernel.debug_modules.clone(),
         run: run.clone(),
         slots: cache.join("build-slots"),
+        chroot: match options.suite {
+            Some(suite) => Some(crate::build_root::ensure(&sh, suite)?),
+            None => None,
+        },
     };
     let guest_context = GuestContext {
         kernel,

@@ -67,6 +67,15 @@ impl SuiteApt {
         .collect()
     }
 
+    /// What `apt-cache ARGS` prints with this suite's package lists.
+    pub fn cache_query(&self, sh: &Shell, args: &[&str]) -> Result<String> {
+        let options = self.options();
+        cmd!(sh, "apt-cache {options...} {args...}")
+            .quiet()
+            .read()
+            .with_context(|| format!("apt-cache {} failed for {}", args.join(" "), self.suite))
+    }
+
     /// `apt-get download WANTED` (a package, or `package=version`) into `dir`; with the
     /// package lists read again when the kept ones name a file the archive no longer has.
     pub fn download(&self, sh: &Shell, wanted: &str, dir: &Path) -> Result<()> {
