@@ -23,6 +23,15 @@ pub const DIFF_KCFLAGS: &str = "-ffunction-sections -fdata-sections";
 /// The make variable that runs objtool on each object (see [`KernelBuild::build_objects`]).
 const OBJTOOL_PER_OBJECT: &str = "objtool-enabled=y";
 
+/// Kbuild's tools that `prepare` builds but that nothing kpatch-rs runs in a prepared build
+/// directory uses, so that preparing and single-object builds assume them made (make's `-o`):
+/// `resolve_btfids` and its libbpf, which Kbuild's `prepare` wants with
+/// `CONFIG_DEBUG_INFO_BTF` (Debian's config: about 10 s of CPU), run only by the link of
+/// vmlinux and, for a module, by its BTF step (`scripts/Makefile.modfinal`), which Kbuild
+/// skips when the build directory has no vmlinux. Only [`KernelBuild::build_all`] puts a
+/// vmlinux there, and it is not given this list, so it builds the tool first.
+const UNUSED_TOOLS: &[&str] = &["tools/bpf/resolve_btfids"];
+
 /// A command that could not run or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} failed: `{command}`{tail}")]
@@ -277,19 +286,56 @@ pub struct KernelBuild {
 }
 
 impl KernelBuild {
+    /// `make -C SOURCE O=OUTPUT`, as Kbuild documents it: its top Makefile starts a second
+    /// make in the output directory.
     fn make(&self) -> Command {
+        let mut command = self.make_no_arguments();
+        self.make_arguments(&mut command);
+        command
+    }
+
+    fn make_no_arguments(&self) -> Command {
         let mut command = Command::new("make");
         command
             .arg("-C")
             .arg(&self.source)
-            .arg(format!("O={}", self.output.display()))
-            .arg(format!("-j{}", self.jobs.max(1)));
+            .arg(format!("O={}", self.output.display()));
+        command
+    }
+
+    /// The make that Kbuild's top Makefile would start for [`Self::make`] (in the output
+    /// directory, `-f` the source tree's Makefile; `--no-print-directory` is what tells it
+    /// that it is that second make), run directly, so that make's `-o` options, which make
+    /// does not pass on, reach it: [`UNUSED_TOOLS`] are not built. A kernel whose Makefile
+    /// starts a second make anyway just builds them.
+    fn make_in_output(&self) -> Command {
+        let output = std::path::absolute(&self.output).unwrap_or_else(|_| self.output.clone());
+        let makefile = std::path::absolute(self.source.join("Makefile"))
+            .unwrap_or_else(|_| self.source.join("Makefile"));
+        let mut command = Command::new("make");
+        command
+            .arg("-C")
+            .arg(&output)
+            .arg("-f")
+            .arg(makefile)
+            .arg("--no-print-directory")
+            .arg(format!("O={}", output.display()));
+        for tool in UNUSED_TOOLS {
+            command.arg("-o").arg(tool);
+        }
+        self.make_arguments(&mut command);
+        command
+    }
+
+    /// What every make run gets: the jobs, the release, the user's variables, the compiler
+    /// cache's environment.
+    fn make_arguments(&self, command: &mut Command) {
+        command.arg(format!("-j{}", self.jobs.max(1)));
         if let Some(release) = &self.release {
             command.arg(format!("KERNELRELEASE={release}"));
         }
         command.args(&self.make_vars);
-        self.compiler_cache_env(&mut command);
-        command
+        self.compiler_cache_env(command);
     }
 
     /// What a compiler cache needs to find a unit compiled in another kpatch-rs cache (an
@@ -345,13 +391,13 @@ impl KernelBuild {
         if configured.lines().any(|line| line == "CONFIG_OBJTOOL=y") {
             run_logged(
                 "preparing the kernel build (objtool)",
-                self.make().args([&kcflags, "tools/objtool"]),
+                self.make_in_output().args([&kcflags, "tools/objtool"]),
                 &self.log,
             )?;
         }
         run_logged(
             "preparing the kernel build (modules_prepare)",
-            self.make()
+            self.make_in_output()
                 .args([&kcflags, OBJTOOL_PER_OBJECT, "modules_prepare"]),
             &self.log,
         )?;
@@ -371,7 +417,8 @@ impl KernelBuild {
             && self.output.join(".config").is_file()
     }
 
-    /// Builds the whole tree (vmlinux and modules), as the kernel's own build does; its `.cmd`
+    /// Builds the whole tree (vmlinux and modules), as the kernel's own build does, with every
+    /// tool (none of [`UNUSED_TOOLS`] assumed made: linking vmlinux runs them); its `.cmd`
     /// files then tell which objects include which header.
     pub fn build_all(&self, what: &str) -> Result<(), CommandError> {
         run_logged(what, self.make().args(["vmlinux", "modules"]), &self.log)
@@ -390,7 +437,9 @@ impl KernelBuild {
         for object in objects {
             let _ = fs::remove_file(self.output.join(object));
         }
-        let mut command = self.make();
+        // Kbuild's single-object rule goes through `prepare` again, so it gets the same tools
+        // assumed made as the preparation.
+        let mut command = self.make_in_output();
         command.arg(object_kcflags(extra_cflags));
         // With IBT, Kbuild runs objtool on vmlinux.o as a whole instead of on each object, so a
         // single object would come without its ORC unwind data, return-thunk and call sites.
@@ -410,16 +459,40 @@ impl KernelBuild {
         extra_cflags: &str,
     ) -> Result<(), CommandError> {
         let mut command = Command::new("make");
-        command
-            .arg("-C")
-            .arg(&self.output)
-            .arg(format!("M={}", directory.display()))
-            .arg(format!("-j{}", self.jobs.max(1)));
-        if let Some(release) = &self.release {
-            command.arg(format!("KERNELRELEASE={release}"));
-        }
-        command.args(&self.make_vars);
-        self.compiler_cache_env(&mut command);
+        command.arg("-C").arg(&self.output);
+        self.run_external(what, command, directory, targets, extra_cflags)
+    }
+
+    /// [`Self::build_external`] as `make -C SOURCE O=OUTPUT M=DIRECTORY`, which reads Kbuild's
+    /// top Makefile from the source tree, never the output directory's generated `Makefile`:
+    /// for a build that runs while another make builds objects in the output directory, as
+    /// each of those writes that file again.
+    pub fn build_external_beside(
+        &self,
+        what: &str,
+        directory: &Path,
+        targets: &[&str],
+        extra_cflags: &str,
+    ) -> Result<(), CommandError> {
+        self.run_external(
+            what,
+            self.make_no_arguments(),
+            directory,
+            targets,
+            extra_cflags,
+        )
+    }
+
+    fn run_external(
+        &self,
+        what: &str,
+        mut command: Command,
+        directory: &Path,
+        targets: &[&str],
+        extra_cflags: &str,
+    ) -> Result<(), CommandError> {
+        command.arg(format!("M={}", directory.display()));
+        self.make_arguments(&mut command);
         if !extra_cflags.is_empty() {
             command.arg(format!("KCFLAGS={extra_cflags}"));
         }
@@ -544,6 +617,47 @@ pub fn run_job(
 
 #[cfg(test)]
 mod tests {
+    use super::{render_command, KernelBuild};
+    use std::path::PathBuf;
+
+    fn kernel_build() -> KernelBuild {
+        KernelBuild {
+            source: PathBuf::from("/src/linux"),
+            output: PathBuf::from("/cache/entry/original"),
+            jobs: 2,
+            log: PathBuf::from("/cache/entry/original.log"),
+            release: Some("6.12.0".to_string()),
+            make_vars: vec!["LLVM=1".to_string()],
+        }
+    }
+
+    #[test]
+    fn preparing_and_object_builds_skip_resolve_btfids_but_the_full_build_makes_it() {
+        let build = kernel_build();
+        // Make's `-o` is not passed on to a second make, so the command must be that second
+        // make itself: in the output directory, Kbuild's Makefile from the source tree,
+        // `--no-print-directory` (without which Kbuild starts another make).
+        assert_eq!(
+            render_command(&build.make_in_output()),
+            "make -C /cache/entry/original -f /src/linux/Makefile --no-print-directory \
+             O=/cache/entry/original -o tools/bpf/resolve_btfids -j2 KERNELRELEASE=6.12.0 LLVM=1"
+        );
+        assert_eq!(
+            render_command(&build.make()),
+            "make -C /src/linux O=/cache/entry/original -j2 KERNELRELEASE=6.12.0 LLVM=1"
+        );
+        // A relative output directory is made absolute: after `-C` it would name another one.
+        let relative = KernelBuild {
+            output: PathBuf::from("entry/original"),
+            ..kernel_build()
+        };
+        let cwd = std::env::current_dir().expect("cwd");
+        let line = render_command(&relative.make_in_output());
+        assert!(
+            line.contains(&format!("O={}", cwd.join("entry/original").display())),
+            "{line}"
+        );
+    }
     #[test]
     fn the_first_compiler_error_of_this_run_is_named() {
         let dir = tempfile::tempdir().expect("temp dir");
