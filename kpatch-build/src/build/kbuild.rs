@@ -23,14 +23,18 @@ pub const DIFF_KCFLAGS: &str = "-ffunction-sections -fdata-sections";
 /// The make variable that runs objtool on each object (see [`KernelBuild::build_objects`]).
 const OBJTOOL_PER_OBJECT: &str = "objtool-enabled=y";
 
-/// Kbuild's tools that `prepare` builds but that nothing kpatch-rs runs in a prepared build
+/// Targets of Kbuild's `prepare` whose programs nothing kpatch-rs runs in a prepared build
 /// directory uses, so that preparing and single-object builds assume them made (make's `-o`):
-/// `resolve_btfids` and its libbpf, which Kbuild's `prepare` wants with
-/// `CONFIG_DEBUG_INFO_BTF` (Debian's config: about 10 s of CPU), run only by the link of
-/// vmlinux and, for a module, by its BTF step (`scripts/Makefile.modfinal`), which Kbuild
-/// skips when the build directory has no vmlinux. Only [`KernelBuild::build_all`] puts a
-/// vmlinux there, and it is not given this list, so it builds the tool first.
-const UNUSED_TOOLS: &[&str] = &["tools/bpf/resolve_btfids"];
+/// - `tools/bpf/resolve_btfids` and its libbpf, which `prepare` wants with
+///   `CONFIG_DEBUG_INFO_BTF` (Debian's config: about 10 s of CPU), run only by the link of
+///   vmlinux and, for a module, by its BTF step (`scripts/Makefile.modfinal`), which Kbuild
+///   skips when the build directory has no vmlinux;
+/// - `archscripts`, on x86 the host program `arch/x86/tools/relocs`, run only on vmlinux and
+///   the real-mode blob linked into it.
+///
+/// Only [`KernelBuild::build_all`] links a vmlinux, and it is not given this list, so it
+/// makes them first.
+const UNUSED_TOOLS: &[&str] = &["tools/bpf/resolve_btfids", "archscripts"];
 
 /// A command that could not run or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -632,7 +636,7 @@ mod tests {
     }
 
     #[test]
-    fn preparing_and_object_builds_skip_resolve_btfids_but_the_full_build_makes_it() {
+    fn preparing_and_object_builds_skip_the_vmlinux_only_tools_but_the_full_build_makes_them() {
         let build = kernel_build();
         // Make's `-o` is not passed on to a second make, so the command must be that second
         // make itself: in the output directory, Kbuild's Makefile from the source tree,
@@ -640,7 +644,8 @@ mod tests {
         assert_eq!(
             render_command(&build.make_in_output()),
             "make -C /cache/entry/original -f /src/linux/Makefile --no-print-directory \
-             O=/cache/entry/original -o tools/bpf/resolve_btfids -j2 KERNELRELEASE=6.12.0 LLVM=1"
+             O=/cache/entry/original -o tools/bpf/resolve_btfids -o archscripts -j2 \
+             KERNELRELEASE=6.12.0 LLVM=1"
         );
         assert_eq!(
             render_command(&build.make()),
