@@ -23,6 +23,20 @@ pub const DIFF_KCFLAGS: &str = "-ffunction-sections -fdata-sections";
 /// The make variable that runs objtool on each object (see [`KernelBuild::build_objects`]).
 const OBJTOOL_PER_OBJECT: &str = "objtool-enabled=y";
 
+/// What the makefile [`OBJTOOL_ORDER_MK`] says when it is read by a make that only starts
+/// Kbuild's final one (`srctree` is set only in that one), where its order would be lost.
+const OBJTOOL_ORDER_UNREACHED: &str = "kpatch-rs: objtool order not in Kbuild's final make";
+
+/// Read after Kbuild's top Makefile by the preparation ([`KernelBuild::prepare`]): objtool
+/// before `prepare0`, whose `scripts/mod` runs it on `empty.o`.
+const OBJTOOL_ORDER_MK: &str =
+    "# kpatch-rs: objtool before prepare0, whose scripts/mod/empty.o it runs on.
+ifeq ($(srctree),)
+$(error kpatch-rs: objtool order not in Kbuild's final make)
+endif
+prepare0: tools/objtool
+";
+
 /// Targets of Kbuild's `prepare` whose programs nothing kpatch-rs runs in a prepared build
 /// directory uses, so that preparing and single-object builds assume them made (make's `-o`):
 /// - `tools/bpf/resolve_btfids` and its libbpf, which `prepare` wants with
@@ -389,22 +403,49 @@ impl KernelBuild {
             self.make().args([&kcflags, "olddefconfig"]),
             &self.log,
         )?;
-        // objtool first: the preparation compiles modpost's `empty.o` with it (the object
-        // builds' objtool variable), which in one make could run before objtool exists.
+        // The preparation compiles modpost's `empty.o` with objtool (the object builds'
+        // objtool variable), so objtool must exist by then, which Kbuild's own order (objtool
+        // beside `prepare0`) does not promise. A makefile read after Kbuild's orders objtool
+        // before `prepare0` only, so that it builds while `archprepare` does (about a second
+        // less than building it first); where it would not reach Kbuild's final make, it
+        // says so and objtool is built first.
         let configured = fs::read_to_string(&dot_config).unwrap_or_default();
-        if configured.lines().any(|line| line == "CONFIG_OBJTOOL=y") {
+        let objtool = configured.lines().any(|line| line == "CONFIG_OBJTOOL=y");
+        let prepare = |extra: &[&std::ffi::OsStr]| {
+            let mut command = self.make_in_output();
+            command
+                .args(extra)
+                .args([&kcflags, OBJTOOL_PER_OBJECT, "modules_prepare"]);
+            command
+        };
+        let mut prepared = false;
+        if objtool {
+            let order = self.output.join(".kpatch-rs-objtool-order.mk");
+            fs::write(&order, OBJTOOL_ORDER_MK).map_err(|e| fail(format!(": {e}")))?;
+            let order = std::path::absolute(&order).unwrap_or(order);
+            match run_logged_output(
+                "preparing the kernel build (objtool, modules_prepare)",
+                &mut prepare(&["-f".as_ref(), order.as_os_str()]),
+                &self.log,
+            )? {
+                (_, None) => prepared = true,
+                (output, Some(_)) if output.contains(OBJTOOL_ORDER_UNREACHED) => {
+                    run_logged(
+                        "preparing the kernel build (objtool)",
+                        self.make_in_output().args([&kcflags, "tools/objtool"]),
+                        &self.log,
+                    )?;
+                }
+                (_, Some(error)) => return Err(error),
+            }
+        }
+        if !prepared {
             run_logged(
-                "preparing the kernel build (objtool)",
-                self.make_in_output().args([&kcflags, "tools/objtool"]),
+                "preparing the kernel build (modules_prepare)",
+                &mut prepare(&[]),
                 &self.log,
             )?;
         }
-        run_logged(
-            "preparing the kernel build (modules_prepare)",
-            self.make_in_output()
-                .args([&kcflags, OBJTOOL_PER_OBJECT, "modules_prepare"]),
-            &self.log,
-        )?;
         fs::write(&stamp, &wanted).map_err(|e| fail(format!(": {e}")))?;
         Ok(())
     }
@@ -633,6 +674,42 @@ mod tests {
             release: Some("6.12.0".to_string()),
             make_vars: vec!["LLVM=1".to_string()],
         }
+    }
+
+    /// The order makefile, read after a Makefile shaped like Kbuild's (a final make that
+    /// defines `srctree`, `prepare` wanting `prepare0` and `tools/objtool` side by side):
+    /// objtool is made before `prepare0`'s recipe even with parallel jobs; read by a make
+    /// that is not the final one, it stops with the words the fallback looks for.
+    #[test]
+    fn the_objtool_order_makefile_orders_objtool_first_or_says_it_cannot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kbuild_like = "srctree := .\nprepare: prepare0 tools/objtool\nprepare0: archprepare\n\
+            \t@test -e objtool.done && echo empty.o with objtool\narchprepare:\n\t@:\n\
+            tools/objtool:\n\t@sleep 0.3; touch objtool.done\n.PHONY: prepare prepare0 archprepare tools/objtool\n";
+        std::fs::write(dir.path().join("Makefile"), kbuild_like).expect("write");
+        std::fs::write(dir.path().join("order.mk"), super::OBJTOOL_ORDER_MK).expect("write");
+        let make = |makefile: &str| {
+            std::process::Command::new("make")
+                .arg("-C")
+                .arg(dir.path())
+                .args(["-j4", "-f", makefile, "-f", "order.mk", "prepare"])
+                .output()
+                .expect("make")
+        };
+        let ordered = make("Makefile");
+        assert!(ordered.status.success(), "{ordered:?}");
+        assert!(
+            String::from_utf8_lossy(&ordered.stdout).contains("empty.o with objtool"),
+            "{ordered:?}"
+        );
+        // A make before Kbuild's final one has no `srctree`.
+        std::fs::write(dir.path().join("outer.mk"), "prepare:\n\t@:\n").expect("write");
+        let outer = make("outer.mk");
+        assert!(!outer.status.success());
+        assert!(
+            String::from_utf8_lossy(&outer.stderr).contains(super::OBJTOOL_ORDER_UNREACHED),
+            "{outer:?}"
+        );
     }
 
     #[test]
