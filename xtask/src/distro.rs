@@ -463,6 +463,7 @@ pub fn run(args: &[String]) -> Result<()> {
             timings.push((format!("{} ({symbol_source})", case.patch), start.elapsed()));
         }
     }
+    check_no_resolve_btfids(config, &cache_for("vmlinux"))?;
     for case in CASES {
         let module = format!("livepatch-{}.ko", case.patch);
         let same = std::fs::read(work.join("vmlinux").join(&module))?
@@ -675,6 +676,45 @@ fn bench_full_build(sh: &Shell, distro: &Distro) -> Result<()> {
         "  estimate: {:.0} s ({:.1} h), without linking vmlinux, BTF and modules",
         estimate,
         estimate / 3600.0
+    );
+    Ok(())
+}
+
+/// With `CONFIG_DEBUG_INFO_BTF` (Debian's config), Kbuild's `modules_prepare` builds
+/// `resolve_btfids` and its libbpf, about 10 s of CPU, which nothing kpatch-rs runs uses; its
+/// builds assume it made (`UNUSED_TOOLS` in kpatch-build's `kbuild.rs`). Fails when a prepared
+/// build directory of `cache` has it after all. The modules these builds made are the ones
+/// loaded in Debian's kernel.
+fn check_no_resolve_btfids(config: &Path, cache: &Path) -> Result<()> {
+    let config_text = std::fs::read_to_string(config)?;
+    if !config_text.lines().any(|l| l == "CONFIG_DEBUG_INFO_BTF=y") {
+        return Ok(());
+    }
+    let mut prepared = 0;
+    for entry in std::fs::read_dir(cache)?.flatten() {
+        let original = entry.path().join("original");
+        if !original.join(".kpatch-prepared").is_file() {
+            continue;
+        }
+        prepared += 1;
+        let tool = original.join("tools/bpf/resolve_btfids");
+        if tool.exists() {
+            bail!(
+                "{} exists: kpatch-rs's preparation built resolve_btfids, which its builds \
+                 never run",
+                tool.display()
+            );
+        }
+    }
+    if prepared == 0 {
+        bail!(
+            "no prepared original build directory in {}",
+            cache.display()
+        );
+    }
+    println!(
+        "ok: Debian's config has CONFIG_DEBUG_INFO_BTF and the prepared build directory has no \
+         resolve_btfids (not built)"
     );
     Ok(())
 }

@@ -96,23 +96,33 @@ pub fn compile(options: &BuildOptions, inputs: &Inputs) -> Result<Compiled, Buil
     }
     .prepare(&options.config, &include_flag)?;
     prepare_as_copy(&patched_build, &original_build, &options.config)?;
-    let (original_result, patched_result) = std::thread::scope(|scope| {
+    // The probe (`probe.rs`) is compiled in the original build directory at the same time as
+    // both trees' objects, with its own log (two makes' output in one log would mix their
+    // error tails).
+    let probe_build = KernelBuild {
+        log: inputs.cache.join("probe.log"),
+        ..original_build.clone()
+    };
+    let (original_result, patched_result, probe_result) = std::thread::scope(|scope| {
         let original = scope.spawn(|| {
-            original_build.build_objects("building original objects", &objects, &include_flag)?;
-            super::probe::kernel_layout(
-                &original_build,
-                &inputs.cache,
-                &String::from_utf8_lossy(&config_text),
-            )
+            original_build.build_objects("building original objects", &objects, &include_flag)
         });
         let patched = scope.spawn(|| {
             patched_build.build_objects("building patched objects", &objects, &include_flag)
         });
-        (original.join(), patched.join())
+        let probe = scope.spawn(|| {
+            super::probe::kernel_layout(
+                &probe_build,
+                &inputs.cache,
+                &String::from_utf8_lossy(&config_text),
+            )
+        });
+        (original.join(), patched.join(), probe.join())
     });
     let thread_error = || BuildError::Internal("a build thread panicked".to_string());
-    let kernel_layout = original_result.map_err(|_| thread_error())??;
+    original_result.map_err(|_| thread_error())??;
     patched_result.map_err(|_| thread_error())??;
+    let kernel_layout = probe_result.map_err(|_| thread_error())??;
     if let Err(error) = check_config_kept(&options.config, &original_build.output.join(".config")) {
         // The next run must configure again, once the missing tool is there.
         for build in [&original_build, &patched_build] {

@@ -27,6 +27,33 @@ pub const DIFF_KCFLAGS: &str = "-ffunction-sections -fdata-sections";
 /// The make variable that runs objtool on each object (see [`KernelBuild::build_objects`]).
 const OBJTOOL_PER_OBJECT: &str = "objtool-enabled=y";
 
+/// What the makefile [`OBJTOOL_ORDER_MK`] says when it is read by a make that only starts
+/// Kbuild's final one (`srctree` is set only in that one), where its order would be lost.
+const OBJTOOL_ORDER_UNREACHED: &str = "kpatch-rs: objtool order not in Kbuild's final make";
+
+/// Read after Kbuild's top Makefile by the preparation ([`KernelBuild::prepare`]): objtool
+/// before `prepare0`, whose `scripts/mod` runs it on `empty.o`.
+const OBJTOOL_ORDER_MK: &str =
+    "# kpatch-rs: objtool before prepare0, whose scripts/mod/empty.o it runs on.
+ifeq ($(srctree),)
+$(error kpatch-rs: objtool order not in Kbuild's final make)
+endif
+prepare0: tools/objtool
+";
+
+/// Targets of Kbuild's `prepare` whose programs nothing kpatch-rs runs in a prepared build
+/// directory uses, so that preparing and single-object builds assume them made (make's `-o`):
+/// - `tools/bpf/resolve_btfids` and its libbpf, which `prepare` wants with
+///   `CONFIG_DEBUG_INFO_BTF` (Debian's config: about 10 s of CPU), run only by the link of
+///   vmlinux and, for a module, by its BTF step (`scripts/Makefile.modfinal`), which Kbuild
+///   skips when the build directory has no vmlinux;
+/// - `archscripts`, on x86 the host program `arch/x86/tools/relocs`, run only on vmlinux and
+///   the real-mode blob linked into it.
+///
+/// Only [`KernelBuild::build_all`] links a vmlinux, and it is not given this list, so it
+/// makes them first.
+const UNUSED_TOOLS: &[&str] = &["tools/bpf/resolve_btfids", "archscripts"];
+
 /// A command that could not run or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} failed: `{command}`{tail}")]
@@ -303,20 +330,58 @@ pub struct KernelBuild {
 }
 
 impl KernelBuild {
+    /// `make -C SOURCE O=OUTPUT`, as Kbuild documents it: its top Makefile starts a second
+    /// make in the output directory.
     fn make(&self) -> Command {
+        let mut command = self.make_no_arguments();
+        self.make_arguments(&mut command);
+        command
+    }
+
+    fn make_no_arguments(&self) -> Command {
         let mut command = Command::new("make");
         command
             .arg("-C")
             .arg(&self.source)
-            .arg(format!("O={}", self.output.display()))
-            .arg(format!("-j{}", self.jobs.max(1)));
+            .arg(format!("O={}", self.output.display()));
+        command
+    }
+
+    /// The make that Kbuild's top Makefile would start for [`Self::make`] (in the output
+    /// directory, `-f` the source tree's Makefile; `--no-print-directory` is what tells it
+    /// that it is that second make), run directly, so that make's `-o` options, which make
+    /// does not pass on, reach it: [`UNUSED_TOOLS`] are not built. A kernel whose Makefile
+    /// starts a second make anyway just builds them.
+    fn make_in_output(&self) -> Command {
+        let output = std::path::absolute(&self.output).unwrap_or_else(|_| self.output.clone());
+        let makefile = std::path::absolute(self.source.join("Makefile"))
+            .unwrap_or_else(|_| self.source.join("Makefile"));
+        let mut command = Command::new("make");
+        command
+            .arg("-C")
+            .arg(&output)
+            .arg("-f")
+            .arg(makefile)
+            .arg("--no-print-directory")
+            .arg(format!("O={}", output.display()));
+        for tool in UNUSED_TOOLS {
+            command.arg("-o").arg(tool);
+        }
+        self.make_arguments(&mut command);
+        command
+    }
+
+    /// What every make run gets: the jobs, the release, the user's variables, the compiler
+    /// cache's environment, and the build root (`in_root`; once per command: entering it
+    /// twice would look for the binds inside the root).
+    fn make_arguments(&self, command: &mut Command) {
+        command.arg(format!("-j{}", self.jobs.max(1)));
         if let Some(release) = &self.release {
             command.arg(format!("KERNELRELEASE={release}"));
         }
         command.args(&self.make_vars);
-        self.compiler_cache_env(&mut command);
-        in_root(&mut command);
-        command
+        self.compiler_cache_env(command);
+        in_root(command);
     }
 
     /// What a compiler cache needs to find a unit compiled in another kpatch-rs cache (an
@@ -366,22 +431,49 @@ impl KernelBuild {
             self.make().args([&kcflags, "olddefconfig"]),
             &self.log,
         )?;
-        // objtool first: the preparation compiles modpost's `empty.o` with it (the object
-        // builds' objtool variable), which in one make could run before objtool exists.
+        // The preparation compiles modpost's `empty.o` with objtool (the object builds'
+        // objtool variable), so objtool must exist by then, which Kbuild's own order (objtool
+        // beside `prepare0`) does not promise. A makefile read after Kbuild's orders objtool
+        // before `prepare0` only, so that it builds while `archprepare` does (about a second
+        // less than building it first); where it would not reach Kbuild's final make, it
+        // says so and objtool is built first.
         let configured = fs::read_to_string(&dot_config).unwrap_or_default();
-        if configured.lines().any(|line| line == "CONFIG_OBJTOOL=y") {
+        let objtool = configured.lines().any(|line| line == "CONFIG_OBJTOOL=y");
+        let prepare = |extra: &[&std::ffi::OsStr]| {
+            let mut command = self.make_in_output();
+            command
+                .args(extra)
+                .args([&kcflags, OBJTOOL_PER_OBJECT, "modules_prepare"]);
+            command
+        };
+        let mut prepared = false;
+        if objtool {
+            let order = self.output.join(".kpatch-rs-objtool-order.mk");
+            fs::write(&order, OBJTOOL_ORDER_MK).map_err(|e| fail(format!(": {e}")))?;
+            let order = std::path::absolute(&order).unwrap_or(order);
+            match run_logged_output(
+                "preparing the kernel build (objtool, modules_prepare)",
+                &mut prepare(&["-f".as_ref(), order.as_os_str()]),
+                &self.log,
+            )? {
+                (_, None) => prepared = true,
+                (output, Some(_)) if output.contains(OBJTOOL_ORDER_UNREACHED) => {
+                    run_logged(
+                        "preparing the kernel build (objtool)",
+                        self.make_in_output().args([&kcflags, "tools/objtool"]),
+                        &self.log,
+                    )?;
+                }
+                (_, Some(error)) => return Err(error),
+            }
+        }
+        if !prepared {
             run_logged(
-                "preparing the kernel build (objtool)",
-                self.make().args([&kcflags, "tools/objtool"]),
+                "preparing the kernel build (modules_prepare)",
+                &mut prepare(&[]),
                 &self.log,
             )?;
         }
-        run_logged(
-            "preparing the kernel build (modules_prepare)",
-            self.make()
-                .args([&kcflags, OBJTOOL_PER_OBJECT, "modules_prepare"]),
-            &self.log,
-        )?;
         fs::write(&stamp, &wanted).map_err(|e| fail(format!(": {e}")))?;
         Ok(())
     }
@@ -398,7 +490,8 @@ impl KernelBuild {
             && self.output.join(".config").is_file()
     }
 
-    /// Builds the whole tree (vmlinux and modules), as the kernel's own build does; its `.cmd`
+    /// Builds the whole tree (vmlinux and modules), as the kernel's own build does, with every
+    /// tool (none of [`UNUSED_TOOLS`] assumed made: linking vmlinux runs them); its `.cmd`
     /// files then tell which objects include which header.
     pub fn build_all(&self, what: &str) -> Result<(), CommandError> {
         run_logged(what, self.make().args(["vmlinux", "modules"]), &self.log)
@@ -417,7 +510,9 @@ impl KernelBuild {
         for object in objects {
             let _ = fs::remove_file(self.output.join(object));
         }
-        let mut command = self.make();
+        // Kbuild's single-object rule goes through `prepare` again, so it gets the same tools
+        // assumed made as the preparation.
+        let mut command = self.make_in_output();
         command.arg(object_kcflags(extra_cflags));
         // With IBT, Kbuild runs objtool on vmlinux.o as a whole instead of on each object, so a
         // single object would come without its ORC unwind data, return-thunk and call sites.
@@ -437,21 +532,45 @@ impl KernelBuild {
         extra_cflags: &str,
     ) -> Result<(), CommandError> {
         let mut command = Command::new("make");
-        command
-            .arg("-C")
-            .arg(&self.output)
-            .arg(format!("M={}", directory.display()))
-            .arg(format!("-j{}", self.jobs.max(1)));
-        if let Some(release) = &self.release {
-            command.arg(format!("KERNELRELEASE={release}"));
-        }
-        command.args(&self.make_vars);
-        self.compiler_cache_env(&mut command);
+        command.arg("-C").arg(&self.output);
+        self.run_external(what, command, directory, targets, extra_cflags)
+    }
+
+    /// [`Self::build_external`] as `make -C SOURCE O=OUTPUT M=DIRECTORY`, which reads Kbuild's
+    /// top Makefile from the source tree, never the output directory's generated `Makefile`:
+    /// for a build that runs while another make builds objects in the output directory, as
+    /// each of those writes that file again.
+    pub fn build_external_beside(
+        &self,
+        what: &str,
+        directory: &Path,
+        targets: &[&str],
+        extra_cflags: &str,
+    ) -> Result<(), CommandError> {
+        self.run_external(
+            what,
+            self.make_no_arguments(),
+            directory,
+            targets,
+            extra_cflags,
+        )
+    }
+
+    fn run_external(
+        &self,
+        what: &str,
+        mut command: Command,
+        directory: &Path,
+        targets: &[&str],
+        extra_cflags: &str,
+    ) -> Result<(), CommandError> {
+        command.arg(format!("M={}", directory.display()));
+        self.make_arguments(&mut command);
         if !extra_cflags.is_empty() {
             command.arg(format!("KCFLAGS={extra_cflags}"));
         }
         command.args(targets);
-        run_logged(what, in_root(&mut command), &self.log)
+        run_logged(what, &mut command, &self.log)
     }
 }
 
@@ -571,6 +690,84 @@ pub fn run_job(
 
 #[cfg(test)]
 mod tests {
+    use super::{render_command, KernelBuild};
+    use std::path::PathBuf;
+
+    fn kernel_build() -> KernelBuild {
+        KernelBuild {
+            source: PathBuf::from("/src/linux"),
+            output: PathBuf::from("/cache/entry/original"),
+            jobs: 2,
+            log: PathBuf::from("/cache/entry/original.log"),
+            release: Some("6.12.0".to_string()),
+            make_vars: vec!["LLVM=1".to_string()],
+        }
+    }
+
+    /// The order makefile, read after a Makefile shaped like Kbuild's (a final make that
+    /// defines `srctree`, `prepare` wanting `prepare0` and `tools/objtool` side by side):
+    /// objtool is made before `prepare0`'s recipe even with parallel jobs; read by a make
+    /// that is not the final one, it stops with the words the fallback looks for.
+    #[test]
+    fn the_objtool_order_makefile_orders_objtool_first_or_says_it_cannot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kbuild_like = "srctree := .\nprepare: prepare0 tools/objtool\nprepare0: archprepare\n\
+            \t@test -e objtool.done && echo empty.o with objtool\narchprepare:\n\t@:\n\
+            tools/objtool:\n\t@sleep 0.3; touch objtool.done\n.PHONY: prepare prepare0 archprepare tools/objtool\n";
+        std::fs::write(dir.path().join("Makefile"), kbuild_like).expect("write");
+        std::fs::write(dir.path().join("order.mk"), super::OBJTOOL_ORDER_MK).expect("write");
+        let make = |makefile: &str| {
+            std::process::Command::new("make")
+                .arg("-C")
+                .arg(dir.path())
+                .args(["-j4", "-f", makefile, "-f", "order.mk", "prepare"])
+                .output()
+                .expect("make")
+        };
+        let ordered = make("Makefile");
+        assert!(ordered.status.success(), "{ordered:?}");
+        assert!(
+            String::from_utf8_lossy(&ordered.stdout).contains("empty.o with objtool"),
+            "{ordered:?}"
+        );
+        // A make before Kbuild's final one has no `srctree`.
+        std::fs::write(dir.path().join("outer.mk"), "prepare:\n\t@:\n").expect("write");
+        let outer = make("outer.mk");
+        assert!(!outer.status.success());
+        assert!(
+            String::from_utf8_lossy(&outer.stderr).contains(super::OBJTOOL_ORDER_UNREACHED),
+            "{outer:?}"
+        );
+    }
+
+    #[test]
+    fn preparing_and_object_builds_skip_the_vmlinux_only_tools_but_the_full_build_makes_them() {
+        let build = kernel_build();
+        // Make's `-o` is not passed on to a second make, so the command must be that second
+        // make itself: in the output directory, Kbuild's Makefile from the source tree,
+        // `--no-print-directory` (without which Kbuild starts another make).
+        assert_eq!(
+            render_command(&build.make_in_output()),
+            "make -C /cache/entry/original -f /src/linux/Makefile --no-print-directory \
+             O=/cache/entry/original -o tools/bpf/resolve_btfids -o archscripts -j2 \
+             KERNELRELEASE=6.12.0 LLVM=1"
+        );
+        assert_eq!(
+            render_command(&build.make()),
+            "make -C /src/linux O=/cache/entry/original -j2 KERNELRELEASE=6.12.0 LLVM=1"
+        );
+        // A relative output directory is made absolute: after `-C` it would name another one.
+        let relative = KernelBuild {
+            output: PathBuf::from("entry/original"),
+            ..kernel_build()
+        };
+        let cwd = std::env::current_dir().expect("cwd");
+        let line = render_command(&relative.make_in_output());
+        assert!(
+            line.contains(&format!("O={}", cwd.join("entry/original").display())),
+            "{line}"
+        );
+    }
     #[test]
     fn the_first_compiler_error_of_this_run_is_named() {
         let dir = tempfile::tempdir().expect("temp dir");

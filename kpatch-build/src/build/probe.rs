@@ -66,7 +66,9 @@ pub fn kernel_layout(
     fs::write(&kbuild_file, kbuild).map_err(io_error("write", &kbuild_file))?;
     let object = dir.join(format!("{PROBE}.o"));
     let _ = fs::remove_file(&object);
-    build.build_external(
+    // Beside the object builds in the same directory (`compile.rs`), which rewrite its
+    // generated Makefile.
+    build.build_external_beside(
         "compiling the probe of the kernel's special-section layouts",
         &dir,
         &[&format!("{PROBE}.o")],
