@@ -869,7 +869,8 @@ fn build_oot_fixture(kernel: &Kernel, dir: &Path) -> PathBuf {
 /// `--oot-module FILE.ko --oot-module-src DIR`: the patch applies to the module's source,
 /// which stays as it was; the klp object is the module, whose static the patch reaches through
 /// a livepatch relocation. A `.ko` that is not the build of that source is refused (exit 2):
-/// stripped, of another kernel release, or without a function the source defines.
+/// stripped, of another kernel release, without a function the source defines, or with
+/// another function's code under a name the source defines.
 #[test]
 fn an_out_of_tree_module_is_patched_from_its_source_and_refused_for_another_build() {
     let Some(kernel) = kernel() else { return };
@@ -986,6 +987,27 @@ fn an_out_of_tree_module_is_patched_from_its_source_and_refused_for_another_buil
         &other_source,
         "defines oot_demo_extra that the module does not have",
     );
+
+    // A function that differs from the module's under the same name (one the patch does not
+    // touch): the module is another build, whose code the livepatch must not be built for.
+    let other_code = dir.path().join("other-code");
+    std::fs::create_dir_all(&other_code).expect("mkdir");
+    for (path, bytes) in &before {
+        std::fs::write(other_code.join(path.file_name().expect("name")), bytes).expect("copy");
+    }
+    let c_file = other_code.join("kpatch-oot-demo.c");
+    let text = std::fs::read_to_string(&c_file).expect("read");
+    let text = text.replace(
+        "\tremove_proc_entry(\"kpatch_oot_demo\", NULL);",
+        "\treads = 0;\n\tremove_proc_entry(\"kpatch_oot_demo\", NULL);",
+    );
+    std::fs::write(&c_file, text).expect("write");
+    refused(
+        &ko,
+        &other_code,
+        "has other code than the module under the same name (",
+    );
+    refused(&ko, &other_code, "oot_demo_exit: ");
 
     // Bad inputs are errors (exit 1).
     let missing = oot(&dir.path().join("none.ko"), &source, &dir.path().join("x"));

@@ -4,18 +4,23 @@
 //! kernel build; the klp object is the module `FILE.ko` names, and its symbols come from
 //! `FILE.ko`.
 //!
-//! The user's `DIR` is never written: the original and the patched builds each run in a
-//! copy of it in the cache entry (copied, not linked, since Kbuild rewrites its own files in
-//! an `M=` directory in place), brought back to `DIR` before every build.
+//! The user's `DIR` is never written: the original, the patched and the reference builds
+//! each run in a copy of it in the cache entry (copied, not linked, since Kbuild rewrites its
+//! own files in an `M=` directory in place), brought back to `DIR` before every build.
 //!
 //! A livepatch is only right for the module that runs when the original build is that
 //! module's build, so kpatch-rs refuses (exit 2), saying why, when it cannot be sure: a
 //! `FILE.ko` without a symbol table (stripped), one of another kernel release or vermagic
 //! than the livepatch gets, a unit of `DIR` that Kbuild builds into another module than
-//! `FILE.ko`'s, and a function of an original unit that `FILE.ko` does not define (the
-//! source is not the one `FILE.ko` was built from).
+//! `FILE.ko`'s, a function of an original unit that `FILE.ko` does not define (the source
+//! is not the one `FILE.ko` was built from), and a function whose code differs from
+//! `FILE.ko`'s under the same name. For that last check the touched units are built once
+//! more as `FILE.ko`'s were, without the diff's flags (which move every function into its
+//! own section, so the assembler cannot resolve or shorten a jump between functions), in the
+//! reference copy; each function's bytes, outside the places a relocation fills in, must be
+//! those of a function of the same name in `FILE.ko`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -100,6 +105,21 @@ pub enum OotError {
         unit: String,
         missing: Vec<String>,
     },
+    #[error(
+        "cannot patch out-of-tree module {}: {unit} of {}, built with this kernel build's \
+         compiler and flags, has other code than the module under the same name ({}), so the \
+         module was not built from this source or not with this compiler and kernel build; \
+         pass the module's own source and the kernel build it was made with",
+        ko.display(),
+        src.display(),
+        differing.join(", ")
+    )]
+    OtherCode {
+        ko: PathBuf,
+        src: PathBuf,
+        unit: String,
+        differing: Vec<String>,
+    },
 }
 
 impl OotError {
@@ -114,7 +134,8 @@ impl OotError {
             OotError::Stripped(ko)
             | OotError::OtherKernel { ko, .. }
             | OotError::OtherModule { ko, .. }
-            | OotError::OtherSource { ko, .. } => Some(ko),
+            | OotError::OtherSource { ko, .. }
+            | OotError::OtherCode { ko, .. } => Some(ko),
             OotError::NoModule(_) | OotError::NotAModule { .. } | OotError::NoSource(_) => None,
         }
     }
@@ -232,6 +253,9 @@ pub struct OotTrees {
     pub original: PathBuf,
     /// The copy with the patches applied.
     pub patched: PathBuf,
+    /// The copy the original units are built in as `FILE.ko`'s were (without the diff's
+    /// flags), to compare their code with the module's.
+    pub reference: PathBuf,
 }
 
 /// Reads the module, checks its release, and makes both copies of its source, the patched
@@ -260,8 +284,10 @@ pub fn patch_trees(
     let dir = inputs.cache.join("oot").join(key.hex());
     let original = dir.join("original");
     let patched = dir.join("patched");
+    let reference = dir.join("reference");
     trees::sync_copied_tree(&source, &original)?;
     trees::sync_copied_tree(&source, &patched)?;
+    trees::sync_copied_tree(&source, &reference)?;
     for patch in &options.patches {
         patches::apply(&patched, patch, &inputs.log)?;
     }
@@ -270,6 +296,7 @@ pub fn patch_trees(
         facts,
         original,
         patched,
+        reference,
     })
 }
 
@@ -310,24 +337,32 @@ pub fn compile(
         .chain(objects.iter().map(|o| o.display().to_string()))
         .collect();
     let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-    for (what, copy) in [
+    for (what, copy, kcflags) in [
         (
             "building the out-of-tree module's original objects",
             &trees.original,
+            kcflags.as_str(),
         ),
         (
             "building the out-of-tree module's patched objects",
             &trees.patched,
+            kcflags.as_str(),
+        ),
+        (
+            "building the out-of-tree module's objects as the module's were, to compare them",
+            &trees.reference,
+            "",
         ),
     ] {
         for object in &objects {
             let _ = fs::remove_file(copy.join(object));
         }
-        kernel.build_external(what, copy, &targets, &kcflags)?;
+        kernel.build_external(what, copy, &targets, kcflags)?;
     }
     let kernel_layout = super::probe::kernel_layout(&kernel, &inputs.cache, &config_text)?;
+    let module = read_file(&trees.module.ko, "out-of-tree module", "pass --oot-module")?;
     for object in &objects {
-        check_unit(trees, object)?;
+        check_unit(trees, object, &module)?;
     }
     Ok(Compiled {
         original: kernel.clone(),
@@ -383,9 +418,10 @@ fn units_to_build(
     Ok(objects)
 }
 
-/// A unit of the original copy must be of `FILE.ko`'s module, and every function it defines
-/// must be one `FILE.ko` defines.
-fn check_unit(trees: &OotTrees, object: &Path) -> Result<(), BuildError> {
+/// A unit of the original copy must be of `FILE.ko`'s module, every function it defines
+/// must be one `FILE.ko` defines, and its reference build's functions must have the code of
+/// `FILE.ko`'s.
+fn check_unit(trees: &OotTrees, object: &Path, module: &[u8]) -> Result<(), BuildError> {
     let unit = object.display().to_string();
     let built = targets::klp_object_of(&trees.original, object);
     if built != KlpObjectName::Module(trees.facts.name.clone()) {
@@ -413,7 +449,130 @@ fn check_unit(trees: &OotTrees, object: &Path) -> Result<(), BuildError> {
         }
         .into());
     }
+    let path = trees.reference.join(object);
+    let reference = read_file(&path, "object", "see the build log")?;
+    let differing = differing_functions(&reference, module);
+    if !differing.is_empty() {
+        return Err(OotError::OtherCode {
+            ko: trees.module.ko.clone(),
+            src: trees.module.source.clone(),
+            unit,
+            differing,
+        }
+        .into());
+    }
     Ok(())
+}
+
+/// A function's code with the bytes a relocation fills in cleared: what two builds of one
+/// source by one compiler share, whatever the link made of them.
+#[derive(Debug)]
+struct Code {
+    bytes: Vec<u8>,
+}
+
+/// The code of every named function an object defines, by name (a static name may be
+/// defined by several units of a module).
+fn function_code(file: &object::File) -> BTreeMap<String, Vec<Code>> {
+    use object::ObjectSection;
+    let mut relocated: BTreeMap<usize, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut functions: BTreeMap<String, Vec<Code>> = BTreeMap::new();
+    for symbol in file.symbols() {
+        if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.size() == 0 {
+            continue;
+        }
+        let (Ok(name), Some(index)) = (symbol.name(), symbol.section_index()) else {
+            continue;
+        };
+        if name.is_empty() || name.starts_with("__pfx_") || name.starts_with("__cfi_") {
+            continue;
+        }
+        let Ok(section) = file.section_by_index(index) else {
+            continue;
+        };
+        let sites = relocated.entry(index.0).or_insert_with(|| {
+            section
+                .relocations()
+                .map(|(offset, relocation)| {
+                    let width = u64::from(relocation.size()).div_ceil(8).max(1);
+                    (offset, offset.saturating_add(width))
+                })
+                .collect()
+        });
+        let start = symbol.address();
+        let Some(end) = start.checked_add(symbol.size()) else {
+            continue;
+        };
+        let Ok(data) = section.data() else { continue };
+        let (Ok(from), Ok(to)) = (usize::try_from(start), usize::try_from(end)) else {
+            continue;
+        };
+        let Some(bytes) = data.get(from..to) else {
+            continue;
+        };
+        let mut bytes = bytes.to_vec();
+        for &(site, site_end) in sites.iter() {
+            let (low, high) = (site.max(start), site_end.min(end));
+            for at in low..high {
+                bytes[(at - start) as usize] = 0;
+            }
+        }
+        functions
+            .entry(name.to_string())
+            .or_default()
+            .push(Code { bytes });
+    }
+    functions
+}
+
+/// The functions of `reference` (a unit built as the module's were) whose code no function
+/// of the same name in `module` has, each with how it differs (at most five, then `...`).
+/// A function the module lacks is [`missing_functions`]'s, not this one's.
+pub fn differing_functions(reference: &[u8], module: &[u8]) -> Vec<String> {
+    let (Ok(reference), Ok(module)) = (object::File::parse(reference), object::File::parse(module))
+    else {
+        return vec!["(an unreadable object)".to_string()];
+    };
+    let ours = function_code(&reference);
+    let theirs = function_code(&module);
+    let mut differing = Vec::new();
+    for (name, codes) in &ours {
+        let Some(candidates) = theirs.get(name) else {
+            continue;
+        };
+        for code in codes {
+            if candidates.iter().any(|other| other.bytes == code.bytes) {
+                continue;
+            }
+            let other = &candidates[0];
+            let how = if other.bytes.len() != code.bytes.len() {
+                format!(
+                    "{name}: {} bytes from the source, {} in the module",
+                    code.bytes.len(),
+                    other.bytes.len()
+                )
+            } else {
+                let at = code
+                    .bytes
+                    .iter()
+                    .zip(&other.bytes)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                format!(
+                    "{name}: {} bytes, differing from +{at:#x}",
+                    code.bytes.len()
+                )
+            };
+            differing.push(how);
+        }
+    }
+    differing.sort();
+    differing.dedup();
+    if differing.len() > 5 {
+        differing.truncate(5);
+        differing.push("...".to_string());
+    }
+    differing
 }
 
 /// The functions an object defines that `functions` lacks (at most five, then `...`).
