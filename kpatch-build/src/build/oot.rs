@@ -641,6 +641,118 @@ mod tests {
             .contains("pass the module's .ko with --oot-module"));
     }
 
+    /// A relocatable object with one `.text` of `code`, the functions `(name, offset, size)`,
+    /// and a 4-byte PC-relative relocation against `target` at each offset of `relocations`.
+    fn object_with(code: &[u8], functions: &[(&str, u64, u64)], relocations: &[u64]) -> Vec<u8> {
+        use object::write::{Object as Writer, Relocation, Symbol, SymbolSection};
+        use object::{Architecture, BinaryFormat, Endianness, SymbolFlags, SymbolScope};
+        let mut file = Writer::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = file.section_id(object::write::StandardSection::Text);
+        file.append_section_data(text, code, 16);
+        for &(name, value, size) in functions {
+            file.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value,
+                size,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Compilation,
+                weak: false,
+                section: SymbolSection::Section(text),
+                flags: SymbolFlags::None,
+            });
+        }
+        let target = file.add_symbol(Symbol {
+            name: b"target".to_vec(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Text,
+            scope: SymbolScope::Linkage,
+            weak: false,
+            section: SymbolSection::Undefined,
+            flags: SymbolFlags::None,
+        });
+        for &offset in relocations {
+            file.add_relocation(
+                text,
+                Relocation {
+                    offset,
+                    symbol: target,
+                    addend: -4,
+                    flags: object::RelocationFlags::Generic {
+                        kind: object::RelocationKind::Relative,
+                        encoding: object::RelocationEncoding::Generic,
+                        size: 32,
+                    },
+                },
+            )
+            .expect("relocation");
+        }
+        file.write().expect("write")
+    }
+
+    #[test]
+    fn code_is_compared_outside_relocation_sites_with_every_function_of_the_name() {
+        // `call target; ret` twice: the unit's call is unresolved, the module's was filled in.
+        let unit = object_with(
+            &[0xe8, 0, 0, 0, 0, 0xc3, 0xe8, 0, 0, 0, 0, 0xc3],
+            &[("show", 0, 6), ("helper", 6, 6)],
+            &[1, 7],
+        );
+        let module = object_with(
+            &[0xe8, 1, 2, 3, 4, 0xc3, 0xe8, 5, 6, 7, 8, 0xc3],
+            &[("show", 0, 6), ("helper", 6, 6)],
+            &[1, 7],
+        );
+        assert_eq!(differing_functions(&unit, &module), Vec::<String>::new());
+        // A static of the same name in another unit of the module does not hide a match.
+        let two_helpers = object_with(
+            &[0x90, 0xc3, 0xe8, 0, 0, 0, 0, 0xc3, 0xe8, 0, 0, 0, 0, 0xc3],
+            &[("helper", 0, 2), ("show", 2, 6), ("helper", 8, 6)],
+            &[3, 9],
+        );
+        assert_eq!(
+            differing_functions(&unit, &two_helpers),
+            Vec::<String>::new()
+        );
+        // A byte outside a relocation site, or another size, is other code.
+        let other_byte = object_with(
+            &[0xe8, 0, 0, 0, 0, 0xc3, 0xe9, 0, 0, 0, 0, 0xc3],
+            &[("show", 0, 6), ("helper", 6, 6)],
+            &[1, 7],
+        );
+        assert_eq!(
+            differing_functions(&unit, &other_byte),
+            vec!["helper: 6 bytes, differing from +0x0".to_string()]
+        );
+        let other_size = object_with(
+            &[0xe8, 0, 0, 0, 0, 0x90, 0xc3, 0xe8, 0, 0, 0, 0, 0xc3],
+            &[("show", 0, 7), ("helper", 7, 6)],
+            &[1, 8],
+        );
+        assert_eq!(
+            differing_functions(&unit, &other_size),
+            vec!["show: 6 bytes from the source, 7 in the module".to_string()]
+        );
+        // The same bytes without the relocation: the site is not cleared in the module, so a
+        // filled-in call differs where the unit has a relocation and the module has none.
+        let unrelocated = object_with(
+            &[0xe8, 1, 2, 3, 4, 0xc3, 0xe8, 0, 0, 0, 0, 0xc3],
+            &[("show", 0, 6), ("helper", 6, 6)],
+            &[7],
+        );
+        assert_eq!(
+            differing_functions(&unit, &unrelocated),
+            vec!["show: 6 bytes, differing from +0x1".to_string()]
+        );
+        // A function the module lacks is left to `missing_functions`.
+        let fewer = object_with(&[0xe8, 0, 0, 0, 0, 0xc3], &[("show", 0, 6)], &[1]);
+        assert_eq!(differing_functions(&unit, &fewer), Vec::<String>::new());
+        assert_eq!(
+            missing_functions(&unit, &["show".to_string()].into()),
+            ["helper"]
+        );
+    }
+
     #[test]
     fn a_file_that_is_no_module_is_an_input_error() {
         let error = module_facts(Path::new("x.ko"), b"not an ELF file").expect_err("no ELF");
